@@ -1,0 +1,221 @@
+"""Draw scenes: first what to show (a SceneSpec), then a physical set-up that shows it.
+
+A set-up is kept only when the simulated tracks read back (``read_motion``) as the motions the
+spec names, so a caption never describes a ball that 'moves left' into a wall and comes back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kinema.data.world.motion import read_motion
+from kinema.data.world.physics import simulate
+from kinema.data.world.scene import ObjectSpec, Scene, SceneSpec, WorldObject, world_box
+from kinema.data.world.vocab import (
+    BACKGROUNDS, CAMERAS, CIRCUMRADIUS, COLOURS, DIRECTIONS, GRAVITY, GROWTH_RATE, HELD_OUT, MAX_GROWTH,
+    MAX_PAN, MAX_SPIN_PER_FRAME, MAX_ZOOM, MIN_RADIUS, MOTIONS, MOVE_SPEED, PAN_SPEED, RESTITUTION, SHAPES,
+    SIZES, SPIN_SPEED, TEXTURED_BACKGROUNDS, ZOOM_RATE,
+)  # fmt: skip
+
+HELD_OUT_MODES = ("exclude", "only", "allow")
+OBJECT_COUNT_WEIGHTS = (0.5, 0.35, 0.15)  # 1, 2, 3 objects
+MOVING_CAMERA_P = 0.5  # on a textured background
+SET_UP_TRIES = 40
+
+
+def as_rng(rng_or_seed: np.random.Generator | int) -> np.random.Generator:
+    """A numpy Generator from a seed (or the generator itself)."""
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    return np.random.default_rng(int(rng_or_seed))
+
+
+def is_held_out(obj: ObjectSpec | WorldObject) -> bool:
+    """Whether an object's (colour, shape, motion) is one of the HELD_OUT combinations."""
+    return (obj.colour, obj.shape, obj.motion) in HELD_OUT
+
+
+def sample_spec(
+    rng: np.random.Generator, num_objects: int | None = None, held_out: str = "exclude"
+) -> SceneSpec:
+    """A random fully specified request; ``held_out`` = exclude | only | allow the HELD_OUT combos."""
+    if held_out not in HELD_OUT_MODES:
+        raise ValueError(f"held_out must be one of {HELD_OUT_MODES}, got {held_out!r}")
+    if num_objects is not None and num_objects not in (1, 2, 3):
+        raise ValueError(f"num_objects must be 1, 2, 3 or None, got {num_objects!r}")
+    n = num_objects or int(rng.choice([1, 2, 3], p=OBJECT_COUNT_WEIGHTS))
+    while True:
+        colours = rng.choice(list(COLOURS), size=n, replace=False)
+        objs = []
+        for colour in colours:
+            shape = str(rng.choice(SHAPES))
+            motions = [m for m in MOTIONS if not (shape == "circle" and m == "spins")]
+            objs.append(ObjectSpec(str(colour), shape, str(rng.choice(motions)), str(rng.choice(list(SIZES)))))
+        if held_out == "only":  # put one held-out triple in, keeping colours distinct
+            i = int(rng.integers(n))
+            free = [c for c in HELD_OUT if c[0] not in {o.colour for j, o in enumerate(objs) if j != i}]
+            colour, shape, motion = free[int(rng.integers(len(free)))]
+            objs[i] = ObjectSpec(colour, shape, motion, objs[i].size)
+        elif held_out == "exclude" and any(is_held_out(o) for o in objs):
+            continue
+        break
+    background = str(rng.choice(BACKGROUNDS))
+    camera = "static"
+    if background in TEXTURED_BACKGROUNDS and rng.random() < MOVING_CAMERA_P:
+        camera = str(rng.choice(CAMERAS[1:]))
+    return SceneSpec(tuple(objs), background, camera)
+
+
+def scene_from_spec(
+    spec: SceneSpec, width: int, height: int, frames: int, fps: float, rng: np.random.Generator | int
+) -> Scene:
+    """A scene that shows ``spec``; attributes the spec leaves open are drawn from ``rng``."""
+    rng = as_rng(rng)
+    spec = _fill(spec, rng)
+    unit = float(min(width, height))
+    duration = max((frames - 1) / fps, 1e-6)
+    rate = _camera_rate(spec.camera, width, unit, duration)
+    seed = int(rng.integers(2**31 - 1))
+    base = Scene(width, height, frames, fps, spec.background, (_placeholder(),), spec.camera, rate, seed)
+    box = world_box(base)
+
+    best, best_score = None, -1
+    for _ in range(SET_UP_TRIES):
+        objects = _place_all(spec.objects, box, unit, duration, fps, base.gravity, rng)
+        if objects is None:
+            continue
+        scene = Scene(width, height, frames, fps, spec.background, tuple(objects), spec.camera, rate, seed)
+        score = _agreement(scene)
+        if score == len(objects):
+            return scene
+        if score > best_score:
+            best, best_score = scene, score
+    if best is None:
+        raise ValueError(f"cannot fit {len(spec.objects)} objects of sizes "
+                         f"{[o.size for o in spec.objects]} into a {width}x{height} frame")
+    return best
+
+
+def sample_scene(
+    rng_or_seed: np.random.Generator | int,
+    width: int,
+    height: int,
+    frames: int,
+    fps: float,
+    num_objects: int | None = None,
+    held_out: str = "exclude",
+) -> Scene:
+    """A random scene of the given canvas and timing, deterministic for a seed."""
+    rng = as_rng(rng_or_seed)
+    return scene_from_spec(sample_spec(rng, num_objects, held_out), width, height, frames, fps, rng)
+
+
+# --- helpers ---
+
+
+def _placeholder() -> WorldObject:
+    return WorldObject("circle", "red", "small", 1.0, "still", 0.0, 0.0)
+
+
+def _fill(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
+    """Draw whatever the spec leaves open; colours stay distinct so objects can be told apart."""
+    used = {o.colour for o in spec.objects if o.colour}
+    if len(used) < sum(1 for o in spec.objects if o.colour):
+        raise ValueError(f"objects in one scene need distinct colours, got {[o.colour for o in spec.objects]}")
+    objs = []
+    for o in spec.objects:
+        colour = o.colour or str(rng.choice([c for c in COLOURS if c not in used]))
+        used.add(colour)
+        shape = o.shape or str(rng.choice(SHAPES if o.motion != "spins" else SHAPES[1:]))
+        motions = [m for m in MOTIONS if not (shape == "circle" and m == "spins")]
+        motion = o.motion or str(rng.choice(motions))
+        objs.append(ObjectSpec(colour, shape, motion, o.size or str(rng.choice(list(SIZES)))))
+    return SceneSpec(tuple(objs), spec.background or str(rng.choice(BACKGROUNDS)), spec.camera or "static")
+
+
+def _camera_rate(camera: str, width: int, unit: float, duration: float) -> float:
+    if camera in ("pan_left", "pan_right"):
+        speed = min(PAN_SPEED * unit, MAX_PAN * width / duration)
+        return speed if camera == "pan_right" else -speed
+    if camera in ("zoom_in", "zoom_out"):
+        rate = min(ZOOM_RATE, MAX_ZOOM / duration)
+        return rate if camera == "zoom_in" else -rate
+    return 0.0
+
+
+def _place_all(specs, box, unit, duration, fps, gravity, rng) -> list[WorldObject] | None:
+    placed: list[tuple[float, float, float]] = []  # (x, y, largest circumradius)
+    objects = []
+    for spec in specs:
+        for _ in range(20):
+            obj, reach = _place(spec, box, unit, duration, fps, gravity, rng)
+            if all(math.hypot(obj.x - x, obj.y - y) > reach + r + 0.03 * unit for x, y, r in placed):
+                break
+        else:
+            return None
+        placed.append((obj.x, obj.y, reach))
+        objects.append(obj)
+    return objects
+
+
+def _place(spec: ObjectSpec, box, unit, duration, fps, gravity, rng) -> tuple[WorldObject, float]:
+    """One object set up to show its motion inside ``box``; returns it and its largest reach."""
+    x0, y0, x1, y1 = box
+    radius = SIZES[spec.size] * unit * rng.uniform(0.93, 1.07)
+    circ = CIRCUMRADIUS[spec.shape]
+    angle = 0.0 if spec.shape == "circle" else rng.uniform(0, 2 * math.pi)
+    kw: dict = {}
+    reach = circ * radius
+
+    if spec.motion == "grows":
+        limit = math.log(max(0.45 * min(x1 - x0, y1 - y0) / reach, 1.0 + 1e-6))
+        kw["growth"] = min(rng.uniform(*GROWTH_RATE), MAX_GROWTH / duration, limit / duration)
+        reach *= math.exp(kw["growth"] * duration)
+    elif spec.motion == "shrinks":
+        limit = math.log(max(radius / (MIN_RADIUS * unit), 1.0 + 1e-6))
+        kw["growth"] = -min(rng.uniform(*GROWTH_RATE), MAX_GROWTH / duration, limit / duration)
+    elif spec.motion == "spins":
+        speed = min(rng.uniform(*SPIN_SPEED), MAX_SPIN_PER_FRAME * fps)
+        kw["spin"] = speed if rng.random() < 0.5 else -speed
+
+    lo_x, hi_x, lo_y, hi_y = x0 + reach, max(x1 - reach, x0 + reach), y0 + reach, max(y1 - reach, y0 + reach)
+    x, y = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+
+    if spec.motion in DIRECTIONS:
+        dx, dy = DIRECTIONS[spec.motion]
+        lo, hi = (lo_x, hi_x) if dx else (lo_y, hi_y)
+        travel = min(rng.uniform(*MOVE_SPEED) * unit * duration, 0.85 * (hi - lo))
+        start = rng.uniform(lo, hi - travel) if (dx + dy) > 0 else rng.uniform(lo + travel, hi)
+        x, y = (start, y) if dx else (x, start)
+        kw["vx"], kw["vy"] = dx * travel / duration, dy * travel / duration
+    elif spec.motion == "falls":
+        y = rng.uniform(lo_y, lo_y + 0.35 * (hi_y - lo_y))
+        kw.update(gravity=True, restitution=0.0)
+    elif spec.motion == "bounces":
+        # first floor contact by 55% of the clip, so the rebound is on screen
+        g = gravity * unit
+        drop = min(0.5 * g * (0.55 * duration) ** 2, hi_y - lo_y) * rng.uniform(0.6, 1.0)
+        y = hi_y - drop
+        kw.update(gravity=True, restitution=rng.uniform(*RESTITUTION))
+    obj = WorldObject(spec.shape, spec.colour, spec.size, radius, spec.motion, x, y, angle=angle, **kw)
+    return obj, reach
+
+
+def _agreement(scene: Scene) -> int:
+    """How many objects' simulated tracks read as their motion label."""
+    if scene.frames < 3:
+        return len(scene.objects)
+    tracks = simulate(scene)
+    unit = scene.unit
+    good = 0
+    for i, o in enumerate(scene.objects):
+        angle = None if o.shape == "circle" else tracks.angle[:, i]
+        reach = CIRCUMRADIUS[o.shape] * tracks.radius[:, i]
+        reading = read_motion(tracks.centres[:, i], tracks.radius[:, i], angle, reach, scene.fps, unit, scene.height)
+        good += reading.label == o.motion
+    return good
+
+
+__all__ = ["sample_scene", "sample_spec", "scene_from_spec", "is_held_out", "as_rng", "GRAVITY", "HELD_OUT_MODES"]

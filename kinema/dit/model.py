@@ -1,0 +1,236 @@
+"""The spacetime-patch Diffusion Transformer, parameter-compatible with Wan 2.1 (diffusers ``WanTransformer3DModel``).
+
+Read top-down: attention, the block (self-attention with 3D RoPE, cross-attention to text, FFN, all
+modulated by the timestep through adaLN), then the model (patch embedding, condition embedding, blocks,
+modulated output head), then initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DiTConfig
+from ..nn import FP32LayerNorm, apply_rope, attention, rope_3d, timestep_features
+from .patchify import patch_grid, patchify, unpatchify
+
+
+class Attention(nn.Module):
+    """Multi-head attention with q/k RMS-normed across heads; self-attention gets RoPE, cross-attention a key mask."""
+
+    def __init__(self, dim: int, heads: int, eps: float, qk_norm: bool = True, image_kv_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        if image_kv_dim is not None:  # Wan I2V: CLIP image tokens get their own keys and values
+            self.add_k_proj = nn.Linear(image_kv_dim, dim)
+            self.add_v_proj = nn.Linear(image_kv_dim, dim)
+            self.norm_added_k = nn.RMSNorm(dim, eps=eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, N, D) -> (B, heads, N, d)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, image_context: torch.Tensor | None = None):
+        """``x`` (B, N, D); ``context`` (B, L, D) for cross-attention (None = self-attention) -> (B, N, D)."""
+        source = x if context is None else context
+        q = self._heads(self.norm_q(self.to_q(x)))
+        k = self._heads(self.norm_k(self.to_k(source)))
+        v = self._heads(self.to_v(source))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = attention(q, k, v, context_mask)
+        if image_context is not None:
+            k_img = self._heads(self.norm_added_k(self.add_k_proj(image_context)))
+            v_img = self._heads(self.add_v_proj(image_context))
+            out = out + attention(q, k_img, v_img)
+        return self.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Module):
+    """Two-layer MLP with GELU; names follow diffusers (``net.0.proj``, ``net.2``)."""
+
+    def __init__(self, dim: int, hidden: int, dim_out: int | None = None, approximate: str = "tanh"):
+        super().__init__()
+        proj = nn.Module()
+        proj.proj = nn.Linear(dim, hidden)
+        self.net = nn.ModuleList([proj, nn.Dropout(0.0), nn.Linear(hidden, dim_out or dim)])
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](F.gelu(self.net[0].proj(x), approximate=self.approximate))
+
+
+class TwoLayer(nn.Module):
+    """``linear_2(act(linear_1(x)))``: the timestep and text projections."""
+
+    def __init__(self, d_in: int, d_out: int, act: str):
+        super().__init__()
+        self.linear_1 = nn.Linear(d_in, d_out)
+        self.linear_2 = nn.Linear(d_out, d_out)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear_1(x)
+        h = F.silu(h) if self.act == "silu" else F.gelu(h, approximate="tanh")
+        return self.linear_2(h)
+
+
+class ImageEmbedder(nn.Module):
+    """CLIP image tokens (B, 257, image_dim) -> (B, 257, D) for Wan I2V."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.norm1 = FP32LayerNorm(image_dim)
+        self.ff = FeedForward(image_dim, image_dim, dim, approximate="none")
+        self.norm2 = FP32LayerNorm(dim)
+
+    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.ff(self.norm1(image_tokens)))
+
+
+def _modulate(norm_x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``norm_x * (1 + scale) + shift`` in fp32; shift/scale are (B, 1, D) or per frame (B, f, 1, D)."""
+    if shift.ndim == 4:  # per-frame modulation: view tokens as (B, f, h*w, D)
+        b, f = shift.shape[:2]
+        return (norm_x.unflatten(1, (f, -1)) * (1 + scale) + shift).flatten(1, 2)
+    return norm_x * (1 + scale) + shift
+
+
+def _gate(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Residual ``x + y * gate`` in fp32, cast back to x's dtype."""
+    if gate.ndim == 4:
+        y = (y.float().unflatten(1, (gate.shape[1], -1)) * gate).flatten(1, 2)
+    else:
+        y = y.float() * gate
+    return (x.float() + y).type_as(x)
+
+
+class Block(nn.Module):
+    """Self-attention (3D RoPE) -> cross-attention to text -> FFN, with adaLN shift/scale/gate from the timestep."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.attn1 = Attention(dim, cfg.num_attention_heads, cfg.eps, qk_norm=cfg.qk_norm is not None)
+        self.attn2 = Attention(dim, cfg.num_attention_heads, cfg.eps, qk_norm=cfg.qk_norm is not None,
+                               image_kv_dim=cfg.added_kv_proj_dim)
+        self.norm2 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.ffn = FeedForward(dim, cfg.ffn_dim)
+        self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.zeros(1, 6, dim))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+                modulation: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                image_context: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, N, D); ``modulation`` (B, 6, D) or per frame (B, f, 6, D) -> (B, N, D)."""
+        mod = (self.scale_shift_table + modulation.float()).unsqueeze(-2)  # (..., 6, 1, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(-3)
+        h = _modulate(self.norm1(x).float(), shift1, scale1).type_as(x)
+        x = _gate(x, self.attn1(h, rope=rope), gate1)
+        x = x + self.attn2(self.norm2(x), text, text_mask, image_context=image_context)
+        h = _modulate(self.norm3(x).float(), shift2, scale2).type_as(x)
+        return _gate(x, self.ffn(h), gate2)
+
+
+class ConditionEmbedder(nn.Module):
+    """Timestep -> (embedding, 6-way block modulation); text tokens -> model width; optional CLIP image tokens."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.freq_dim = cfg.freq_dim
+        self.time_embedder = TwoLayer(cfg.freq_dim, dim, "silu")
+        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.text_embedder = TwoLayer(cfg.text_dim, dim, "gelu_tanh")
+        self.image_embedder = ImageEmbedder(cfg.image_dim, dim) if cfg.image_dim is not None else None
+
+    def forward(self, timestep: torch.Tensor, text: torch.Tensor):
+        """``timestep`` (B,) or (B, f) in [0, 1000] -> temb (.., D), modulation (.., 6, D), text (B, L, D)."""
+        feats = timestep_features(timestep, self.freq_dim)
+        temb = self.time_embedder(feats.to(self.time_embedder.linear_1.weight.dtype)).type_as(text)
+        modulation = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))
+        return temb, modulation, self.text_embedder(text)
+
+
+class DiT(nn.Module):
+    """Text-conditioned velocity predictor over spacetime patches of a video latent."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim, patch = cfg.dim, tuple(cfg.patch_size)
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
+        self.condition_embedder = ConditionEmbedder(cfg)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(patch))
+        self.scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
+        self._rope_cache: dict = {}
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier for linears, zero for what should start as identity (adaLN modulation, output head)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embedding.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for lin in (self.condition_embedder.time_embedder.linear_1, self.condition_embedder.time_embedder.linear_2):
+            nn.init.normal_(lin.weight, std=0.02)
+        dim = self.cfg.dim
+        for block in self.blocks:
+            nn.init.normal_(block.scale_shift_table, std=dim**-0.5)
+        nn.init.normal_(self.scale_shift_table, std=dim**-0.5)
+        nn.init.zeros_(self.condition_embedder.time_proj.weight)  # adaLN starts as plain LayerNorm, gates closed
+        nn.init.zeros_(self.condition_embedder.time_proj.bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables for a token grid, cached per (grid, device)."""
+        key = (grid, str(device))
+        if key not in self._rope_cache:
+            if len(self._rope_cache) > 16:
+                self._rope_cache.clear()
+            self._rope_cache[key] = rope_3d(grid, self.cfg.attention_head_dim, device=device)
+        return self._rope_cache[key]
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                text_mask: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity for ``latents`` (B, C, F, H, W) at ``timestep`` -> (B, C_out, F, H, W).
+
+        ``timestep`` is (B,) in [0, 1000], or (B, F) per latent frame (conditioning frames sit at 0);
+        ``text`` (B, L, text_dim) with ``text_mask`` (B, L) True for real tokens (None = attend to all).
+        """
+        cfg = self.cfg
+        patch = tuple(cfg.patch_size)
+        grid = patch_grid(latents.shape, patch)  # (f, h, w)
+        w = self.patch_embedding.weight
+        x = F.linear(patchify(latents.to(w.dtype), patch), w.flatten(1), self.patch_embedding.bias)  # (B, N, D)
+
+        if timestep.ndim == 2:  # per latent frame -> per token frame
+            if timestep.shape[1] != latents.shape[2]:
+                raise ValueError(f"per-frame timestep has {timestep.shape[1]} frames, latents have {latents.shape[2]}")
+            timestep = timestep[:, :: patch[0]]
+        temb, modulation, text = self.condition_embedder(timestep, text.to(w.dtype))
+        image_context = None if image_tokens is None else self.condition_embedder.image_embedder(image_tokens.to(w.dtype))
+        rope = self.rope(grid, x.device)
+
+        for block in self.blocks:
+            x = block(x, text, text_mask, modulation, rope, image_context)
+
+        shift, scale = (self.scale_shift_table + temb.float().unsqueeze(-2)).unsqueeze(-2).unbind(-3)
+        x = _modulate(self.norm_out(x).float(), shift, scale).type_as(x)
+        return unpatchify(self.proj_out(x), grid, patch)

@@ -1,0 +1,262 @@
+"""The generation pipeline: request -> text -> noise -> sampler (+ conditioning) -> decode -> video.
+
+``Pipeline.generate`` is the Python API behind ``kinema generate``; every task (text-to-video,
+image-to-video, extend, loop, connect, edit, keyframes) reaches the same ``sample`` loop, differing
+only in the ``Condition`` (given latent frames) and the starting point (noise, or a noised video for edits).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import SAMPLERS, ModelConfig
+from ..dit import DiT
+from ..flow import get_sampler, guided, sampling_schedule
+from ..tasks import Condition, conditioned_velocity
+from ..vae import VAE
+
+
+class InputError(ValueError):
+    """A generation request is invalid; the message names the value and what is accepted."""
+
+
+@dataclass
+class Settings:
+    """Everything that determines a generated video (stored in the output's metadata)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 128
+    height: int = 128
+    frames: int = 17
+    fps: int = 8
+    steps: int = 20
+    guidance: float = 5.0
+    shift: float = 3.0
+    sampler: str = "unipc"
+    seed: int = 0
+    strength: float = 1.0  # < 1: edit an input video (SDEdit), starting from t = strength
+
+
+@dataclass
+class Video:
+    """A generated clip: uint8 frames (F, H, W, 3), its frame rate, and the settings that made it."""
+
+    frames: np.ndarray
+    fps: float
+    settings: Settings
+    model: str
+    latents: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.frames) / self.fps
+
+    def metadata(self) -> dict[str, str]:
+        """Container metadata: prompt, seed, model and every setting."""
+        s = asdict(self.settings)
+        return {"prompt": s.pop("prompt"), "seed": str(s.pop("seed")), "model": self.model,
+                "settings": __import__("json").dumps(s), "software": "kinema"}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the clip (format by extension: .mp4 .webm .gif .png, or a folder of PNGs) atomically."""
+        from ..common.video import write_video
+        frames = self.frames[:1] if str(path).lower().endswith(".png") else self.frames
+        write_video(path, frames, self.fps, metadata=self.metadata())
+        return Path(path)
+
+
+def nearest_valid_frames(frames: int, factor: int = 4) -> tuple[int, int]:
+    """The valid frame counts (factor*k + 1) just below and above ``frames``."""
+    lo = max(1, (frames - 1) // factor * factor + 1)
+    return lo, lo + factor
+
+
+def make_settings(cfg: ModelConfig, prompt: str, **overrides) -> Settings:
+    """Settings from ``cfg``'s sampling defaults and the non-None ``overrides``, validated against ``cfg``."""
+    d = cfg.sampling
+    base = dict(negative_prompt=d.negative_prompt, width=d.width, height=d.height, frames=d.frames, fps=d.fps,
+                steps=d.steps, guidance=d.guidance, shift=d.shift, sampler=d.sampler)
+    unknown = sorted(set(overrides) - set(base) - {"seed", "strength"})
+    if unknown:
+        raise InputError(f"unknown setting(s) {unknown}; accepted: {sorted(set(base) | {'seed', 'strength'})}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    s = Settings(prompt=prompt, **base)
+    check_settings(cfg, s)
+    return s
+
+
+def check_settings(cfg: ModelConfig, s: Settings) -> None:
+    """Raise InputError naming the bad value and what is accepted, before any work starts."""
+    if not isinstance(s.prompt, str) or not s.prompt.strip():
+        raise InputError("prompt is empty; give a description of the video, e.g. \"a red ball bounces on the floor\"")
+    m = cfg.pixel_multiple
+    for name, v in (("width", s.width), ("height", s.height)):
+        if not isinstance(v, int) or v < m or v % m:
+            lo = max(m, (int(v) // m) * m) if isinstance(v, (int, float)) and v > 0 else m
+            raise InputError(f"{name} {v} is not a positive multiple of {m}; try {lo} or {lo + m}")
+    tf = cfg.vae.temporal_factor
+    if not isinstance(s.frames, int) or s.frames < 1 or (s.frames - 1) % tf:
+        lo, hi = nearest_valid_frames(int(s.frames) if isinstance(s.frames, (int, float)) and s.frames > 0 else 1, tf)
+        raise InputError(f"frames {s.frames} is not {tf}k+1 (1, {tf + 1}, {2 * tf + 1}, ...); try {lo} or {hi}")
+    if s.sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {s.sampler!r}; choose one of {list(SAMPLERS)}")
+    if not isinstance(s.steps, int) or not 1 <= s.steps <= 1000:
+        raise InputError(f"steps must be an integer in [1, 1000], got {s.steps}")
+    if not (isinstance(s.guidance, (int, float)) and math.isfinite(s.guidance) and 0 <= s.guidance <= 50):
+        raise InputError(f"guidance must be a number in [0, 50], got {s.guidance}")
+    if not (isinstance(s.shift, (int, float)) and 0 < s.shift <= 100):
+        raise InputError(f"shift must be in (0, 100], got {s.shift}")
+    if not isinstance(s.fps, int) or not 1 <= s.fps <= 240:
+        raise InputError(f"fps must be an integer in [1, 240], got {s.fps}")
+    if not isinstance(s.seed, int) or not 0 <= s.seed < 2**63:
+        raise InputError(f"seed must be an integer in [0, 2^63), got {s.seed}")
+    if not (isinstance(s.strength, (int, float)) and 0 < s.strength <= 1):
+        raise InputError(f"strength must be in (0, 1], got {s.strength}")
+
+
+class Pipeline:
+    """A loaded model (DiT + VAE + text encoder) that turns requests into videos."""
+
+    def __init__(self, cfg: ModelConfig, dit: DiT, vae: VAE, text_encoder, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, name: str | None = None):
+        self.cfg, self.dit, self.vae, self.text_encoder = cfg, dit, vae, text_encoder
+        self.device, self.dtype = torch.device(device), dtype
+        self.name = name or cfg.name
+        self._prompt_cache: dict = {}
+
+    # -- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
+                        lora: list[tuple[str, float]] | None = None) -> Pipeline:
+        """Load a kinema or diffusers Wan folder (None = the bundled model) ready to generate."""
+        from ..text import build_text_encoder
+        from ..weights import load_dit, load_vae, read_config
+        path = Path(path) if path is not None else bundled_model_path()
+        dtype = dtype or torch.float32
+        cfg = read_config(path)
+        dit = load_dit(path, dtype=dtype).to(device)
+        vae = load_vae(path, dtype=torch.float32 if dtype == torch.float16 else dtype).to(device)
+        for lora_path, scale in lora or []:
+            from ..train.lora import apply_lora
+            apply_lora(dit, lora_path, scale)
+        text = build_text_encoder(cfg.text).to(device)
+        return cls(cfg, dit, vae, text, device=device, dtype=dtype, name=cfg.name if path is None else str(cfg.name))
+
+    def settings(self, prompt: str, **overrides) -> Settings:
+        """Request settings: the model's defaults, overridden by the given (non-None) values, validated."""
+        return make_settings(self.cfg, prompt, **overrides)
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def latent_shape(self, s: Settings) -> tuple[int, int, int, int, int]:
+        sf = self.cfg.vae.spatial_factor
+        return (1, self.cfg.vae.z_dim, self.vae.latent_frames(s.frames), s.height // sf, s.width // sf)
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text tokens (B, L, D) on the model's device/dtype and the key mask (None where the model attends padding)."""
+        key = tuple(prompts)
+        if key not in self._prompt_cache:
+            if len(self._prompt_cache) > 64:
+                self._prompt_cache.clear()
+            tokens, mask = self.text_encoder.encode(list(prompts))
+            self._prompt_cache[key] = (tokens.to(self.device, self.dtype), mask.to(self.device))
+        tokens, mask = self._prompt_cache[key]
+        return tokens, (mask if self.cfg.text.use_mask else None)
+
+    def velocity_fn(self, text: torch.Tensor, mask: torch.Tensor | None, guidance: float):
+        """A guided velocity ``(x, t_frames) -> v`` over a (cond, uncond) text pair (text is (2, L, D))."""
+        dit = self.dit
+
+        def both(x: torch.Tensor, t_frames: torch.Tensor, need_uncond: bool):
+            ts = t_frames * 1000.0
+            if not need_uncond:
+                v = dit(x.to(self.dtype), ts, text[:1], None if mask is None else mask[:1])
+                return v.float(), None
+            v = dit(torch.cat([x, x]).to(self.dtype), torch.cat([ts, ts]), text, mask).float()
+            return v[:1], v[1:]
+
+        def velocity(x, t_frames):
+            return guided(lambda x_, t_, need: both(x_, t_, need), guidance)(x, t_frames)
+
+        return velocity
+
+    @torch.inference_mode()
+    def sample(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Latents (1, C, F, h, w) for settings ``s``: noise -> sampler, holding ``condition`` frames clean.
+
+        ``init_latents`` with ``s.strength < 1`` starts from the noised input video (SDEdit).
+        """
+        shape = self.latent_shape(s)
+        gen = torch.Generator("cpu").manual_seed(s.seed)
+        noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
+        ts = sampling_schedule(s.steps, shift=s.shift, t_start=s.strength)
+        x = noise
+        if init_latents is not None and s.strength < 1:
+            t0 = float(ts[0])
+            x = (1 - t0) * init_latents.to(noise) + t0 * noise
+        if condition is not None:
+            x = condition.apply(x)
+        text, mask = self.encode_prompts([s.prompt, s.negative_prompt])
+        velocity = conditioned_velocity(self.velocity_fn(text, mask, s.guidance), condition)
+        step_cb = None if callback is None else (lambda i, n, _x: callback(i + 1, n))
+        x = get_sampler(s.sampler)(velocity, x, ts.to(self.device), callback=step_cb)
+        return x if condition is None else condition.apply(x)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """uint8 frames (F, H, W, 3) from latents."""
+        video = self.vae.decode(latents.to(next(self.vae.parameters()).dtype))
+        return ((video[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    def generate(self, prompt: str, *, negative_prompt: str | None = None, width: int | None = None,
+                 height: int | None = None, frames: int | None = None, fps: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, shift: float | None = None, sampler: str | None = None, seed: int = 0,
+                 progress: bool | Callable[[int, int], None] = False) -> Video:
+        """Text -> video with this model's defaults for anything not given."""
+        s = self.settings(prompt, negative_prompt=negative_prompt, width=width, height=height, frames=frames, fps=fps,
+                          steps=steps, guidance=guidance, shift=shift, sampler=sampler, seed=seed)
+        return self.run(s, progress=progress)
+
+    def run(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
+            progress: bool | Callable[[int, int], None] = False) -> Video:
+        """Sample and decode for validated settings; timings per stage are recorded on the result."""
+        callback, bar = _progress(progress, s.steps)
+        t0 = time.perf_counter()
+        self.encode_prompts([s.prompt, s.negative_prompt])
+        t1 = time.perf_counter()
+        latents = self.sample(s, condition=condition, init_latents=init_latents, callback=callback)
+        t2 = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        frames = self.decode(latents)
+        t3 = time.perf_counter()
+        timings = {"text": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0}
+        return Video(frames=frames, fps=s.fps, settings=s, model=self.name, latents=latents, timings=timings)
+
+
+def _progress(progress, steps):
+    if callable(progress):
+        return progress, None
+    if not progress:
+        return None, None
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
+    return (lambda i, n: bar.update(1)), bar
+
+
+def bundled_model_path() -> Path:
+    """The model shipped inside the package (kinema/assets/world-small)."""
+    p = Path(__file__).resolve().parent.parent / "assets" / "world-small"
+    if not (p / "kinema.json").is_file():
+        raise FileNotFoundError(f"the bundled model is missing from this install ({p}); pass --model PATH")
+    return p

@@ -1,0 +1,7 @@
+"""Neural-network building blocks shared by the models: attention, RoPE, norms, timestep features."""
+
+from .attention import attention
+from .embeddings import apply_rope, rope_3d, rope_split, timestep_features
+from .norms import ChannelRMSNorm, FP32LayerNorm
+
+__all__ = ["attention", "apply_rope", "rope_3d", "rope_split", "timestep_features", "ChannelRMSNorm", "FP32LayerNorm"]

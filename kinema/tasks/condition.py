@@ -1,0 +1,89 @@
+"""Per-frame conditioning: some latent frames are given (clean), the rest are generated.
+
+One mechanism serves every task (image-to-video, extend, loop, connect, keyframes): a condition is a
+set of clean latent frames plus a per-frame mask. We hold conditioned frames clean with per-frame
+timesteps rather than by re-noising and replacing: conditioned frames sit at t = 0 (the DiT sees them
+as finished), their velocity is zero, so every sampler — which only moves x along the predicted
+velocity — leaves them exactly where they started. Training does the same: conditioned frames are
+clean inputs at t = 0 and are left out of the loss, so the model learns every task at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Condition:
+    """Clean latents (B, C, F, H, W) and mask (B, F) bool: True where the frame is given, not generated."""
+
+    latents: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self):
+        if self.mask.ndim != 2 or self.mask.shape[0] != self.latents.shape[0] or self.mask.shape[1] != self.latents.shape[2]:
+            raise ValueError(f"condition mask must be (B, F)=({self.latents.shape[0]}, {self.latents.shape[2]}), "
+                             f"got {tuple(self.mask.shape)}")
+        self.mask = self.mask.to(device=self.latents.device, dtype=torch.bool)
+
+    @property
+    def frame_mask(self) -> torch.Tensor:
+        """The mask broadcastable over latents: (B, 1, F, 1, 1) float."""
+        return self.mask[:, None, :, None, None].to(self.latents.dtype)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with conditioned frames replaced by their clean values."""
+        return torch.where(self.mask[:, None, :, None, None], self.latents.to(x.dtype), x)
+
+    def frame_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-frame timesteps (B, F): ``t`` (B,) for generated frames, 0 for conditioned ones."""
+        return t[:, None].to(torch.float32) * (~self.mask).to(torch.float32)
+
+
+def conditioned_velocity(velocity, cond: Condition | None):
+    """Wrap ``velocity(x, t_frames (B, F)) -> v`` into a sampler velocity ``(x, t (B,)) -> v`` that holds ``cond``."""
+    if cond is None:
+        def plain(x, t):
+            return velocity(x, t[:, None].expand(-1, x.shape[2]))
+        return plain
+
+    keep = (~cond.mask)[:, None, :, None, None]
+
+    def held(x, t):
+        return velocity(x, cond.frame_timesteps(t)) * keep.to(x.dtype)
+
+    return held
+
+
+# Conditioning patterns sampled during training (names are config keys for their probabilities).
+PATTERNS = ("none", "first", "last", "first_k", "last_k", "both_ends", "keyframes")
+
+
+def sample_mask(num_frames: int, probs: dict[str, float], generator: torch.Generator) -> torch.Tensor:
+    """A random conditioning mask (F,) bool drawn from the pattern probabilities ``probs`` (normalised here)."""
+    unknown = sorted(set(probs) - set(PATTERNS))
+    if unknown:
+        raise ValueError(f"unknown conditioning pattern(s) {unknown}; known: {list(PATTERNS)}")
+    names = [p for p in PATTERNS if probs.get(p, 0.0) > 0]
+    mask = torch.zeros(num_frames, dtype=torch.bool)
+    if not names or num_frames < 2:
+        return mask
+    weights = torch.tensor([probs[p] for p in names], dtype=torch.float64)
+    pattern = names[int(torch.multinomial(weights, 1, generator=generator))]
+    k = int(torch.randint(1, max(2, num_frames // 2 + 1), (1,), generator=generator))
+    if pattern == "first":
+        mask[0] = True
+    elif pattern == "last":
+        mask[-1] = True
+    elif pattern == "first_k":
+        mask[:k] = True
+    elif pattern == "last_k":
+        mask[-k:] = True
+    elif pattern == "both_ends":
+        mask[0] = mask[-1] = True
+    elif pattern == "keyframes":
+        n = int(torch.randint(1, max(2, num_frames // 2), (1,), generator=generator))
+        mask[torch.randperm(num_frames, generator=generator)[:n]] = True
+    return mask

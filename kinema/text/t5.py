@@ -1,0 +1,99 @@
+"""T5 / umT5 encoder (Wan 2.1 uses umT5-XXL, 4096 dims) from a local folder through ``transformers``.
+
+Accepted layouts: a diffusers Wan folder (``text_encoder/`` + ``tokenizer/``), or one folder that
+holds both the model and the tokenizer files. Nothing is ever downloaded (``local_files_only``),
+and weights load from safetensors only. ``transformers`` is imported when an encoder is built, so
+``import kinema.text`` stays light.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from kinema.text.encoder import TextEncoder, check_prompts, pad_to_length, split_device_dtype
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_TOKENIZER = ("tokenizer.json", "spiece.model")
+_MODEL_TYPES = ("t5", "umt5")
+
+
+def resolve_t5_folders(path: str | Path) -> tuple[Path, Path]:
+    """(model folder, tokenizer folder) inside ``path``; a missing file raises naming what was expected."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"T5 text encoder folder {path} does not exist; expected a diffusers Wan folder "
+                                "(text_encoder/ + tokenizer/) or one folder with config.json, weights and tokenizer")
+    if (path / "text_encoder").is_dir():
+        model_dir = path / "text_encoder"
+        tokenizer_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else model_dir
+    else:
+        model_dir = tokenizer_dir = path
+    problems = []
+    if not (model_dir / "config.json").is_file():
+        problems.append(f"{model_dir / 'config.json'}")
+    if not any((model_dir / name).is_file() for name in _WEIGHTS):
+        problems.append(f"{model_dir}/{' or '.join(_WEIGHTS)}")
+    if not any((tokenizer_dir / name).is_file() for name in _TOKENIZER):
+        problems.append(f"{tokenizer_dir}/{' or '.join(_TOKENIZER)}")
+    if problems:
+        raise FileNotFoundError(f"T5 text encoder folder {path} is incomplete; missing: {'; '.join(problems)}")
+    return model_dir, tokenizer_dir
+
+
+def clean_prompt(prompt: str) -> str:
+    """The prompt with HTML entities decoded and whitespace collapsed (Wan's prompt_clean, minus ftfy)."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(prompt))).strip()
+
+
+class T5Encoder(TextEncoder):
+    """T5/umT5 encoder last hidden states: (B, max_length, d_model), zeros past each prompt's length."""
+
+    def __init__(self, path: str | Path, max_length: int = 512, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        if max_length < 1:
+            raise ValueError(f"T5 max_length must be >= 1, got {max_length}")
+        model_dir, tokenizer_dir = resolve_t5_folders(path)
+        config = json.loads((model_dir / "config.json").read_text())
+        model_type = config.get("model_type")
+        if model_type not in _MODEL_TYPES:
+            raise ValueError(f"{model_dir / 'config.json'}: model_type must be one of {_MODEL_TYPES}, got {model_type!r}")
+        from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
+
+        model_class = UMT5EncoderModel if model_type == "umt5" else T5EncoderModel
+        self.path = Path(path)
+        self.model = model_class.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, dtype=dtype)
+        self.model = self.model.to(device).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        self.tokenizer.padding_side = "right"  # real tokens first: the zero tail below relies on it
+        self.max_length = max_length
+        self.dim = self.model.config.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def to(self, device=None, dtype=None) -> T5Encoder:
+        device, dtype = split_device_dtype(device, dtype)
+        self.model = self.model.to(device=device, dtype=dtype)
+        return self
+
+    @torch.no_grad()  # not inference_mode: its tensors cannot be saved for backward by a DiT being trained
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, max_length, d_model), mask (B, max_length)); padding positions are zeros."""
+        prompts = [clean_prompt(p) for p in check_prompts(prompts)]
+        # Pad to the longest prompt only: with the key mask, real tokens do not see padding, and the
+        # zero-extension to max_length below gives Wan's layout without running 512 positions.
+        batch = self.tokenizer(prompts, padding="longest", max_length=self.max_length, truncation=True,
+                               add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, longest, d_model)
+        return pad_to_length(hidden, mask, self.max_length)

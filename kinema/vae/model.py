@@ -1,0 +1,298 @@
+"""Causal video VAE in the Wan 2.1 layout (diffusers ``AutoencoderKLWan`` parameter names).
+
+4x temporal and 8x spatial compression; frame counts are 4k+1 and the first frame is encoded on its
+own, so an image is a one-frame video. Every temporal convolution is causal, which makes the network
+streamable: a clip is processed in chunks of several latent frames, each causal convolution carrying the
+last two frames it saw into the next chunk. The result equals processing the whole clip at once, and
+memory is bounded by the chunk, not the clip.
+
+Why it is fast on a CPU: the reference implementation streams one latent frame (4 video frames) at a
+time, so every 3D convolution runs on a temporal extent of 1-4 frames, where PyTorch falls back to a slow
+path. Here a chunk spans several latent frames (16+ video frames) and each convolution is one large
+``conv3d`` call on the whole chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VAEConfig
+from ..nn import ChannelRMSNorm
+
+Stream = dict  # per-module carried state for one encode/decode pass: {id(module): tensor}
+
+
+class CausalConv3d(nn.Conv3d):
+    """3D convolution that only looks back in time; carries its last ``kt - 1`` input frames between chunks."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int | tuple[int, int, int], padding: int | tuple = 0,
+                 stride: int | tuple = 1):
+        super().__init__(c_in, c_out, kernel, stride=stride, padding=0)
+        pad = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
+        self.time_pad = 2 * pad[0]
+        self.space_pad = (pad[2], pad[2], pad[1], pad[1])
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        """``(B, C, T, H, W) -> (B, C_out, T, H, W)``; with ``stream``, continues from the previous chunk."""
+        if self.time_pad:
+            past = None if stream is None else stream.get(id(self))
+            if past is None:
+                past = x.new_zeros(x.shape[0], x.shape[1], self.time_pad, *x.shape[3:])
+            x = torch.cat([past, x], dim=2)
+            if stream is not None:
+                stream[id(self)] = x[:, :, -self.time_pad:]
+        if any(self.space_pad):
+            x = F.pad(x, self.space_pad)
+        return F.conv3d(x, self.weight, self.bias, self.stride)
+
+
+class ResidualBlock(nn.Module):
+    """norm -> SiLU -> causal conv, twice, plus a (1x1x1 conv) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = ChannelRMSNorm(c_in)
+        self.conv1 = CausalConv3d(c_in, c_out, 3, padding=1)
+        self.norm2 = ChannelRMSNorm(c_out)
+        self.conv2 = CausalConv3d(c_out, c_out, 3, padding=1)
+        self.conv_shortcut = CausalConv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), stream)
+        h = self.conv2(F.silu(self.norm2(h)), stream)
+        return h + self.conv_shortcut(x)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention within each frame (never across time, so causality holds)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = ChannelRMSNorm(dim, spatial_dims=2)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        qkv = self.to_qkv(self.norm(frames)).flatten(2).transpose(1, 2)  # (B*T, h*w, 3C)
+        q, k, v = qkv.unsqueeze(1).chunk(3, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
+        return x + self.proj(out).reshape(b, t, c, h, w).transpose(1, 2)
+
+
+class Resample(nn.Module):
+    """Spatial 2x down/up-sampling per frame, optionally with 2x temporal down/up-sampling (causal)."""
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        if mode.startswith("up"):
+            self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest"),
+                                          nn.Conv2d(dim, dim // 2, 3, padding=1))
+        else:
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        if self.mode == "upsample3d":
+            x = self._double_time(x, stream)
+        b, c, t, h, w = x.shape
+        y = self.resample(x.transpose(1, 2).reshape(b * t, c, h, w))
+        x = y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+        if self.mode == "downsample3d":
+            x = self._halve_time(x, stream)
+        return x
+
+    def _double_time(self, x: torch.Tensor, stream: Stream | None) -> torch.Tensor:
+        """Latent frame 0 -> 1 frame; every later frame -> 2 frames (a causal conv emits both)."""
+        key = (id(self), "started")
+        first = None
+        if stream is None or key not in stream:  # the clip's first frame passes through unchanged
+            first, x = x[:, :, :1], x[:, :, 1:]
+            if stream is not None:
+                stream[key] = True
+        if x.shape[2]:
+            b, c, t, h, w = x.shape
+            pair = self.time_conv(x, stream).reshape(b, 2, c, t, h, w)
+            x = torch.stack((pair[:, 0], pair[:, 1]), dim=3).reshape(b, c, 2 * t, h, w)
+        return x if first is None else torch.cat([first, x], dim=2)
+
+    def _halve_time(self, x: torch.Tensor, stream: Stream | None) -> torch.Tensor:
+        """Frames f0, f1..f2m -> f0, conv(f0,f1,f2), conv(f2,f3,f4), ...; later chunks continue from the last frame."""
+        key = id(self)
+        past = None if stream is None else stream.get(key)
+        if stream is not None:
+            stream[key] = x[:, :, -1:]
+        if past is None:
+            first = x[:, :, :1]
+            return first if x.shape[2] == 1 else torch.cat([first, self.time_conv(x)], dim=2)
+        return self.time_conv(torch.cat([past, x], dim=2))
+
+
+class MidBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResidualBlock(dim, dim), ResidualBlock(dim, dim)])
+        self.attentions = nn.ModuleList([AttentionBlock(dim)])
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        x = self.resnets[0](x, stream)
+        return self.resnets[1](self.attentions[0](x), stream)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
+        self.conv_in = CausalConv3d(cfg.in_channels, dims[0], 3, padding=1)
+        layers, scale = [], 1.0
+        for i, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResidualBlock(c_in, c_out))
+                if scale in cfg.attn_scales:
+                    layers.append(AttentionBlock(c_out))
+                c_in = c_out
+            if i != len(cfg.dim_mult) - 1:
+                layers.append(Resample(c_out, "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"))
+                scale /= 2.0
+        self.down_blocks = nn.ModuleList(layers)
+        self.mid_block = MidBlock(dims[-1])
+        self.norm_out = ChannelRMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        x = self.conv_in(x, stream)
+        for layer in self.down_blocks:
+            x = layer(x, stream)
+        x = self.mid_block(x, stream)
+        return self.conv_out(F.silu(self.norm_out(x)), stream)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, num_res_blocks: int, mode: str | None):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResidualBlock(c_in if i == 0 else c_out, c_out) for i in range(num_res_blocks + 1)])
+        self.upsamplers = nn.ModuleList([Resample(c_out, mode)]) if mode else None
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x, stream)
+        return x if self.upsamplers is None else self.upsamplers[0](x, stream)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        base = cfg.decoder_base_dim or cfg.base_dim
+        dims = [base * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+        temporal_up = cfg.temporal_downsample[::-1]
+        self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.mid_block = MidBlock(dims[0])
+        blocks = []
+        for i, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
+            c_in = c_in // 2 if i > 0 else c_in  # the previous upsampler halved the channels
+            mode = None if i == len(cfg.dim_mult) - 1 else ("upsample3d" if temporal_up[i] else "upsample2d")
+            blocks.append(UpBlock(c_in, c_out, cfg.num_res_blocks, mode))
+        self.up_blocks = nn.ModuleList(blocks)
+        self.norm_out = ChannelRMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(z, stream), stream)
+        for block in self.up_blocks:
+            x = block(x, stream)
+        return self.conv_out(F.silu(self.norm_out(x)), stream)
+
+
+class VAE(nn.Module):
+    """Video <-> latent. Pixels are (B, 3, 4k+1, H, W) in [-1, 1]; latents (B, z_dim, k+1, H/8, W/8)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1)
+        self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
+        self.decoder = Decoder(cfg)
+        self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+
+    # -- shapes --------------------------------------------------------------------------------------
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for a clip of ``frames`` video frames (which must be 4k+1)."""
+        tf = self.cfg.temporal_factor
+        if frames < 1 or (frames - 1) % tf:
+            raise ValueError(f"frame count must be {tf}k+1 (1, {tf + 1}, {2 * tf + 1}, ...), got {frames}")
+        return (frames - 1) // tf + 1
+
+    def _check_pixels(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"video must be (B, {self.cfg.in_channels}, F, H, W), got {tuple(video.shape)}")
+        s = self.cfg.spatial_factor
+        if video.shape[3] % s or video.shape[4] % s:
+            raise ValueError(f"video height and width must be multiples of {s}, got {video.shape[3]}x{video.shape[4]}")
+        self.latent_frames(video.shape[2])
+
+    # -- encode --------------------------------------------------------------------------------------
+    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance (raw latent space) of ``video`` (B, 3, 4k+1, H, W)."""
+        self._check_pixels(video)
+        tf, n = self.cfg.temporal_factor, self.cfg.chunk_latent_frames
+        stream: Stream = {}
+        outs = []
+        frames = video.shape[2]
+        start, end = 0, 1 + tf * (n - 1)  # first chunk: frame 0 plus n-1 latent frames' worth
+        while start < frames:
+            outs.append(self.encoder(video[:, :, start:end].to(self.quant_conv.weight.dtype), stream))
+            start, end = end, end + tf * n
+        moments = self.quant_conv(torch.cat(outs, dim=2))
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+               normalize: bool = True) -> torch.Tensor:
+        """Latents of ``video`` (posterior mean, or a sample), normalised by the latent statistics by default."""
+        mean, logvar = self.encode_moments(video)
+        z = mean
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * noise
+        return self.normalize(z) if normalize else z
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latents_mean.to(z.dtype)) / self.latents_std.to(z.dtype)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latents_std.to(z.dtype) + self.latents_mean.to(z.dtype)
+
+    # -- decode --------------------------------------------------------------------------------------
+    def decode_chunks(self, latents: torch.Tensor, normalized: bool = True) -> Iterator[torch.Tensor]:
+        """Yield decoded pixel chunks (B, 3, frames, H, W) in [-1, 1], streaming over latent frames."""
+        if latents.ndim != 5 or latents.shape[1] != self.cfg.z_dim:
+            raise ValueError(f"latents must be (B, {self.cfg.z_dim}, F, H, W), got {tuple(latents.shape)}")
+        z = self.denormalize(latents) if normalized else latents
+        z = self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype))
+        stream: Stream = {}
+        n = self.cfg.chunk_latent_frames
+        for start in range(0, z.shape[2], n):
+            yield self.decoder(z[:, :, start:start + n], stream).clamp(-1.0, 1.0)
+
+    def decode(self, latents: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+        """Video (B, 3, 4k+1, H, W) in [-1, 1] from latents (B, z_dim, k+1, H/8, W/8)."""
+        return torch.cat(list(self.decode_chunks(latents, normalized)), dim=2)
+
+    def forward(self, video: torch.Tensor, generator: torch.Generator | None = None):
+        """Training pass: (reconstruction, mean, logvar) with a sampled latent (raw latent space)."""
+        mean, logvar = self.encode_moments(video)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        recon = self.decoder(self.post_quant_conv(z))
+        return recon, mean, logvar
