@@ -20,6 +20,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     suffix = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should get the usual file mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -27,6 +28,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -37,6 +37,8 @@ class MotionReading:
     bounced: bool  # a descent reversed into an ascent
     floor_contact: bool  # the lowest point touched the floor
     energy_ok: bool  # no rebound rose above the drop height
+    straightness: float  # |end - start| / path length (1 = a straight one-way path)
+    sideways: float  # furthest horizontal distance from the start
 
 
 def read_motion(
@@ -54,13 +56,16 @@ def read_motion(
     r = np.maximum(np.asarray(radius, dtype=np.float64), 1e-6) / unit
     t = np.arange(f) / fps
     if f < 3:
-        return MotionReading("still", 0.0, (0.0, 0.0), 0.0, float("nan"), float("nan"), False, False, True)
+        return MotionReading("still", 0.0, (0.0, 0.0), 0.0, float("nan"), float("nan"), False, False, True, 1.0, 0.0)
 
     log_r = np.log(r)
     edge = max(1, f // 8)
     growth = float(log_r[-edge:].mean() - log_r[:edge].mean())
     excursion = float(np.linalg.norm(p - p[0], axis=1).max())
     displacement = (float(p[-1, 0] - p[0, 0]), float(p[-1, 1] - p[0, 1]))
+    path = float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum())
+    straightness = float(np.hypot(*displacement) / path) if path > 0 else 1.0
+    sideways = float(np.abs(p[:, 0] - p[0, 0]).max())
     rotation, spin_consistency = _rotation(angle)
     y = p[:, 1]
     accel = _descent_accel(y, t)
@@ -70,7 +75,8 @@ def read_motion(
     energy_ok = (not bounced) or bool(y[contact_idx:].min() >= y[0] - 0.03)
 
     def reading(label: str) -> MotionReading:
-        return MotionReading(label, excursion, displacement, growth, rotation, accel, bounced, floor_contact, energy_ok)
+        return MotionReading(label, excursion, displacement, growth, rotation, accel, bounced, floor_contact,
+                             energy_ok, straightness, sideways)
 
     if abs(growth) >= GROWTH_MIN and abs(_corr(t, log_r)) >= 0.8:
         return reading("grows" if growth > 0 else "shrinks")
@@ -99,6 +105,20 @@ def physics_ok(reading: MotionReading, motion: str, gravity: float = GRAVITY) ->
     if motion == "bounces":
         return reading.label == "bounces" and accel_ok and reading.floor_contact and reading.energy_ok
     raise ValueError(f"physics is defined for falls and bounces, got motion {motion!r}")
+
+
+def is_clean(reading: MotionReading, motion: str) -> bool:
+    """Whether a track shows ``motion`` and nothing else: one-way straight paths for moves_*, no
+    travel for still/spins/grows/shrinks, no sideways drift for falls/bounces. The sampler keeps
+    only clean set-ups (so a collision never makes a caption wrong); the evaluator only asks for
+    the label."""
+    if reading.label != motion:
+        return False
+    if motion.startswith("moves_"):
+        return reading.straightness >= 0.9
+    if motion in ("falls", "bounces"):
+        return reading.sideways < STILL_EXCURSION
+    return reading.excursion < STILL_EXCURSION
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:

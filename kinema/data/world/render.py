@@ -36,11 +36,10 @@ def render(scene: Scene) -> np.ndarray:
     pan, scale = camera_at(scene.camera, scene.camera_rate, tracks.times)  # (F,), (F,)
     canvas = render_background(scene, pan, scale)  # (F, H, W, 3) float32 in [0, 1]
     ax, ay = camera_anchor(scene.width, scene.height)
-    for k in range(scene.frames):
-        for i, obj in enumerate(scene.objects):
-            cx = ax + scale[k] * (tracks.centres[k, i, 0] - pan[k] - ax)
-            cy = ay + scale[k] * (tracks.centres[k, i, 1] - ay)
-            _draw(canvas[k], obj.shape, COLOURS[obj.colour], cx, cy, tracks.radius[k, i] * scale[k], tracks.angle[k, i])
+    for i, obj in enumerate(scene.objects):
+        cx = ax + scale * (tracks.centres[:, i, 0] - pan - ax)  # (F,) screen px
+        cy = ay + scale * (tracks.centres[:, i, 1] - ay)
+        _draw(canvas, obj.shape, COLOURS[obj.colour], cx, cy, tracks.radius[:, i] * scale, tracks.angle[:, i])
     return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -65,7 +64,7 @@ def _background(scene: Scene, pan: np.ndarray, scale: np.ndarray) -> np.ndarray:
     if name == "sky":
         sky = _lerp(SKY_TOP, SKY_HORIZON, np.clip(ys / (HORIZON * h), 0, 1))
         grass = _lerp(GRASS_FAR, GRASS_NEAR, np.clip((ys - HORIZON * h) / ((1 - HORIZON) * h), 0, 1))
-        ground = _edge((ys - HORIZON * h) * s)
+        ground = _edge((ys - HORIZON * h) * s)[..., None]  # (F, H, 1, 1)
         img = sky + (grass - sky) * ground  # (F, H, 1, 3)
         img = np.broadcast_to(img, (len(pan), h, w, 3)).copy()
         _clouds(img, scene, pan, scale)
@@ -125,14 +124,18 @@ def _hash(i: np.ndarray, j: np.ndarray, seed: int, salt: int) -> np.ndarray:
 def _stars(xs: np.ndarray, ys: np.ndarray, s: np.ndarray, u: float, seed: int) -> np.ndarray:
     """Star glow in [0, 1] per pixel: at most one star per world cell, kept off the cell edges."""
     cell = STAR_CELL * u
-    xs, ys = np.broadcast_arrays(xs, ys)
-    i, j = np.floor(xs / cell), np.floor(ys / cell)
-    present = _hash(i, j, seed, 1) < 0.55
-    sx = (i + 0.3 + 0.4 * _hash(i, j, seed, 2)) * cell
-    sy = (j + 0.3 + 0.4 * _hash(i, j, seed, 3)) * cell
-    bright = 0.5 + 0.5 * _hash(i, j, seed, 4)
-    d2 = ((xs - sx) ** 2 + (ys - sy) ** 2) * s**2  # screen px^2
-    return (present * bright * np.exp(-d2 / (2 * STAR_SIGMA**2))).astype(np.float32)
+    i = np.floor(xs / cell).astype(np.int64)  # (F, 1, W)
+    j = np.floor(ys / cell).astype(np.int64)  # (F, H, 1)
+    i0, j0 = int(i.min()), int(j.min())
+    ci, cj = np.meshgrid(np.arange(i0, i.max() + 1), np.arange(j0, j.max() + 1))  # (J, I) cells in view
+    bright = np.where(_hash(ci, cj, seed, 1) < 0.55, 0.5 + 0.5 * _hash(ci, cj, seed, 4), 0.0).astype(np.float32)
+    star_x = ((ci + 0.3 + 0.4 * _hash(ci, cj, seed, 2)) * cell).astype(np.float32)
+    star_y = ((cj + 0.3 + 0.4 * _hash(ci, cj, seed, 3)) * cell).astype(np.float32)
+    cell_of = (j - j0, i - i0)  # (F, H, W) index pair into the cell tables
+    dx = xs.astype(np.float32) - star_x[cell_of]
+    dy = ys.astype(np.float32) - star_y[cell_of]
+    d2 = (dx * dx + dy * dy) * (s * s).astype(np.float32)  # screen px^2
+    return bright[cell_of] * np.exp(d2 * np.float32(-0.5 / STAR_SIGMA**2))
 
 
 def _clouds(img: np.ndarray, scene: Scene, pan: np.ndarray, scale: np.ndarray) -> None:
@@ -162,26 +165,37 @@ def _clouds(img: np.ndarray, scene: Scene, pan: np.ndarray, scale: np.ndarray) -
             patch += (cloud - patch) * alpha
 
 
-def _draw(frame: np.ndarray, shape: str, colour, cx: float, cy: float, radius: float, angle: float) -> None:
-    """Blend one anti-aliased shape into ``frame`` (H, W, 3) in place; radius is equal-area, px."""
-    h, w, _ = frame.shape
-    reach = CIRCUMRADIUS[shape] * radius + 1.5
-    x0, x1 = max(int(math.floor(cx - reach)), 0), min(int(math.ceil(cx + reach)), w)
-    y0, y1 = max(int(math.floor(cy - reach)), 0), min(int(math.ceil(cy + reach)), h)
-    if x0 >= x1 or y0 >= y1 or radius <= 0:
-        return
-    gx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :] / radius  # unit-shape coordinates
-    gy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None] / radius
+def _draw(canvas: np.ndarray, shape: str, colour, cx, cy, radius, angle) -> None:
+    """Blend one anti-aliased shape into every frame of ``canvas`` (F, H, W, 3) in place.
+
+    cx, cy, radius (equal-area, px) and angle are per frame, shape (F,); the shape is evaluated on one
+    square patch per frame around its centre, all frames at once.
+    """
+    f, h, w, _ = canvas.shape
+    reach = CIRCUMRADIUS[shape] * radius + 1.5  # (F,)
+    size = int(math.ceil(2 * reach.max())) + 1
+    x0 = np.floor(cx - size / 2).astype(int)  # (F,) patch corners, may hang off the canvas
+    y0 = np.floor(cy - size / 2).astype(int)
+    offs = np.arange(size, dtype=np.float32) + 0.5
+    r = np.maximum(radius, 1e-6).astype(np.float32)[:, None, None]
+    gx = (x0[:, None] + offs[None, :] - cx[:, None]).astype(np.float32)[:, None, :] / r  # (F, 1, S) unit coords
+    gy = (y0[:, None] + offs[None, :] - cy[:, None]).astype(np.float32)[:, :, None] / r  # (F, S, 1)
     if shape == "circle":
         sdf = np.sqrt(gx * gx + gy * gy) - 1.0
     else:
-        sdf = _symmetric_sdf(gx, gy, shape, angle)
-    alpha = np.minimum(np.maximum(0.5 - sdf * radius, 0.0), 1.0)[..., None]
-    patch = frame[y0:y1, x0:x1]
-    patch += (_rgb(colour) - patch) * alpha
+        sdf = _symmetric_sdf(gx, gy, shape, angle.astype(np.float32)[:, None, None])
+    alpha = np.minimum(np.maximum(0.5 - sdf * r, 0.0), 1.0)[..., None]  # (F, S, S, 1)
+    rgb = _rgb(colour)
+    for k in range(f):
+        ya, yb, xa, xb = max(y0[k], 0), min(y0[k] + size, h), max(x0[k], 0), min(x0[k] + size, w)
+        if ya >= yb or xa >= xb or radius[k] <= 0:
+            continue
+        a = alpha[k, ya - y0[k] : yb - y0[k], xa - x0[k] : xb - x0[k]]
+        patch = canvas[k, ya:yb, xa:xb]
+        patch += (rgb - patch) * a
 
 
-def _symmetric_sdf(gx: np.ndarray, gy: np.ndarray, shape: str, angle: float) -> np.ndarray:
+def _symmetric_sdf(gx: np.ndarray, gy: np.ndarray, shape: str, angle) -> np.ndarray:
     """Signed distance (negative inside) to a regular polygon or star by folding the plane into one
     mirror sector of its symmetry, where the boundary is a single segment A-B: A the outer vertex
     on the sector's axis, B the edge midpoint (polygon) or inner vertex (star) on its other side."""
@@ -193,7 +207,7 @@ def _symmetric_sdf(gx: np.ndarray, gy: np.ndarray, shape: str, angle: float) -> 
     offset = math.atan2(vx, -vy)  # the first vertex's angle from "up", clockwise (square: 45 deg)
     inner = math.hypot(*vertices[1]) if shape == "star" else outer * math.cos(math.pi / n)
     rho = np.sqrt(gx * gx + gy * gy)
-    phi = np.arctan2(gx, -gy) - np.float32(angle + offset)  # angle from the rotated first vertex
+    phi = np.arctan2(gx, -gy) - (angle + np.float32(offset))  # angle from the rotated first vertex
     phi = np.abs(np.mod(phi + sector, 2 * sector) - sector)  # fold into [0, pi/n]
     qx, qy = rho * np.sin(phi), rho * np.cos(phi)  # sector frame: A on the +y axis
     ax_, ay_ = 0.0, outer
@@ -202,5 +216,5 @@ def _symmetric_sdf(gx: np.ndarray, gy: np.ndarray, shape: str, angle: float) -> 
     wx, wy = qx - ax_, qy - ay_
     t = np.minimum(np.maximum((wx * ex + wy * ey) / (ex * ex + ey * ey), 0.0), 1.0)
     dist = np.sqrt((wx - ex * t) ** 2 + (wy - ey * t) ** 2)
-    outside = (ex * wy - ey * wx) < 0  # the centre is on the other side of A->B
+    outside = (ex * wy - ey * wx) > 0  # the centre lies on the other side of A->B
     return np.where(outside, dist, -dist)

@@ -1,0 +1,440 @@
+"""Training recipes as typed data: ``TrainConfig`` and its sections, loaded from YAML/TOML/JSON plus overrides.
+
+A recipe file holds any subset of the fields below (everything has a default); command-line overrides
+``--optim.lr 3e-4`` or ``--data.path=clips/`` are applied on top. Unknown keys are an error that names
+the key and lists the accepted ones, at every level.
+
+Batch sizes are per rank and per micro-step: the global batch of a step is
+``bucket.batch_size * world_size * optim.grad_accum`` clips of that bucket's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kinema.config import ConfigError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on (empty dataset, NaN losses in a row, missing checkpoint); the message says why."""
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """One native size: clips of ``frames`` x ``height`` x ``width`` pixels, ``batch_size`` per rank."""
+
+    frames: int
+    height: int
+    width: int
+    batch_size: int = 1
+    weight: float = 1.0  # procedural world data: how often this size is drawn (relative)
+
+    def __post_init__(self):
+        _check(min(self.frames, self.height, self.width) >= 1,
+               f"bucket {self.name}: frames, height and width must be >= 1")
+        _check(self.batch_size >= 1, f"bucket {self.name}: batch_size must be >= 1, got {self.batch_size}")
+        _check(self.weight >= 0, f"bucket {self.name}: weight must be >= 0, got {self.weight}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+
+DATA_KINDS = ("world", "clips", "latents")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where clips come from and the native sizes they are trained at."""
+
+    kind: str = "world"  # "world" (rendered on the fly) | "clips" (folder + .txt captions) | "latents" (cache)
+    path: str | None = None  # folder for "clips" / "latents"
+    buckets: tuple[BucketConfig, ...] = (
+        BucketConfig(17, 128, 128, 4), BucketConfig(17, 96, 160, 4), BucketConfig(1, 128, 128, 16),
+    )
+    num_clips: int = 10_000  # "world": clips per epoch (the world itself is endless)
+    fps: float | None = 8.0  # frame rate clips are rendered / resampled at (None = the file's own, "clips")
+    num_workers: int = 0  # DataLoader worker processes per rank
+
+    def __post_init__(self):
+        _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
+        _check(self.kind == "world" or self.path is not None, f"data.kind={self.kind!r} needs data.path (a folder)")
+        _check(len(self.buckets) >= 1, "data.buckets must list at least one bucket")
+        names = [b.name for b in self.buckets]
+        _check(len(set(names)) == len(names), f"data.buckets has duplicate sizes: {names}")
+        _check(self.num_clips >= 1, f"data.num_clips must be >= 1, got {self.num_clips}")
+        _check(self.fps is None or self.fps > 0, f"data.fps must be > 0 or null, got {self.fps}")
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The flow-matching objective: which times are trained, caption dropout, random frame conditioning."""
+
+    t_kind: str = "logit_normal"  # "logit_normal" | "uniform"
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    shift: float = 1.0  # SD3 time shift of the training times (> 1: more effort at high noise)
+    text_dropout: float = 0.1  # chance a caption is replaced by "" (what CFG's unconditional branch sees)
+    # Chance of each conditioning pattern (kinema.tasks.condition.PATTERNS), normalised; "none" = plain T2V.
+    cond_probs: dict[str, float] = field(default_factory=lambda: {
+        "none": 0.7, "first": 0.1, "first_k": 0.05, "last": 0.05, "both_ends": 0.05, "keyframes": 0.05})
+    loss_bins: int = 4  # loss is also logged per timestep bin [0, 1/n), ...
+
+    def __post_init__(self):
+        _check(self.t_kind in ("logit_normal", "uniform"), f"flow.t_kind must be 'logit_normal' or 'uniform', got {self.t_kind!r}")
+        _check(self.t_std > 0 and self.shift > 0, f"flow.t_std and flow.shift must be > 0, got {self.t_std}, {self.shift}")
+        _check(0 <= self.text_dropout <= 1, f"flow.text_dropout must be in [0, 1], got {self.text_dropout}")
+        from kinema.tasks.condition import PATTERNS
+
+        unknown = sorted(set(self.cond_probs) - set(PATTERNS))
+        _check(not unknown, f"flow.cond_probs: unknown pattern(s) {unknown}; accepted: {list(PATTERNS)}")
+        _check(all(p >= 0 for p in self.cond_probs.values()), f"flow.cond_probs must be >= 0, got {self.cond_probs}")
+        _check(self.loss_bins >= 1, f"flow.loss_bins must be >= 1, got {self.loss_bins}")
+
+
+@dataclass(frozen=True)
+class VAELossConfig:
+    """The VAE objective (``model: vae``): L1 reconstruction + KL + an edge (image-gradient) term."""
+
+    kl_weight: float = 1e-6
+    edge_weight: float = 0.1
+
+    def __post_init__(self):
+        _check(self.kl_weight >= 0 and self.edge_weight >= 0,
+               f"vae_loss weights must be >= 0, got kl={self.kl_weight} edge={self.edge_weight}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine (or constant) learning rate."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # applied to matrices only, never to biases, norms or modulation tables
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr at max_steps) | "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    grad_accum: int = 1  # micro-steps per optimizer step
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas must be two values in [0, 1), got {self.betas}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the trained weights (what export and samples use)."""
+
+    decay: float = 0.999  # warmed up as min(decay, (1 + step) / (10 + step))
+
+    def __post_init__(self):
+        _check(0 <= self.decay < 1, f"ema.decay must be in [0, 1), got {self.decay}")
+
+
+DEFAULT_LORA_TARGETS = ("*.attn1.to_q", "*.attn1.to_k", "*.attn1.to_v", "*.attn1.to_out.0",
+                        "*.attn2.to_q", "*.attn2.to_k", "*.attn2.to_v", "*.attn2.to_out.0",
+                        "*.ffn.net.0.proj", "*.ffn.net.2")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters on the DiT's linear layers; rank 0 trains every weight instead."""
+
+    rank: int = 0
+    alpha: float | None = None  # scale = alpha / rank; None = rank (scale 1)
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # fnmatch patterns over module names
+
+    def __post_init__(self):
+        _check(self.rank >= 0, f"lora.rank must be >= 0, got {self.rank}")
+        _check(self.alpha is None or self.alpha > 0, f"lora.alpha must be > 0 or null, got {self.alpha}")
+        _check(self.rank == 0 or len(self.targets) > 0, "lora.targets must name at least one module pattern")
+
+
+PARALLEL_MODES = ("auto", "fsdp", "ddp", "none")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the model is spread over ranks; applied from outside the model (kinema.train.parallel)."""
+
+    mode: str = "auto"  # auto = fsdp when world size > 1, none otherwise
+    activation_checkpointing: bool = False
+    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
+
+    def __post_init__(self):
+        _check(self.mode in PARALLEL_MODES, f"parallel.mode must be one of {PARALLEL_MODES}, got {self.mode!r}")
+        _check(self.precision in PRECISIONS, f"parallel.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (the last step always gets one)
+    keep_last: int = 3
+
+    def __post_init__(self):
+        _check(self.every >= 1 and self.keep_last >= 1,
+               f"checkpoint.every and checkpoint.keep_last must be >= 1, got {self.every}, {self.keep_last}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 10  # steps per metrics line (metrics.jsonl is always written on rank 0)
+    tensorboard: bool = True  # used when the tensorboard package is installed
+    wandb_project: str | None = None  # used when set and wandb is installed
+    progress: bool = True  # tqdm bar with ETA on rank 0
+
+    def __post_init__(self):
+        _check(self.every >= 1, f"log.every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Preview videos rendered with the EMA weights every ``every`` steps (0 = never)."""
+
+    every: int = 1000
+    prompts: tuple[str, ...] = ("a red ball bounces on a wooden floor", "a blue cube slides to the left")
+    steps: int = 10
+    guidance: float = 3.0
+    frames: int | None = None  # None = the model's sampling defaults
+    height: int | None = None
+    width: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.every >= 0 and self.steps >= 1, f"sample.every must be >= 0 and sample.steps >= 1, got {self.every}, {self.steps}")
+
+
+MODELS = ("dit", "vae")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    model: str = "dit"  # which network learns: "dit" (flow matching) | "vae" (reconstruction)
+    preset: str = "world-small"  # kinema.config preset the model is built from (when not init_from)
+    model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the preset, e.g. {dit: {num_layers: 4}}
+    init_from: str | None = None  # kinema model folder or Wan diffusers folder: fine-tune its weights
+    vae_from: str | None = None  # model folder whose VAE encodes clips (default: init_from's, else the preset's)
+    out_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 1000  # optimizer steps; the LR schedule spans them
+    stop_after: int | None = None  # end this process after this step (checkpointed); resume later
+    device: str = "auto"  # auto = cuda when available
+    max_nan_steps: int = 5  # non-finite losses in a row before training stops
+
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    vae_loss: VAELossConfig = field(default_factory=VAELossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        _check(self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}")
+        _check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
+        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(self.stop_after is None or self.stop_after >= 1, f"stop_after must be >= 1 or null, got {self.stop_after}")
+        _check(self.max_nan_steps >= 1, f"max_nan_steps must be >= 1, got {self.max_nan_steps}")
+        _check(not (self.model == "vae" and self.lora.rank), "lora applies to model: dit, not model: vae")
+        _check(not (self.model == "vae" and self.data.kind == "latents"),
+               "model: vae trains on pixels; data.kind 'latents' holds none (use 'world' or 'clips')")
+        _check(not (self.init_from and self.model_config),
+               "model_config overrides a preset; a model loaded with init_from keeps its own config")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able data (what checkpoints store)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: file -> dict -> overrides -> typed dataclasses (checked at every level)
+
+
+def load_config(source: str | Path | dict | TrainConfig | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The ``TrainConfig`` from a recipe file (.yaml/.yml/.toml/.json), a dict or a config, plus overrides."""
+    if isinstance(source, TrainConfig):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+    elif source is None:
+        data = {}
+    else:
+        data = read_recipe(Path(source))
+    for key, value in parse_overrides(overrides):
+        _set_key(data, key, value)
+    return from_dict(TrainConfig, data, "")
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """The raw dict in a recipe file; the format follows the extension."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"{path} is YAML but PyYAML is not installed (pip install pyyaml), "
+                                  "or write the recipe as .toml / .json") from None
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {str(path)!r}: unknown extension {suffix!r}; accepted: .yaml .yml .toml .json")
+    except ConfigError:
+        raise
+    except Exception as err:  # parser errors name line/column; keep them, drop the traceback
+        raise ConfigError(f"config file {str(path)!r} could not be parsed: {err}") from None
+    if data is None:
+        return {}
+    _check(isinstance(data, dict), f"config file {str(path)!r} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``["--optim.lr", "3e-4", "--data.path=x"]`` -> ``[("optim.lr", 3e-4), ("data.path", "x")]``."""
+    out: list[tuple[str, Any]] = []
+    args = list(args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        _check(arg.startswith("--") and len(arg) > 2, f"override {arg!r} must look like --key value or --key=value")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            raw = args[i + 1]
+            i += 2
+        else:  # a bare flag: --log.progress
+            raw = "true"
+            i += 1
+        out.append((key.replace("-", "_"), parse_value(raw)))
+    return out
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, true/false/null, lists, dicts), else the string."""
+    lowered = raw.strip().lower()
+    if lowered in ("none", "null", "~"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _set_key(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        _check(isinstance(nxt, dict), f"override --{dotted}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def from_dict(cls, data: Any, where: str):
+    """An instance of dataclass ``cls`` from ``data``; unknown keys and wrong types name the key path."""
+    label = where or "config"
+    _check(isinstance(data, dict), f"{label} must be a mapping, got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(_join(where, k) for k in unknown)}; "
+                          f"accepted{' in ' + where if where else ''}: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing (e.g. a bucket without frames)
+        raise ConfigError(f"{label}: {err}; accepted keys: {', '.join(sorted(fields))}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked (and gently converted: YAML's "1e-4" string, int -> float) against annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {options}")
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else from_dict(tp, value, key)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
+        item_types = args if not (len(args) == 2 and args[1] is Ellipsis) else (args[0],) * len(value)
+        if not (len(args) == 2 and args[1] is Ellipsis):
+            _check(len(value) == len(args), f"{key} must have {len(args)} entries, got {len(value)}: {value!r}")
+        return tuple(_coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+    if origin is dict:
+        _check(isinstance(value, dict), f"{key} must be a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+               f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), f"{key} must be a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,29 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than ~10 s")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A kinema folder with the 'tiny' preset and random (non-zero-init) weights."""
+    from kinema.config import preset
+    from kinema.dit import DiT
+    from kinema.vae import VAE
+    from kinema.weights import save_model
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    dit, vae = DiT(cfg.dit), VAE(cfg.vae)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    save_model(path, cfg, dit, vae)
+    return path

@@ -1,0 +1,113 @@
+"""Pipeline: determinism, settings validation, metadata, guidance, and the CLI's handling of bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.cli import main
+from kinema.infer import InputError, Pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return Pipeline.from_pretrained(tiny_model_dir)
+
+
+def test_same_seed_same_video_other_seed_other_video(pipe):
+    a = pipe.generate("a red ball bounces", seed=3)
+    b = pipe.generate("a red ball bounces", seed=3)
+    c = pipe.generate("a red ball bounces", seed=4)
+    assert a.frames.shape == (9, 64, 64, 3) and a.frames.dtype == np.uint8
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_prompt_changes_the_video(pipe):
+    a = pipe.generate("a red ball", seed=0)
+    b = pipe.generate("a blue star spins on a checkered floor", seed=0)
+    assert not torch.equal(a.latents, b.latents)
+
+
+def test_guidance_one_skips_the_unconditional_pass(pipe, monkeypatch):
+    calls = []
+    forward = pipe.dit.forward
+    monkeypatch.setattr(pipe.dit, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    pipe.generate("a ball", guidance=1.0, steps=2, sampler="euler")
+    assert calls == [1, 1]
+    calls.clear()
+    pipe.generate("a ball", guidance=4.0, steps=2, sampler="euler")
+    assert calls == [2, 2]  # cond and uncond batched together
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "unipc"])
+def test_every_sampler_runs(pipe, sampler):
+    v = pipe.generate("a ball", sampler=sampler, steps=3, frames=5, width=32, height=48)
+    assert v.frames.shape == (5, 48, 32, 3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(frames=10), r"frames 10 is not 4k\+1.*try 9 or 13"),
+    (dict(width=70), r"width 70 is not a positive multiple of 16"),
+    (dict(steps=0), r"steps must be an integer in \[1, 1000\]"),
+    (dict(sampler="ddim"), r"unknown sampler 'ddim'"),
+    (dict(guidance=-1.0), r"guidance must be"),
+])
+def test_bad_settings_are_refused(pipe, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        pipe.generate("a ball", **kwargs)
+
+
+def test_empty_prompt_is_refused(pipe):
+    with pytest.raises(InputError, match="prompt is empty"):
+        pipe.generate("   ")
+
+
+def test_cli_writes_mp4_with_metadata(tiny_model_dir, tmp_path):
+    from kinema.common.video import probe_video, read_video_metadata
+    out = tmp_path / "ball.mp4"
+    assert main(["generate", "a red ball", "--model", str(tiny_model_dir), "--seed", "7", "-o", str(out), "-q"]) == 0
+    assert probe_video(out)["codec"] == "h264" and probe_video(out)["frames"] == 9
+    meta = read_video_metadata(out)
+    assert meta["prompt"] == "a red ball" and meta["seed"] == "7" and "steps" in meta["settings"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ball.mp4"]  # no temp files left behind
+
+
+def test_cli_seconds_rounds_to_valid_frames(tiny_model_dir, tmp_path):
+    from kinema.common.video import probe_video
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--seconds", "2", "--fps", "8", "-o", str(out), "-q"]) == 0
+    assert probe_video(out)["frames"] == 17
+
+
+def test_cli_png_for_a_single_frame(tiny_model_dir, tmp_path):
+    out = tmp_path / "still.png"
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--frames", "1", "-o", str(out), "-q"]) == 0
+    from PIL import Image
+    assert Image.open(out).size == (64, 64)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--frames", "10"], "frames 10 is not 4k+1"),
+    (["--size", "100x64"], "width 100 is not a positive multiple of 16"),
+    (["--steps", "-3"], "steps must be"),
+    (["--sampler", "nope"], "unknown sampler"),
+    (["-o", "x.avi"], "accepted: .mp4"),
+])
+def test_cli_bad_input_exits_2_with_message(tiny_model_dir, tmp_path, capsys, args, match):
+    code = main(["generate", "a ball", "--model", str(tiny_model_dir), *args])
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_missing_model(capsys, tmp_path):
+    assert main(["generate", "a ball", "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_size_syntax():
+    r = subprocess.run([sys.executable, "-m", "kinema.cli", "generate", "x", "--size", "big"], capture_output=True, text=True)
+    assert r.returncode == 2 and "WIDTHxHEIGHT" in r.stderr

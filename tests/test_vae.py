@@ -1,0 +1,129 @@
+"""VAE: parity with diffusers' AutoencoderKLWan (encode, decode, multi-chunk clips), causality, streaming, shapes."""
+
+import pytest
+import torch
+
+from kinema.config import VAEConfig
+from kinema.vae import VAE
+
+diffusers = pytest.importorskip("diffusers")
+
+TINY = dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
+
+
+def _random_vae(chunk=2, **kw):
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(**TINY, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4, chunk_latent_frames=chunk, **kw)).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            p.uniform_(0.5, 1.5) if "gamma" in name else p.normal_(0, 0.1)
+    return vae
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """diffusers' VAE with random weights, saved, and kinema's VAE loaded from that folder."""
+    from kinema.weights import load_vae
+
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                                     latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0]).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.uniform_(0.5, 1.5) if "gamma" in name else p.normal_(0, 0.1)
+    path = tmp_path_factory.mktemp("vae") / "vae"
+    ref.save_pretrained(path)
+    ours = load_vae(path)
+    return ref, ours
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 8])
+def test_encode_matches_diffusers(pair, chunk):
+    ref, ours = pair
+    ours = VAE(ours.cfg.replace(chunk_latent_frames=chunk)).eval()
+    ours.load_state_dict(pair[1].state_dict())
+    x = torch.rand(1, 3, 21, 32, 48) * 2 - 1  # 6 latent frames: several chunks unless chunk=8
+    with torch.no_grad():
+        want = ref.encode(x).latent_dist
+        mean, logvar = ours.encode_moments(x)
+    assert (mean - want.mean).abs().max() <= 1e-4
+    assert (logvar - want.logvar).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_decode_matches_diffusers(pair, chunk):
+    ref, ours = pair
+    ours = VAE(ours.cfg.replace(chunk_latent_frames=chunk)).eval()
+    ours.load_state_dict(pair[1].state_dict())
+    z = torch.randn(1, 4, 6, 4, 6)
+    with torch.no_grad():
+        want = ref.decode(z).sample
+        got = ours.decode(z, normalized=False)
+    assert got.shape == want.shape == (1, 3, 21, 32, 48)
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_latent_normalisation_follows_config(pair):
+    _, vae = pair
+    z = torch.randn(1, 4, 2, 3, 3)
+    assert torch.allclose(vae.denormalize(vae.normalize(z)), z, atol=1e-6)
+    assert torch.allclose(vae.normalize(z)[:, 1], (z[:, 1] + 0.2) / 0.5, atol=1e-6)
+
+
+def test_first_frame_is_encoded_on_its_own():
+    vae = _random_vae()
+    x = torch.rand(1, 3, 17, 16, 16) * 2 - 1
+    with torch.no_grad():
+        whole = vae.encode(x)
+        first = vae.encode(x[:, :, :1])
+        prefix = vae.encode(x[:, :, :9])
+    assert first.shape[2] == 1 and whole.shape[2] == 5
+    assert torch.allclose(first, whole[:, :, :1], atol=1e-5)
+    assert torch.allclose(prefix, whole[:, :, :3], atol=1e-5)  # causal: the future never changes the past
+
+
+def test_decode_is_causal_and_streams():
+    vae = _random_vae(chunk=2)
+    z = torch.randn(1, 4, 5, 2, 2)
+    with torch.no_grad():
+        whole = vae.decode(z)
+        head = vae.decode(z[:, :, :2])
+        chunks = list(vae.decode_chunks(z))
+    assert whole.shape[2] == 17 and head.shape[2] == 5
+    assert torch.allclose(head, whole[:, :, :5], atol=1e-5)
+    assert [c.shape[2] for c in chunks] == [5, 8, 4]  # 2 latent frames, 2, then 1
+    assert torch.equal(torch.cat(chunks, dim=2), whole)
+
+
+def test_streaming_bounds_memory_by_the_chunk():
+    """Peak activation size per chunk does not grow with clip length."""
+    vae = _random_vae(chunk=2)
+    seen = []
+    hook = vae.decoder.conv_out.register_forward_hook(lambda m, i, o: seen.append(o.shape[2]))
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 4, 11, 2, 2))
+    hook.remove()
+    assert max(seen) <= 8 and sum(seen) == 41
+
+
+@pytest.mark.parametrize("frames", [0, 2, 8, 16])
+def test_rejects_bad_frame_counts(frames):
+    vae = _random_vae()
+    with pytest.raises(ValueError, match="4k\\+1"):
+        vae.encode(torch.zeros(1, 3, frames, 16, 16))
+
+
+def test_rejects_bad_sizes():
+    vae = _random_vae()
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae.encode(torch.zeros(1, 3, 5, 12, 16))
+    with pytest.raises(ValueError, match="latents must be"):
+        vae.decode(torch.zeros(1, 3, 2, 2, 2))
+
+
+def test_training_pass_has_gradients():
+    vae = _random_vae()
+    recon, mean, logvar = vae(torch.rand(1, 3, 5, 16, 16) * 2 - 1)
+    assert recon.shape == (1, 3, 5, 16, 16) and mean.shape == (1, 4, 2, 2, 2)
+    (recon.square().mean() + mean.square().mean()).backward()
+    assert vae.encoder.conv_in.weight.grad is not None and vae.decoder.conv_out.weight.grad is not None
