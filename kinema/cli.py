@@ -1,6 +1,8 @@
 """The ``kinema`` command: the only place that parses arguments.
 
     kinema generate "a red ball bounces on the floor" -o ball.mp4
+    kinema generate "the ball rolls on" --extend ball.mp4 --seconds 2 -o longer.mp4   (also --image, --loop,
+        --connect A B, --edit VIDEO --strength S, --keyframe T:PATH, --long SECONDS; -o still.png for an image)
     kinema train configs/world-small-dit.toml [--resume] [--key value ...]
     kinema convert WAN_CHECKPOINT OUT_FOLDER
     kinema eval world --model PATH
@@ -53,6 +55,9 @@ def cmd_generate(args) -> int:
 
     model_path = Path(args.model) if args.model else bundled_model_path()
     cfg = read_config(model_path)  # cheap: validates the request before any weights are read
+    task = _task(args)
+    if task != "text":
+        return _generate_task(args, cfg, model_path, task)
     fps = args.fps or cfg.sampling.fps
     frames = args.frames
     if args.seconds is not None:
@@ -85,11 +90,11 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _default_output(settings) -> Path:
+def _default_output(settings, ext: str = ".mp4") -> Path:
     base = f"{_slug(settings.prompt)}-s{settings.seed}"
-    out, n = Path(f"{base}.mp4"), 1
+    out, n = Path(f"{base}{ext}"), 1
     while out.exists():  # never overwrite a file the user already has under a default name
-        out, n = Path(f"{base}-{n}.mp4"), n + 1
+        out, n = Path(f"{base}-{n}{ext}"), n + 1
     return out
 
 
@@ -101,6 +106,184 @@ def _check_output(out: Path) -> None:
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not os.access(parent, os.W_OK):
         raise CLIError(f"cannot write to {parent}: permission denied")
+
+
+# -- generate: prompting with images and videos, long video (issue 4) -----------------------------------------
+
+_TASK_FLAGS = {"extend": "--extend", "connect": "--connect", "edit": "--edit", "keyframe": "--keyframe",
+               "long": "--long", "loop": "--loop", "image": "--image"}
+
+
+def _keyframe(text: str) -> tuple[float, str]:
+    seconds, sep, path = text.partition(":")
+    try:
+        if not sep or not path:
+            raise ValueError
+        return float(seconds), path
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--keyframe must be SECONDS:PATH (e.g. 1.5:key.png), got {text!r}") from None
+
+
+def _task(args) -> str:
+    """Which task the generate flags ask for: text, image, image-to-video, keyframes, extend, connect, loop, edit, long."""
+    given = [dest for dest in _TASK_FLAGS if getattr(args, dest, None)]
+    if "loop" in given and "image" in given:
+        given.remove("image")  # --loop --image: a loop that starts from the image
+    if len(given) > 1:
+        raise CLIError(f"choose one task; got {', '.join(_TASK_FLAGS[d] for d in given)}")
+    for flag, dest, needs in (("--image-frame", "image_frame", "image"), ("--backward", "backward", "extend"),
+                              ("--strength", "strength", "edit"), ("--prompts-file", "prompts_file", "long")):
+        if getattr(args, dest) not in (None, False) and needs not in given:
+            raise CLIError(f"{flag} goes with {_TASK_FLAGS[needs]}")
+    if args.overlap is not None and not set(given) & {"extend", "connect", "long", "loop"}:
+        raise CLIError("--overlap goes with --extend, --connect, --long or --loop")
+    if given:
+        return {"image": "image-to-video", "keyframe": "keyframes"}.get(given[0], given[0])
+    is_png = bool(args.output) and Path(args.output).suffix.lower() == ".png"
+    return "image" if is_png or args.frames == 1 else "text"
+
+
+def _generate_task(args, cfg, model_path: Path, task: str) -> int:
+    """``kinema generate`` for every task but plain text-to-video: check all inputs, then load, run and save."""
+    import torch
+
+    from .infer import Pipeline, make_settings
+    from .infer import long as long_mod
+    from .infer import tasks
+
+    fps = args.fps or cfg.sampling.fps
+    tf = cfg.vae.temporal_factor
+    frames = args.frames
+    sets_length = task in ("extend", "connect", "edit")
+    if sets_length and frames is not None:
+        raise CLIError(f"--frames does not apply to {task}: its length comes from the input" +
+                       (" and --seconds" if task != "edit" else ""))
+    if args.seconds is not None and args.seconds <= 0:
+        raise CLIError(f"--seconds must be > 0, got {args.seconds}")
+    if task in ("long", "edit") and args.seconds is not None:
+        raise CLIError("--seconds does not apply to " + ("--long (give the length there; --frames sets the window)"
+                                                          if task == "long" else "--edit (the input sets the length)"))
+    if args.seconds is not None and not sets_length:
+        frames = _frames_for_seconds(args.seconds, fps, tf)
+    if task == "image":
+        if frames not in (None, 1):
+            raise CLIError(f"a .png holds one frame; drop --frames/--seconds or use --frames 1 (got {frames} frames)")
+        frames = 1
+    prompts = args.prompt
+    if task == "long" and args.prompts_file:
+        if args.prompt:
+            raise CLIError("give either a prompt or --prompts-file, not both")
+        prompts = long_mod.check_timed_prompts(long_mod.read_prompts_file(args.prompts_file), args.long)
+    first_prompt = prompts[0][1] if isinstance(prompts, list) else prompts
+    width, height = args.size if args.size else (None, None)
+    overrides = dict(negative_prompt=args.negative, width=width, height=height, fps=args.fps, steps=args.steps,
+                     guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed)
+    settings = make_settings(cfg, first_prompt, frames=None if sets_length else frames, **overrides)
+    out = Path(args.output) if args.output else _default_output(settings, ".png" if task == "image" else ".mp4")
+    _check_output(out)
+    if task == "long" and out.suffix.lower() not in long_mod.STREAM_FORMATS:
+        raise CLIError(f"--long streams to .mp4 or .webm, got {out}")
+    if task != "image" and out.suffix.lower() == ".png":
+        raise CLIError(f"a .png holds one frame; write {task} to .mp4, .webm, .gif or a folder")
+
+    # Every input is read and checked here, before the model is loaded.
+    w, h, policy = settings.width, settings.height, args.resize
+    seconds = args.seconds if args.seconds is not None else (cfg.sampling.frames - 1) / fps
+    if task == "image-to-video":
+        frame = args.image_frame or 0
+        if not 0 <= frame < settings.frames:
+            raise CLIError(f"--image-frame must be in [0, {settings.frames - 1}] for {settings.frames} frames, "
+                           f"got {frame}")
+        inputs = dict(image=tasks.load_image(args.image, w, h, policy, name="--image"), frame=frame)
+    elif task == "loop":
+        inputs = dict(image=tasks.load_image(args.image, w, h, policy, name="--image") if args.image else None)
+    elif task == "keyframes":
+        tasks.keyframe_frames([t for t, _ in args.keyframe], settings.frames, settings.fps, tf)
+        inputs = dict(images_at=[(t, tasks.load_image(p, w, h, policy, name=f"--keyframe {t}:{p}"))
+                                 for t, p in args.keyframe])
+    elif task == "extend":
+        inputs = dict(video=tasks.load_video(args.extend, fps, w, h, policy, name="--extend"),
+                      seconds=tasks.check_seconds(seconds, "--seconds"),
+                      direction="backward" if args.backward else "forward")
+    elif task == "connect":
+        inputs = dict(video_a=tasks.load_video(args.connect[0], fps, w, h, policy, name="--connect A"),
+                      video_b=tasks.load_video(args.connect[1], fps, w, h, policy, name="--connect B"),
+                      seconds=tasks.check_seconds(seconds, "--seconds"))
+    elif task == "edit":
+        strength = tasks.check_strength(0.6 if args.strength is None else args.strength)
+        inputs = dict(video=tasks.load_video(args.edit, fps, w, h, policy, name="--edit"), strength=strength)
+    elif task == "long":
+        inputs = dict(seconds=tasks.check_seconds(args.long, "--long"))
+    else:
+        inputs = {}
+    if args.overlap is not None:
+        inputs["overlap"] = args.overlap
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(model_path, device=args.device, dtype=dtype, lora=args.lora)
+    load_s = time.perf_counter() - t0
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    progress = not args.quiet
+    if task == "long":
+        result = long_mod.long_video(pipe, prompts, output=out, progress=progress, frames=frames, **inputs, **kw)
+        if not args.quiet:
+            print(f"wrote {out}  ({result.frames} frames, {result.seconds:.1f} s in {result.windows} windows; "
+                  f"load {load_s:.2f}s, generate {result.timings['total']:.2f}s)")
+        return 0
+    run = {"image": tasks.image, "image-to-video": tasks.image_to_video, "keyframes": tasks.keyframes,
+           "extend": tasks.extend, "connect": tasks.connect, "loop": tasks.loop, "edit": tasks.edit}[task]
+    if not sets_length:
+        kw["frames"] = frames
+    if task != "image":  # every other task fits its inputs by the --resize policy
+        kw["resize"] = policy
+    result = run(pipe, first_prompt, progress=progress, **inputs, **kw)
+    video = result[1] if task == "connect" else result
+    video.save(out)
+    if task == "connect":
+        side = out.with_name(f"{out.stem}-transition{out.suffix}")
+        result[0].save(side)
+    if not args.quiet:
+        print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
+              f"{video.fps} fps; seed {settings.seed}; load {load_s:.2f}s, generate {video.timings['total']:.2f}s)")
+        if task == "connect":
+            print(f"wrote {side}  (the {len(result[0].frames)}-frame transition alone)")
+        if task == "loop":
+            seam, typical = tasks.loop_seam(video.frames)
+            print(f"loop seam: last-to-first difference {seam:.2f} vs median frame-to-frame {typical:.2f} (0-255)")
+    return 0
+
+
+def _add_task_flags(g: argparse.ArgumentParser) -> None:
+    t = g.add_argument_group(
+        "prompting with images and videos",
+        "Input images and videos are resized to --size by --resize (default crop: scale to cover, centre-crop); "
+        "videos are resampled to --fps. Unreadable inputs, --strength outside (0, 1] and keyframe times outside "
+        "the clip are refused before anything is generated.")
+    t.add_argument("--image", metavar="PATH", help="image-to-video: the image as frame --image-frame (with --loop: "
+                   "the loop starts from it)")
+    t.add_argument("--image-frame", type=int, metavar="N", help="pixel frame to pin --image at (default 0; later "
+                   "frames pin a 4-frame still at the latent frame holding N)")
+    t.add_argument("--extend", metavar="VIDEO", help="continue VIDEO by --seconds (default: one default clip); "
+                   "writes VIDEO plus the new part")
+    t.add_argument("--backward", action="store_true", help="with --extend: add the new part before VIDEO")
+    t.add_argument("--loop", action="store_true", help="a clip whose last frame leads into its first")
+    t.add_argument("--connect", nargs=2, metavar=("A", "B"), help="a --seconds transition from the end of A to the "
+                   "start of B; writes A+transition+B to -o and the transition to OUT-transition.EXT")
+    t.add_argument("--edit", metavar="VIDEO", help="re-generate VIDEO from the prompt (SDEdit), keeping its length")
+    t.add_argument("--strength", type=float, help="with --edit: in (0, 1]; how much is re-generated (default 0.6)")
+    t.add_argument("--keyframe", action="append", type=_keyframe, metavar="T:PATH",
+                   help="pin the image PATH at T seconds (repeatable)")
+    t.add_argument("--long", type=float, metavar="SECONDS", help="any length (60 and more): window by window "
+                   "(--frames = window), streamed to -o .mp4/.webm in constant memory")
+    t.add_argument("--prompts-file", metavar="FILE", help="with --long: timed prompts, one 'SECONDS PROMPT' per line "
+                   "(first at 0), instead of the prompt argument")
+    t.add_argument("--overlap", type=int, metavar="N", help="latent frames carried over (extend, connect, long: "
+                   "default 2; loop: shared frames, default 1)")
+    t.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
+                   help="how inputs of another size are fitted (default crop)")
 
 
 def cmd_convert(args) -> int:
@@ -121,13 +304,94 @@ def cmd_eval(args) -> int:
     return run_eval(args)
 
 
+# -- serve: the OpenAI-compatible video API, its workers and web page (issue 6) --------------------------------
+
+def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """The deployment flags, on ``serve`` and again on each role (there with no defaults, so either place works)."""
+    d = {} if top else {"default": argparse.SUPPRESS}
+    csv = lambda text: tuple(v.strip() for v in text.split(",") if v.strip())  # noqa: E731
+    p.add_argument("--data", dest="data_dir", help="data folder: results, uploads, SQLite store (default ~/.kinema/serve)", **d)
+    p.add_argument("--db", help="job store URL: sqlite:///PATH or postgresql://USER@HOST/DB (shared by several hosts)", **d)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)", **d)
+    p.add_argument("--port", type=int, help="default 8000", **d)
+    p.add_argument("--model", dest="models", action="append", help="model folder to serve (repeatable; default: bundled)", **d)
+    p.add_argument("--sizes", type=csv, help="accepted sizes, e.g. 128x128,176x96 (default: from each model)", **d)
+    p.add_argument("--seconds", type=csv, help="accepted durations, e.g. 2,4 (default: from each model)", **d)
+    p.add_argument("--workers", type=int, help="worker processes started by `kinema serve` (default 1)", **d)
+    p.add_argument("--device", help="worker device, e.g. cuda (default cpu)", **d)
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), **d)
+    p.add_argument("--threads", type=int, help="CPU threads per worker", **d)
+    p.add_argument("--no-auth", dest="auth", action="store_const", const=False,
+                   help="no API keys (development; refused unless --host is loopback)", **d)
+    p.add_argument("--lease-seconds", dest="lease_s", type=float, help="retry a job after its worker is silent this long (60)", **d)
+    p.add_argument("--max-attempts", type=int, help="tries per job before it fails (3)", **d)
+    p.add_argument("--ttl-hours", dest="ttl_s", type=lambda h: float(h) * 3600, help="keep results this long (168)", **d)
+    p.add_argument("--poll-ms", type=int, help="poll interval hinted to clients and used by idle workers (1000)", **d)
+    p.add_argument("--rate", dest="rate_per_min", type=int, help="default videos per minute per key (30)", **d)
+    p.add_argument("--queue", dest="max_queue", type=int, help="default unfinished videos per key (16)", **d)
+
+
+def _add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="run the OpenAI-compatible /v1/videos API, its workers and web page",
+                       description="kinema serve: API + workers; `serve api` / `serve worker` run one side; "
+                                   "`serve keys create|list|revoke` manage API keys.")
+    _serve_options(s, top=True)
+    roles = s.add_subparsers(dest="serve_role", metavar="ROLE")
+    _serve_options(roles.add_parser("api", help="the HTTP API only"), top=False)
+    w = roles.add_parser("worker", help="one worker only (any host that reaches the store and data folder)")
+    _serve_options(w, top=False)
+    w.add_argument("--slot", type=int, default=0, help="this worker's number on its host (distinct per process)")
+    keys = roles.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_action", required=True,
+                                                                           metavar="ACTION")
+    kc = keys.add_parser("create", help="make a key (its secret is printed once)")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--key-rate", type=int, help="videos per minute for this key (default: the server's)")
+    kc.add_argument("--key-queue", type=int, help="unfinished videos for this key (default: the server's)")
+    kr = keys.add_parser("revoke", help="revoke a key by id or name")
+    kr.add_argument("key")
+    for k in (kc, kr, keys.add_parser("list", help="list keys (never their secrets)")):
+        _serve_options(k, top=False)
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import dataclasses
+
+    from .serve import ServeConfig
+    from .serve import run
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)
+             if getattr(args, f.name, None) is not None}
+    cfg = ServeConfig(**{k: tuple(v) if k == "models" else v for k, v in given.items()})
+    role, action = args.serve_role, getattr(args, "keys_action", None)
+    if role == "keys" and action == "create":
+        print(run.create_key(cfg, args.name, args.key_rate, args.key_queue))
+        print("(store this key now: only its hash is kept)", file=sys.stderr)
+    elif role == "keys" and action == "list":
+        rows = run.key_table(cfg)
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        if not rows:
+            print("no keys; create one with `kinema serve keys create --name NAME`", file=sys.stderr)
+    elif role == "keys":
+        if not run.revoke_key(cfg, args.key):
+            raise CLIError(f"no live key with id or name {args.key!r}; see `kinema serve keys list`")
+        print(f"revoked {args.key}")
+    elif role == "api":
+        return run.serve_api(cfg)
+    elif role == "worker":
+        return run.serve_worker(cfg, slot=args.slot)
+    else:
+        return run.serve_all(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kinema", description="Text, image or video in; video out.")
     p.add_argument("--version", action="version", version=f"kinema {__import__('kinema').__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="generate a video from a prompt")
-    g.add_argument("prompt", help="what the video shows")
+    g.add_argument("prompt", nargs="?", help="what the video shows (omit with --prompts-file)")
     g.add_argument("--model", help="model folder (kinema or diffusers Wan 2.1); default: the bundled model")
     g.add_argument("--negative", help="negative prompt (default: the model's)")
     n = g.add_mutually_exclusive_group()
@@ -146,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("-o", "--output", help="output file: .mp4 .webm .gif .png, or a folder for PNG frames")
     g.add_argument("-q", "--quiet", action="store_true")
+    _add_task_flags(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="convert an original Wan 2.1 checkpoint to a diffusers-layout folder")
@@ -168,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the report here as JSON")
     e.add_argument("--ground-truth", action="store_true", help="score rendered ground truth instead (validates the evaluator)")
     e.set_defaults(func=cmd_eval)
+    _add_serve_parser(sub)
     return p
 
 

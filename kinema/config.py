@@ -197,8 +197,9 @@ class ModelConfig(_Config):
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
     def __post_init__(self):
-        _check(self.dit.in_channels % self.vae.z_dim == 0,
-               f"DiT in_channels ({self.dit.in_channels}) must be a multiple of VAE z_dim ({self.vae.z_dim})")
+        # Wan I2V feeds 36 channels: 16 noisy latents + 4 mask + 16 image latents.
+        _check(self.dit.in_channels >= self.vae.z_dim,
+               f"DiT in_channels ({self.dit.in_channels}) must be >= VAE z_dim ({self.vae.z_dim})")
         _check(self.dit.out_channels == self.vae.z_dim,
                f"DiT out_channels ({self.dit.out_channels}) must equal VAE z_dim ({self.vae.z_dim})")
         _check(self.dit.text_dim == self.text.dim,

@@ -25,9 +25,10 @@ DIT_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=
 DIT_I2V = dict(DIT_TINY, in_channels=8, image_dim=20, added_kv_proj_dim=24)
 # Wan 2.1's VAE structure at 1/24 width: diffusers' single-file converter hard-codes this block layout.
 VAE_WAN = dict(base_dim=4, z_dim=4, dim_mult=(1, 2, 4, 4), num_res_blocks=2, temporal_downsample=(False, True, True))
-# Another structure (kinema's tiny preset shape, one res block, encoder attention): exercises the general mapping.
-VAE_ODD = dict(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, temporal_downsample=(True, False, True),
-               attn_scales=(0.5,))
+# Another structure (kinema's tiny preset shape, one res block): exercises the general mapping.
+VAE_ODD = dict(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, temporal_downsample=(True, False, True))
+# Encoder attention (attn_scales); diffusers' encoder cannot run these blocks, so this one is checked by names only.
+VAE_ATTN = dict(VAE_ODD, attn_scales=(0.5,))
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -96,7 +97,8 @@ def test_exported_dit_keys_are_wan_module_names():
 def test_exported_vae_keys_are_wan_module_names():
     orig = to_wan_original_vae(_ref_vae(**VAE_WAN).state_dict())
     for key in ("conv1.weight", "conv2.bias", "encoder.conv1.weight", "encoder.downsamples.0.residual.0.gamma",
-                "encoder.downsamples.2.residual.6.weight", "encoder.downsamples.3.shortcut.weight",
+                "encoder.downsamples.2.resample.1.weight", "encoder.downsamples.3.shortcut.weight",
+                "encoder.downsamples.4.residual.6.weight",
                 "encoder.downsamples.5.time_conv.weight", "encoder.middle.1.to_qkv.weight",
                 "encoder.middle.2.residual.3.gamma", "encoder.head.0.gamma", "decoder.conv1.bias",
                 "decoder.middle.0.residual.2.weight", "decoder.upsamples.3.resample.1.weight",
@@ -104,6 +106,7 @@ def test_exported_vae_keys_are_wan_module_names():
                 "decoder.upsamples.14.residual.6.bias", "decoder.head.2.weight"):
         assert key in orig, key
     assert not any(k.startswith(("quant_conv", "decoder.up_blocks", "encoder.down_blocks")) for k in orig)
+    assert "encoder.downsamples.2.time_conv.weight" not in orig  # level 0 downsamples only in space
     assert not any("upsamples.15." in k for k in orig)  # 3 levels x (3 resnets + 1 resampler) + 3 resnets
 
 
@@ -189,6 +192,16 @@ def test_infer_configs_from_either_layout(dit_pair, vae_pair):
     assert infer_vae_config(orig) == cfg == infer_vae_config(ref.state_dict())
 
 
+def test_encoder_attention_blocks_convert_and_infer():
+    ref = _ref_vae(**VAE_ATTN)
+    orig = to_wan_original_vae(ref.state_dict())
+    assert "encoder.downsamples.3.to_qkv.weight" in orig  # level 1 (scale 0.5): res, attn, resample
+    _assert_same_tensors(convert_wan_vae(orig), ref.state_dict())
+    cfg = infer_vae_config(orig)
+    assert cfg == _vae_config(**VAE_ATTN)
+    VAE(cfg).load_state_dict(convert_wan_vae(orig), strict=True)
+
+
 @pytest.mark.parametrize("name", ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b"])
 def test_infer_real_wan_sizes_on_meta_tensors(name):
     """Full-size shapes (no memory: meta tensors); Wan's 128-wide heads are the default."""
@@ -234,7 +247,8 @@ def test_convert_sharded_folder_with_dtype_cast(tmp_path):
     shards = tmp_path / "wan"
     shards.mkdir()
     for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
-        save_file({k: orig[k].contiguous() for k in part}, str(shards / f"diffusion_pytorch_model-{i:05d}-of-00002.safetensors"))
+        shard = shards / f"diffusion_pytorch_model-{i:05d}-of-00002.safetensors"
+        save_file({k: orig[k].contiguous() for k in part}, str(shard))
     (shards / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")  # ignored: shards are globbed
     out = convert_checkpoint(shards, tmp_path / "out", kind="dit", attention_head_dim=12, dtype=torch.bfloat16)
     loaded = diffusers.WanTransformer3DModel.from_pretrained(out, torch_dtype=torch.bfloat16)
@@ -293,7 +307,8 @@ def test_wrong_shape_and_missing_key_are_named(tmp_path):
     orig = to_wan_original_dit(_ref_dit(**DIT_TINY).state_dict())
     wrong = {**orig, "blocks.1.ffn.0.weight": torch.zeros(40, 24)}
     save_file({k: v.contiguous() for k, v in wrong.items()}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(ConversionError, match=r"blocks\.1\.ffn\.net\.0\.proj\.weight: checkpoint \(40, 24\), model \(48, 24\)"):
+    want = r"blocks\.1\.ffn\.net\.0\.proj\.weight: checkpoint \(40, 24\), model \(48, 24\)"
+    with pytest.raises(ConversionError, match=want):
         convert_checkpoint(tmp_path / "wrong.safetensors", tmp_path / "out", attention_head_dim=12)
     missing = {k: v.contiguous() for k, v in orig.items() if k != "blocks.1.cross_attn.o.bias"}
     save_file(missing, str(tmp_path / "missing.safetensors"))
@@ -332,7 +347,7 @@ class _Trap:
 def test_pickle_that_needs_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "code-ran"
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"encoder.conv1.weight": torch.zeros(1), "x": _Trap(marker)}, f)
+        pickle.dump({"encoder.conv1.weight": torch.zeros(1), "x": _Trap(marker)}, f, protocol=2)
     torch.save({"w": torch.zeros(1), "x": _Trap(marker)}, tmp_path / "evil2.pth")
     for name in ("evil.pth", "evil2.pth"):
         with pytest.raises(ConversionError, match="refusing.*unpickling arbitrary objects"):

@@ -204,7 +204,8 @@ class DiT(nn.Module):
         if key not in self._rope_cache:
             if len(self._rope_cache) > 16:
                 self._rope_cache.clear()
-            self._rope_cache[key] = rope_3d(grid, self.cfg.attention_head_dim, device=device)
+            with torch.inference_mode(False):  # cached tables must stay usable when autograd is on later
+                self._rope_cache[key] = rope_3d(grid, self.cfg.attention_head_dim, device=device)
         return self._rope_cache[key]
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,

@@ -1,0 +1,1 @@
+"""Metrics and benchmark suites over generated videos (no model needed to score)."""

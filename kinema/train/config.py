@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kinema.config import ConfigError
+from kinema.tasks.condition import PATTERNS
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -97,8 +98,6 @@ class FlowConfig:
         _check(self.t_kind in ("logit_normal", "uniform"), f"flow.t_kind must be 'logit_normal' or 'uniform', got {self.t_kind!r}")
         _check(self.t_std > 0 and self.shift > 0, f"flow.t_std and flow.shift must be > 0, got {self.t_std}, {self.shift}")
         _check(0 <= self.text_dropout <= 1, f"flow.text_dropout must be in [0, 1], got {self.text_dropout}")
-        from kinema.tasks.condition import PATTERNS
-
         unknown = sorted(set(self.cond_probs) - set(PATTERNS))
         _check(not unknown, f"flow.cond_probs: unknown pattern(s) {unknown}; accepted: {list(PATTERNS)}")
         _check(all(p >= 0 for p in self.cond_probs.values()), f"flow.cond_probs must be >= 0, got {self.cond_probs}")

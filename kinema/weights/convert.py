@@ -29,14 +29,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..common.io import atomic_write_text
-from ..config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, DiTConfig, VAEConfig
+from ..config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, ConfigError, DiTConfig, VAEConfig
 from ..dit import DiT
 from ..vae import VAE
 from .folder import WeightsError, dit_config_to_diffusers, vae_config_to_diffusers
 
 WAN_HEAD_DIM = 128  # every Wan 2.1 DiT (1.3B: 1536 / 12 heads, 14B: 5120 / 40 heads)
 WEIGHTS_NAME, CONFIG_NAME = "diffusion_pytorch_model.safetensors", "config.json"
-KINDS, LAYOUTS = ("dit", "vae"), ("wan-original", "diffusers")
+KINDS = ("dit", "vae")
 _PREFIX = "model.diffusion_model."  # single-file (ComfyUI-style) DiT checkpoints prefix every key with this
 
 
@@ -98,15 +98,15 @@ def _rename(key: str, modules: Mapping[str, str], params: Mapping[str, str] | No
     return f"{modules[module]}.{leaf}" if leaf in _LEAVES and module in modules else None
 
 
-def _rename_all(keys, name_of: Callable[[str], str | None], what: str) -> dict[str, str]:
-    """{source key: target key}; raises listing the keys that map to nothing or collide."""
+def _rename_all(keys, name_of: Callable[[str], str | None], what: str, target: str) -> dict[str, str]:
+    """{source key: target key}; raises listing the keys that map to nothing, or that collide."""
     mapping = {k: name_of(k) for k in keys}
     unknown = sorted(k for k, v in mapping.items() if v is None)
     if unknown:
-        raise ConversionError(f"{len(unknown)} key(s) of this {what} map to no kinema parameter, e.g. "
-                              f"{unknown[:5]} (is it a Wan 2.1 {what} in the original layout?)")
+        raise ConversionError(f"{len(unknown)} key(s) of this {what} have no {target} counterpart, e.g. "
+                              f"{unknown[:5]}")
     if len(set(mapping.values())) != len(mapping):
-        raise ConversionError(f"two keys of this {what} map to the same kinema parameter (duplicate prefixed keys?)")
+        raise ConversionError(f"two keys of this {what} map to the same {target} name (duplicate prefixed keys?)")
     return mapping
 
 
@@ -134,7 +134,7 @@ def _strip_prefix(key: str) -> str:
 
 
 def _dit_rename_map(keys) -> dict[str, str]:
-    return _rename_all(keys, lambda k: _dit_name(_strip_prefix(k)), "Wan DiT checkpoint")
+    return _rename_all(keys, lambda k: _dit_name(_strip_prefix(k)), "Wan DiT checkpoint", "kinema")
 
 
 def convert_wan_dit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,7 +144,7 @@ def convert_wan_dit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 def to_wan_original_dit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A kinema/diffusers DiT state dict renamed to the original Wan 2.1 layout (for export and tests)."""
-    names = _rename_all(state_dict, lambda k: _dit_name(k, to_wan=True), "kinema DiT state dict")
+    names = _rename_all(state_dict, lambda k: _dit_name(k, to_wan=True), "kinema DiT state dict", "Wan 2.1")
     return {new: state_dict[old] for old, new in names.items()}
 
 
@@ -216,7 +216,7 @@ def _wan_decoder_stride(keys) -> int:
 def _vae_rename_map(keys) -> dict[str, str]:
     keys = list(keys)
     stride = _wan_decoder_stride(keys)
-    return _rename_all(keys, lambda k: _vae_name(k, stride), "Wan VAE checkpoint")
+    return _rename_all(keys, lambda k: _vae_name(k, stride), "Wan VAE checkpoint", "kinema")
 
 
 def convert_wan_vae(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -227,7 +227,7 @@ def convert_wan_vae(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 def to_wan_original_vae(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A kinema/diffusers VAE state dict renamed to the original Wan 2.1 layout (for export and tests)."""
     stride = len(_indices(state_dict, r"decoder\.up_blocks\.0\.resnets\.(\d+)\..+")) + 1
-    names = _rename_all(state_dict, lambda k: _vae_name(k, stride, to_wan=True), "kinema VAE state dict")
+    names = _rename_all(state_dict, lambda k: _vae_name(k, stride, to_wan=True), "kinema VAE state dict", "Wan 2.1")
     return {new: state_dict[old] for old, new in names.items()}
 
 
@@ -246,9 +246,10 @@ def detect_layout(state_dict: Mapping[str, object]) -> str:
     found = [name for name, rx in _MARKERS.items() if any(rx.fullmatch(_strip_prefix(k)) for k in state_dict)]
     if len(found) != 1:
         raise ConversionError(f"cannot tell the layout of this checkpoint ({len(state_dict)} keys, e.g. "
-                              f"{sorted(state_dict)[:4]}): expected original Wan 2.1 keys (blocks.0.self_attn.q.weight, "
-                              f"encoder.downsamples.0.residual.0.gamma) or diffusers keys (condition_embedder..., "
-                              f"encoder.down_blocks...), found markers of {found or 'neither'}")
+                              f"{sorted(state_dict)[:4]}): expected original Wan 2.1 keys "
+                              f"(blocks.0.self_attn.q.weight, encoder.downsamples.0.residual.0.gamma) or diffusers "
+                              f"keys (condition_embedder..., encoder.down_blocks...), found markers of "
+                              f"{found or 'neither'}")
     return found[0]
 
 
@@ -277,6 +278,14 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, what: str) -> tuple[int,
     return tuple(state[key].shape)
 
 
+def _make(cls, **fields):
+    """``cls(**fields)``, with a config check failure reported as a conversion error."""
+    try:
+        return cls(**fields)
+    except ConfigError as e:
+        raise ConversionError(f"the checkpoint's shapes describe an invalid {cls.__name__}: {e}") from e
+
+
 def infer_dit_config(state_dict: Mapping[str, torch.Tensor], attention_head_dim: int = WAN_HEAD_DIM) -> DiTConfig:
     """The DiTConfig that fits a DiT state dict (either layout); heads = width / ``attention_head_dim``."""
     s = _in_kinema_names(state_dict, "dit")
@@ -286,9 +295,11 @@ def infer_dit_config(state_dict: Mapping[str, torch.Tensor], attention_head_dim:
                               f"pass the head size this model was trained with")
     layers = _indices(s, r"blocks\.(\d+)\..+")
     if layers != list(range(len(layers))) or not layers:
-        raise ConversionError(f"DiT blocks must be numbered 0..n-1, found {layers[:8]}{'...' if len(layers) > 8 else ''}")
+        raise ConversionError(f"DiT blocks must be numbered 0..n-1, found {layers[:8]}"
+                              f"{'...' if len(layers) > 8 else ''}")
     has_image = "condition_embedder.image_embedder.norm1.weight" in s
-    return DiTConfig(
+    return _make(
+        DiTConfig,
         patch_size=tuple(patch),
         num_attention_heads=dim // attention_head_dim,
         attention_head_dim=attention_head_dim,
@@ -325,15 +336,15 @@ def infer_vae_config(state_dict: Mapping[str, torch.Tensor]) -> VAEConfig:
     if any(w % base_dim for w in widths):
         raise ConversionError(f"VAE encoder widths {widths} are not multiples of its base width {base_dim}")
     dim_mult = tuple(w // base_dim for w in widths)
-    level_of = lambda n: sum(n > r for r in resamplers)  # noqa: E731
     decoder_base = decoder_width // dim_mult[0]
-    return VAEConfig(
+    return _make(
+        VAEConfig,
         base_dim=base_dim,
         decoder_base_dim=None if decoder_base == base_dim else decoder_base,
         z_dim=z_dim,
         dim_mult=dim_mult,
         num_res_blocks=len(levels[0]),
-        attn_scales=tuple(sorted({1.0 / 2 ** level_of(n) for n in attentions}, reverse=True)),
+        attn_scales=tuple(sorted({0.5 ** sum(n > r for r in resamplers) for n in attentions}, reverse=True)),
         temporal_downsample=tuple(f"encoder.down_blocks.{n}.time_conv.weight" in s for n in resamplers),
         latents_mean=WAN21_LATENTS_MEAN if z_dim == 16 else (0.0,) * z_dim,
         latents_std=WAN21_LATENTS_STD if z_dim == 16 else (1.0,) * z_dim,
@@ -355,7 +366,8 @@ def _checkpoint_files(src: Path) -> list[Path]:
         raise ConversionError(f"checkpoint not found: {src}")
     if src.is_file():
         if src.suffix not in (_ST_EXT, *_TORCH_EXTS):
-            raise ConversionError(f"unsupported checkpoint file {src.name}: expected {_ST_EXT} or {'/'.join(_TORCH_EXTS)}")
+            raise ConversionError(f"unsupported checkpoint file {src.name}: expected {_ST_EXT} or "
+                                  f"{'/'.join(_TORCH_EXTS)}")
         return [src]
     shards = sorted(src.glob(f"*{_ST_EXT}")) or sorted(p for p in src.iterdir() if p.suffix in _TORCH_EXTS)
     if not shards:
@@ -416,7 +428,8 @@ def _write_safetensors(path: Path, layout: dict[str, torch.Tensor], load: Callab
     offset = 0
     for name, meta in layout.items():
         size = meta.numel() * meta.element_size()
-        header[name] = {"dtype": st_name[meta.dtype], "shape": list(meta.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": st_name[meta.dtype], "shape": list(meta.shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
@@ -443,7 +456,27 @@ def _check_against_model(state: Mapping[str, torch.Tensor], model: torch.nn.Modu
                 f"{len(unexpected)} unexpected, e.g. {unexpected[:5]}" if unexpected else "",
                 f"{len(wrong)} wrong shape(s), e.g. {wrong[:3]}" if wrong else ""]
     if any(problems):
-        raise ConversionError(f"{source} does not fit the model its shapes describe: " + "; ".join(p for p in problems if p))
+        raise ConversionError(f"{source} does not fit the model its shapes describe: "
+                              + "; ".join(p for p in problems if p))
+
+
+@contextlib.contextmanager
+def _temporary_folder(dst: Path, overwrite: bool):
+    """Yield a fresh folder beside ``dst``; it is renamed onto ``dst`` on success and removed on error."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if dst.exists() and overwrite:  # the old folder steps aside only once the new one is complete
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, kind: str = "auto",
@@ -489,22 +522,3 @@ def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, ki
         _write_safetensors(tmp / WEIGHTS_NAME, layout, lambda name: cast(load(source_of[name])))
         atomic_write_text(tmp / CONFIG_NAME, json.dumps(config, indent=2))
     return dst
-
-
-@contextlib.contextmanager
-def _temporary_folder(dst: Path, overwrite: bool):
-    """Yield a fresh folder beside ``dst``; it is renamed onto ``dst`` on success and removed on error."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if dst.exists() and overwrite:  # the old folder steps aside only once the new one is complete
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

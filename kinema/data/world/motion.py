@@ -20,7 +20,7 @@ GROWTH_MIN = 0.15  # |ln(r_end / r_start)| for grows / shrinks
 SPIN_MIN = np.radians(30)  # total rotation for spins
 BOUNCE_DOWN, BOUNCE_UP = 0.08, 0.04  # u: descent before and ascent after the lowest point
 FALL_ACCEL = 0.4  # x GRAVITY: below this a descent is a steady moves_down
-FLOOR_MARGIN = 0.1  # u: the lowest point of a bounce must come this close to the floor
+FLOOR_MARGIN = 0.05  # u, plus one frame's travel: how close the lowest point of a bounce must come to the floor
 PHYSICS_ACCEL = (0.5, 1.6)  # x GRAVITY: the acceleration band a fall or a bounce must show
 
 
@@ -71,7 +71,9 @@ def read_motion(
     accel = _descent_accel(y, t)
     bounced, contact_idx = _bounce(y)
     bottom = y + np.asarray(reach, dtype=np.float64) / unit
-    floor_contact = bool(bottom.max() >= floor / unit - FLOOR_MARGIN)
+    low = contact_idx if bounced else int(bottom.argmax())
+    travel = np.abs(np.diff(y))[max(low - 1, 0) : low + 1].max()  # the floor may be hit between frames
+    floor_contact = bool(bottom[low] >= floor / unit - FLOOR_MARGIN - travel)
     energy_ok = (not bounced) or bool(y[contact_idx:].min() >= y[0] - 0.03)
 
     def reading(label: str) -> MotionReading:
@@ -108,17 +110,22 @@ def physics_ok(reading: MotionReading, motion: str, gravity: float = GRAVITY) ->
 
 
 def is_clean(reading: MotionReading, motion: str) -> bool:
-    """Whether a track shows ``motion`` and nothing else: one-way straight paths for moves_*, no
-    travel for still/spins/grows/shrinks, no sideways drift for falls/bounces. The sampler keeps
-    only clean set-ups (so a collision never makes a caption wrong); the evaluator only asks for
-    the label."""
+    """Whether a track shows ``motion`` clearly and nothing else: with a margin on every threshold,
+    one-way straight paths for moves_*, no travel for still/spins/grows/shrinks, physics and no
+    sideways drift for falls/bounces. The sampler keeps only clean set-ups (so a collision never
+    makes a caption wrong, and blur never tips a reading over a threshold); the evaluator only
+    asks for the label."""
     if reading.label != motion:
         return False
     if motion.startswith("moves_"):
-        return reading.straightness >= 0.9
+        return reading.straightness >= 0.9 and reading.excursion >= 2 * STILL_EXCURSION
     if motion in ("falls", "bounces"):
-        return reading.sideways < STILL_EXCURSION
-    return reading.excursion < STILL_EXCURSION
+        return reading.sideways < 0.5 * STILL_EXCURSION and physics_ok(reading, motion)
+    if motion in ("grows", "shrinks") and abs(reading.growth) < 1.5 * GROWTH_MIN:
+        return False
+    if motion == "spins" and abs(reading.rotation) < 1.5 * SPIN_MIN:
+        return False
+    return reading.excursion < 0.5 * STILL_EXCURSION
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:

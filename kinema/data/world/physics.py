@@ -1,8 +1,9 @@
 """Physics of the world: integrate every object's state and sample it at the frame times.
 
 Objects move in world pixels inside ``world_box(scene)``: walls reflect elastically, the floor
-reflects gravity objects with their restitution (0 = they land and stay), and objects collide
-as discs of their circumradius with an elastic impulse (mass ~ area). Integration uses fixed
+reflects gravity objects with their restitution (0 = they land and stay) when their lowest point
+touches it, and objects collide as discs of their circumradius with an elastic impulse (mass ~
+area). Integration uses fixed
 substeps of at most 1/120 s, so the result depends on fps only through where it is sampled.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kinema.data.world.scene import Scene, world_box
-from kinema.data.world.vocab import CIRCUMRADIUS
+from kinema.data.world.vocab import CIRCUMRADIUS, POLYGONS
 
 SUBSTEP_HZ = 120.0
 REST_SPEED = 0.05  # u/s: a bounce slower than this settles on the floor
@@ -47,6 +48,7 @@ def simulate(scene: Scene) -> Tracks:
     landed = [False] * n
     mass = [o.radius**2 for o in objs]
     circ = [CIRCUMRADIUS[o.shape] for o in objs]
+    down = [floor_reach(o.shape, o.angle) for o in objs]
     substeps = max(1, math.ceil(SUBSTEP_HZ / scene.fps))
     dt = 1.0 / (scene.fps * substeps)
 
@@ -55,7 +57,8 @@ def simulate(scene: Scene) -> Tracks:
     for k in range(1, len(times)):
         for _ in range(substeps):
             t += dt
-            reach = [circ[i] * objs[i].radius * math.exp(objs[i].growth * t) for i in range(n)]
+            size = [objs[i].radius * math.exp(objs[i].growth * t) for i in range(n)]
+            reach = [circ[i] * size[i] for i in range(n)]
             for i, o in enumerate(objs):
                 p, v, r = pos[i], vel[i], reach[i]
                 falling = o.gravity and not landed[i]
@@ -70,7 +73,7 @@ def simulate(scene: Scene) -> Tracks:
                     p[0], v[0] = 2 * (x1 - r) - p[0], -abs(v[0])
                 if p[1] < y0 + r:
                     p[1], v[1] = 2 * (y0 + r) - p[1], abs(v[1])
-                floor = y1 - r
+                floor = y1 - size[i] * (floor_reach(o.shape, o.angle + o.spin * t) if o.spin else down[i])
                 if landed[i]:
                     p[1] = floor  # stays on the floor even while growing
                 elif p[1] > floor:
@@ -86,6 +89,13 @@ def simulate(scene: Scene) -> Tracks:
                     _collide(pos[i], vel[i], mass[i], reach[i], pos[j], vel[j], mass[j], reach[j], landed, i, j)
         centres[k] = pos
     return Tracks(centres=centres, radius=radius, angle=angle, times=times)
+
+
+def floor_reach(shape: str, angle: float) -> float:
+    """How far below its centre a unit (equal-area radius 1) shape reaches at this orientation."""
+    if shape == "circle":
+        return 1.0
+    return max(-math.hypot(x, y) * math.cos(math.atan2(x, -y) + angle) for x, y in POLYGONS[shape])
 
 
 def _collide(pi, vi, mi, ri, pj, vj, mj, rj, landed, i, j) -> None:

@@ -13,10 +13,10 @@ from kinema.data.world.physics import simulate
 from kinema.data.world.scene import Scene, camera_anchor, camera_at
 from kinema.data.world.vocab import CIRCUMRADIUS, COLOURS, POLYGONS, SYMMETRY
 
-# Background colours (0-255). All low chroma (max - min <= 65) so objects stand out by colour alone.
+# Background colours (0-255). All low chroma (max - min <= 52) so objects stand out by colour alone.
 PLAIN = {"black": (8, 8, 8), "white": (245, 245, 245), "grey": (128, 128, 128)}
-SKY_TOP, SKY_HORIZON = (170, 200, 235), (218, 230, 245)
-GRASS_NEAR, GRASS_FAR = (96, 118, 80), (120, 142, 100)
+SKY_TOP, SKY_HORIZON = (178, 203, 230), (218, 230, 245)
+GRASS_NEAR, GRASS_FAR = (98, 116, 82), (122, 140, 102)
 CLOUD = (249, 249, 251)
 NIGHT_TOP, NIGHT_BOTTOM = (6, 10, 32), (16, 22, 56)
 STAR = (255, 250, 225)
@@ -24,8 +24,11 @@ WALL_TOP, WALL_BOTTOM = (150, 146, 140), (132, 128, 123)
 TILE_LIGHT, TILE_DARK = (210, 208, 200), (75, 75, 80)
 
 HORIZON = 0.72  # sky: horizon height as a fraction of the frame height (world)
+LAWN_STRIPE = 0.2  # u: period of the light/dark mowing stripes (shows a pan on the ground)
+LAWN_SHADE = 10  # 0-255 amplitude of the stripes
 FLOOR_LINE = 0.62  # checkered: where the floor starts
 TILE = 0.11  # checker tile, u
+CLOUDS = 9  # spread over 2.2 frame widths, so ~4 are in view
 STAR_CELL = 0.08  # one star at most per cell of this size, u
 STAR_SIGMA = 0.7  # screen px: stars stay points at any zoom
 
@@ -64,6 +67,8 @@ def _background(scene: Scene, pan: np.ndarray, scale: np.ndarray) -> np.ndarray:
     if name == "sky":
         sky = _lerp(SKY_TOP, SKY_HORIZON, np.clip(ys / (HORIZON * h), 0, 1))
         grass = _lerp(GRASS_FAR, GRASS_NEAR, np.clip((ys - HORIZON * h) / ((1 - HORIZON) * h), 0, 1))
+        stripes = np.sin(xs * (2 * np.pi / (LAWN_STRIPE * u)) + scene.seed % 7)  # (F, 1, W) mowed lawn
+        grass = grass + (np.float32(LAWN_SHADE / 255.0) * stripes)[..., None]
         ground = _edge((ys - HORIZON * h) * s)[..., None]  # (F, H, 1, 1)
         img = sky + (grass - sky) * ground  # (F, H, 1, 3)
         img = np.broadcast_to(img, (len(pan), h, w, 3)).copy()
@@ -144,7 +149,7 @@ def _clouds(img: np.ndarray, scene: Scene, pan: np.ndarray, scale: np.ndarray) -
     rng = np.random.default_rng(scene.seed)
     ax, ay = camera_anchor(w, h)
     puffs = []  # (x, y, r) in world px
-    for _ in range(5):
+    for _ in range(CLOUDS):
         cx, cy = rng.uniform(-0.6 * w, 1.6 * w), rng.uniform(0.1, 0.4) * HORIZON * h
         for _ in range(3):
             puffs.append((cx + rng.uniform(-0.12, 0.12) * u, cy + rng.uniform(-0.03, 0.03) * u, rng.uniform(0.05, 0.09) * u))

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from kinema.data.world.motion import is_clean, read_motion
-from kinema.data.world.physics import simulate
+from kinema.data.world.physics import floor_reach, simulate
 from kinema.data.world.scene import ObjectSpec, Scene, SceneSpec, WorldObject, world_box
 from kinema.data.world.vocab import (
     BACKGROUNDS, CAMERAS, CIRCUMRADIUS, COLOURS, DIRECTIONS, GRAVITY, GROWTH_RATE, HELD_OUT, MAX_GROWTH,
@@ -23,6 +23,7 @@ HELD_OUT_MODES = ("exclude", "only", "allow")
 OBJECT_COUNT_WEIGHTS = (0.5, 0.35, 0.15)  # 1, 2, 3 objects
 MOVING_CAMERA_P = 0.5  # on a textured background
 SET_UP_TRIES = 25
+MAX_GROWN_RADIUS = 0.26  # u: a growing object stops short of filling the frame
 SPEC_TRIES = 20
 
 
@@ -110,21 +111,23 @@ def sample_scene(
 
 
 def _set_up(spec: SceneSpec, width, height, frames, fps, rng) -> tuple[Scene | None, float]:
-    """The best of SET_UP_TRIES physical set-ups for ``spec`` and the fraction of its objects
-    whose simulated motion reads as asked (1.0 = all); (None, 0) if nothing fits."""
+    """The best of SET_UP_TRIES physical set-ups for ``spec`` and the fraction of its objects whose
+    simulated motion reads cleanly as asked (1.0 = all, at their true sizes); (None, 0) if nothing fits."""
     spec = _fill(spec, rng)
     unit = float(min(width, height))
     duration = max((frames - 1) / fps, 1e-6)
     rate = _camera_rate(spec.camera, width, unit, duration)
     seed = int(rng.integers(2**31 - 1))
     box = world_box(Scene(width, height, frames, fps, spec.background, (_placeholder(),), spec.camera, rate, seed))
-    best, best_score = None, -1.0
+    best, best_score, misses = None, -1.0, 0
     for _ in range(SET_UP_TRIES):
-        objects = _place_all(spec.objects, box, unit, duration, fps, rng)
+        shrink = 0.9 ** (misses // 5)  # objects that keep not fitting are drawn a little smaller
+        objects = _place_all(spec.objects, box, unit, duration, fps, rng, shrink)
         if objects is None:
+            misses += 1
             continue
         scene = Scene(width, height, frames, fps, spec.background, tuple(objects), spec.camera, rate, seed)
-        score = _agreement(scene) / len(objects)
+        score = _agreement(scene) / len(objects) * (1.0 if shrink == 1.0 else 0.99)  # shrunk: not its size class
         if score == 1.0:
             return scene, score
         if score > best_score:
@@ -162,12 +165,12 @@ def _camera_rate(camera: str, width: int, unit: float, duration: float) -> float
     return 0.0
 
 
-def _place_all(specs, box, unit, duration, fps, rng) -> list[WorldObject] | None:
+def _place_all(specs, box, unit, duration, fps, rng, shrink=1.0) -> list[WorldObject] | None:
     placed: list[tuple[float, float, float]] = []  # (x, y, largest circumradius)
     objects = []
     for spec in specs:
         for _ in range(20):
-            obj, reach = _place(spec, box, unit, duration, fps, rng)
+            obj, reach = _place(spec, box, unit, duration, fps, rng, shrink)
             if all(math.hypot(obj.x - x, obj.y - y) > reach + r + 0.03 * unit for x, y, r in placed):
                 break
         else:
@@ -177,17 +180,18 @@ def _place_all(specs, box, unit, duration, fps, rng) -> list[WorldObject] | None
     return objects
 
 
-def _place(spec: ObjectSpec, box, unit, duration, fps, rng) -> tuple[WorldObject, float]:
+def _place(spec: ObjectSpec, box, unit, duration, fps, rng, shrink=1.0) -> tuple[WorldObject, float]:
     """One object set up to show its motion inside ``box``; returns it and its largest reach."""
     x0, y0, x1, y1 = box
-    radius = SIZES[spec.size] * unit * rng.uniform(0.93, 1.07)
+    radius = SIZES[spec.size] * unit * shrink * rng.uniform(0.93, 1.07)
     circ = CIRCUMRADIUS[spec.shape]
     angle = 0.0 if spec.shape == "circle" else rng.uniform(0, 2 * math.pi)
     kw: dict = {}
     reach = circ * radius
 
     if spec.motion == "grows":
-        limit = math.log(max(0.45 * min(x1 - x0, y1 - y0) / reach, 1.0 + 1e-6))
+        biggest = min(0.4 * min(x1 - x0, y1 - y0), MAX_GROWN_RADIUS * unit * circ) * shrink
+        limit = math.log(max(biggest / reach, 1.0 + 1e-6))
         kw["growth"] = min(rng.uniform(*GROWTH_RATE), MAX_GROWTH / duration, limit / duration)
         reach *= math.exp(kw["growth"] * duration)
     elif spec.motion == "shrinks":
@@ -229,7 +233,7 @@ def _agreement(scene: Scene) -> int:
     good = 0
     for i, o in enumerate(scene.objects):
         angle = None if o.shape == "circle" else tracks.angle[:, i]
-        reach = CIRCUMRADIUS[o.shape] * tracks.radius[:, i]
+        reach = tracks.radius[:, i] * np.array([floor_reach(o.shape, a) for a in tracks.angle[:, i]])
         reading = read_motion(tracks.centres[:, i], tracks.radius[:, i], angle, reach, scene.fps, unit, scene.height)
         good += is_clean(reading, o.motion)
     return good

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 # Object colours: saturated hues spread round the colour wheel (hue in degrees in the comment),
-# all with chroma (max - min) >= 160 so they stand apart from every background (chroma <= 65)
+# all with chroma (max - min) >= 160 so they stand apart from every background (chroma <= 52)
 # even after a small VAE washes them out. No white/black/grey objects: those are backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 30, 40),  # 357

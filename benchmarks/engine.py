@@ -1,0 +1,150 @@
+"""kinema vs diffusers, same weights and shapes, in one run: DiT forward / training step and VAE encode / decode.
+
+    python benchmarks/engine.py [--repeats 5] [--json results.json]
+
+Prints one row per case with both times and the ratio diffusers / kinema (> 1 means kinema is faster).
+Shapes follow the bundled model: DiT dim 384 / 8 layers / 6 heads / ffn 1536 on 17x128x128 clips
+(latent 5x16x16 -> 320 tokens), VAE base_dim 32 on 17x128x128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def timeit(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024) -> float:
+    """Measured matmul GFLOP/s of this machine for ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    secs = timeit(lambda: a @ b, repeats=5)
+    return 2 * n**3 / secs / 1e9
+
+
+def dit_pair(dtype: torch.dtype):
+    from diffusers import WanTransformer3DModel
+
+    from kinema.config import preset
+    from kinema.dit import DiT
+
+    cfg = preset("world-small").dit
+    torch.manual_seed(0)
+    ours = DiT(cfg)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.02)
+    ref = WanTransformer3DModel(patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads,
+                                attention_head_dim=cfg.attention_head_dim, in_channels=cfg.in_channels,
+                                out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+                                ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ours.to(dtype), ref.to(dtype), cfg
+
+
+def dit_flops(cfg, tokens: int, text_len: int) -> float:
+    """Forward FLOPs of the DiT blocks (matmuls + attention) for one sample."""
+    d, f = cfg.dim, cfg.ffn_dim
+    per_block = 2 * tokens * (4 * d * d + 2 * d * f) + 2 * tokens * d * d + 2 * 2 * text_len * d * d
+    per_block += 2 * 2 * tokens * tokens * d + 2 * 2 * tokens * text_len * d
+    return cfg.num_layers * per_block
+
+
+def bench_dit(repeats: int, rows: list):
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, ref, cfg = dit_pair(dtype)
+        peak = matmul_peak(dtype)
+        for batch in (1, 4):
+            x = torch.randn(batch, 16, 5, 16, 16, dtype=dtype)
+            t = torch.full((batch,), 500.0)
+            text = torch.randn(batch, 64, 384, dtype=dtype)
+            flops = dit_flops(cfg, 320, 64) * batch
+            with torch.inference_mode():
+                a = timeit(lambda: ours(x, t, text), repeats)
+                b = timeit(lambda: ref(x, t, text, return_dict=False), repeats)
+            rows.append(_row(f"DiT forward b{batch} {_name(dtype)}", a, b, mfu=flops / a / 1e9 / peak))
+
+            target = torch.randn_like(x)
+            opt_a = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+            opt_b = torch.optim.AdamW(ref.parameters(), lr=1e-5)
+
+            def step(model, opt, call):
+                opt.zero_grad(set_to_none=True)
+                loss = (call(model).float() - target.float()).square().mean()
+                loss.backward()
+                opt.step()
+
+            a = timeit(lambda: step(ours, opt_a, lambda m: m(x, t, text)), repeats)
+            b = timeit(lambda: step(ref, opt_b, lambda m: m(x, t, text, return_dict=False)[0]), repeats)
+            rows.append(_row(f"DiT train step b{batch} {_name(dtype)}", a, b, mfu=3 * flops / a / 1e9 / peak))
+
+
+def bench_vae(repeats: int, rows: list):
+    from diffusers import AutoencoderKLWan
+
+    from kinema.config import VAEConfig
+    from kinema.vae import VAE
+
+    torch.manual_seed(0)
+    ref = AutoencoderKLWan(base_dim=32, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1).eval()
+    ours = VAE(VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1)).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    video = torch.rand(1, 3, 17, 128, 128) * 2 - 1
+    z = torch.randn(1, 16, 5, 16, 16)
+    with torch.inference_mode():
+        a = timeit(lambda: ours.encode_moments(video), repeats)
+        b = timeit(lambda: ref.encode(video), repeats)
+        rows.append(_row("VAE encode 17x128x128", a, b))
+        a = timeit(lambda: ours.decode(z, normalized=False), repeats)
+        b = timeit(lambda: ref.decode(z), repeats)
+        rows.append(_row("VAE decode 17x128x128", a, b))
+
+
+def _name(dtype):
+    return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+
+
+def _row(case, kinema_s, diffusers_s, mfu=None):
+    row = {"case": case, "kinema_ms": round(kinema_s * 1000, 2), "diffusers_ms": round(diffusers_s * 1000, 2),
+           "speedup": round(diffusers_s / kinema_s, 2)}
+    if mfu is not None:
+        row["kinema_mfu"] = round(mfu, 3)
+    print(f"{case:32s} kinema {row['kinema_ms']:9.1f} ms   diffusers {row['diffusers_ms']:9.1f} ms   "
+          f"x{row['speedup']:.2f}" + (f"   MFU {mfu:.1%}" if mfu is not None else ""), flush=True)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", choices=("dit", "vae"))
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"matmul peak fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
+    rows: list = []
+    if args.only in (None, "vae"):
+        bench_vae(args.repeats, rows)
+    if args.only in (None, "dit"):
+        bench_dit(args.repeats, rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

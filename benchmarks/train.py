@@ -1,0 +1,125 @@
+"""Training throughput, kinema's DiT vs diffusers' WanTransformer3DModel, same weights and batch, in one run.
+
+    python benchmarks/train.py [--repeats 5] [--batches 1 4] [--json results.json]
+
+One training step = flow-matching interpolation, forward, MSE to the velocity target, backward, AdamW
+step. Shapes follow the bundled model: dim 384 / 8 layers / 6 heads / ffn 1536, 17x128x128 clips
+(latent 5x16x16 -> 320 tokens), text 64 x 384. Prints tokens/s and MFU (against this machine's measured
+matmul peak, kinema.train.throughput) for both and the ratio kinema / diffusers (> 1: kinema is faster).
+fp32 on CPU; bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def build_pair(device: torch.device):
+    """(kinema DiT, diffusers WanTransformer3DModel, cfg) holding identical weights."""
+    from diffusers import WanTransformer3DModel
+
+    from kinema.config import preset
+    from kinema.dit.model import DiT
+
+    cfg = preset("world-small").dit
+    torch.manual_seed(0)
+    ours = DiT(cfg)
+    with torch.no_grad():  # non-zero everywhere, so no branch is trivially cheap
+        for p in ours.parameters():
+            p.normal_(0, 0.02)
+    ref = WanTransformer3DModel(patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads,
+                                attention_head_dim=cfg.attention_head_dim, in_channels=cfg.in_channels,
+                                out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+                                ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm,
+                                qk_norm=cfg.qk_norm, eps=cfg.eps, rope_max_seq_len=cfg.rope_max_seq_len)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ours.to(device).train(), ref.to(device).train(), cfg
+
+
+def make_step(model, call, device: torch.device):
+    """A closure running one training step of ``model`` on a batch; ``call(model, x_t, t, text)`` -> velocity."""
+    from kinema.flow import interpolate, velocity_target
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step(latents, noise, t, text):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            pred = call(model, interpolate(latents, noise, t), t * 1000.0, text)
+        loss = (pred.float() - velocity_target(latents, noise).float()).square().mean()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return loss.detach()
+
+    return step
+
+
+def kinema_call(model, x, t, text):
+    return model(x, t, text)
+
+
+def diffusers_call(model, x, t, text):
+    return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    from kinema.train.throughput import dit_tokens, dit_train_flops, measure_matmul_peak
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = measure_matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32, seconds=1.0)
+    ours, ref, cfg = build_pair(device)
+    params = sum(p.numel() for p in ours.parameters())
+    grid, text_len = (5, 16, 16), 64  # 17x128x128 pixels -> latent 5x16x16
+    tokens = dit_tokens(cfg, grid)
+    steps = {"kinema": make_step(ours, kinema_call, device), "diffusers": make_step(ref, diffusers_call, device)}
+    print(f"device {device}, {params / 1e6:.1f}M params, {tokens} tokens/clip, matmul peak {peak / 1e9:.1f} GFLOP/s, "
+          f"torch {torch.__version__}")
+    print(f"{'batch':>5} {'impl':>10} {'step ms':>9} {'tokens/s':>10} {'MFU':>7}")
+    results = []
+    for batch in args.batches:
+        g = torch.Generator().manual_seed(batch)
+        latents = torch.randn(batch, cfg.in_channels, *grid, generator=g).to(device)
+        noise = torch.randn(latents.shape, generator=g).to(device)
+        t = torch.rand(batch, generator=g).to(device)
+        text = torch.randn(batch, text_len, cfg.text_dim, generator=g).to(device)
+        flops = batch * dit_train_flops(cfg, params, tokens, text_len)
+        row = {"batch": batch}
+        for name, step in steps.items():
+            secs = median_seconds(lambda: step(latents, noise, t, text), args.repeats)
+            row[name] = {"step_s": secs, "tokens_per_s": batch * tokens / secs, "mfu": flops / secs / peak}
+            print(f"{batch:>5} {name:>10} {secs * 1e3:>9.1f} {batch * tokens / secs:>10.0f} {flops / secs / peak:>7.2%}")
+        row["ratio"] = row["diffusers"]["step_s"] / row["kinema"]["step_s"]
+        print(f"{batch:>5} {'ratio':>10} {row['ratio']:>9.2f}x  (kinema tokens/s / diffusers tokens/s)")
+        results.append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "peak_flops": peak, "params": params, "tokens": tokens, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The world benchmark: score generated videos against the procedural scene each prompt asked for."""

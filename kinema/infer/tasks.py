@@ -1,0 +1,267 @@
+"""Prompting with images and videos: image-to-video, extend, loop, connect, edit, keyframes, image.
+
+Every task here is the same three moves: load and check the inputs (before any sampling), build a
+``Window`` (a condition over latent frames, ``kinema.tasks.builders``), and run it through the one
+conditioned sampling loop of ``Pipeline.run``; the result joins the window's new frames with the inputs.
+
+Inputs are paths or uint8 arrays ((H, W, 3) images, (F, H, W, 3) videos). Videos read from files are
+resampled to the request's fps; arrays are taken to be at that fps. Inputs of another size are resized to
+the requested width x height by ``resize``: "crop" (default: scale to cover, centre-crop), "pad" (scale
+to fit, black bars) or "stretch". The ``Video.latents`` of a task result is the sampled window, its given
+latent frames exactly as the condition holds them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..common.video import RESIZE_POLICIES, VideoDecodeError, read_image, read_video, resize_video, to_model
+from ..tasks.builders import (Window, connect_window, extend_window, image_window, keyframes_window, loop_window)
+from ..tasks.frames import frame_at, grid_count, latent_index, pad_frames, pixel_span
+from .pipeline import InputError, Pipeline, Settings, Video
+
+Media = str | os.PathLike | np.ndarray
+DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 fixes a frame, 2 also fix its motion
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+
+def _frames_of(value, name: str, image: bool) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    want = "(H, W, 3)" if image else "(F, H, W, 3) (or an (H, W, 3) image)"
+    if arr.dtype != np.uint8:
+        raise InputError(f"{name} must be uint8 RGB {want}, got dtype {arr.dtype}")
+    if image and arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if not image and arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != (3 if image else 4) or arr.shape[-1] != 3 or min(arr.shape) < 1:
+        raise InputError(f"{name} must be uint8 RGB {want}, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _fit(frames: np.ndarray, width: int, height: int, resize: str) -> np.ndarray:
+    if resize not in RESIZE_POLICIES:
+        raise InputError(f"resize policy {resize!r} is unknown; choose one of {list(RESIZE_POLICIES)}")
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return resize_video(frames, width, height, policy=resize)
+
+
+def load_image(image: Media, width: int, height: int, resize: str = "crop", name: str = "image") -> np.ndarray:
+    """uint8 (height, width, 3) from an image path or array, resized by ``resize``; InputError if unreadable."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            image = read_image(image)
+        except VideoDecodeError as err:
+            raise InputError(f"{name}: {err}") from None
+    return _fit(_frames_of(image, name, image=True)[None], width, height, resize)[0]
+
+
+def load_video(video: Media, fps: float, width: int, height: int, resize: str = "crop",
+               name: str = "video") -> np.ndarray:
+    """uint8 (F, height, width, 3) from a video path (resampled to ``fps``) or array, resized; InputError if unreadable."""
+    if isinstance(video, (str, os.PathLike)):
+        try:
+            video, _ = read_video(video, fps=fps)
+        except VideoDecodeError as err:
+            raise InputError(f"{name}: {err}") from None
+    return _fit(_frames_of(video, name, image=False), width, height, resize)
+
+
+def check_strength(strength: float) -> float:
+    """``strength`` if it is a number in (0, 1]; InputError otherwise."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise InputError(f"edit strength must be in (0, 1] (0.3 keeps most of the video, 1 re-generates it), "
+                         f"got {strength!r}")
+    return float(strength)
+
+
+def check_seconds(seconds: float, name: str = "seconds") -> float:
+    """``seconds`` if it is a finite number > 0; InputError otherwise."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"{name} must be a number of seconds > 0, got {seconds!r}")
+    return float(seconds)
+
+
+def keyframe_frames(times: list[float], frames: int, fps: int, tf: int) -> list[int]:
+    """Pixel frames for keyframe ``times`` (seconds) in a clip of ``frames``; InputError if outside or colliding."""
+    if not times:
+        raise InputError("keyframes need at least one (seconds, image) pair")
+    end = (frames - 1) / fps
+    pixels, owner = [], {}
+    for t in times:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise InputError(f"keyframe time must be a number of seconds, got {t!r}")
+        p = frame_at(t, fps)
+        if t < 0 or p > frames - 1:
+            raise InputError(f"keyframe time {t} s lies outside the clip: {frames} frames at {fps} fps span "
+                             f"0 .. {end:.3f} s")
+        j = latent_index(p, tf)
+        if j in owner:
+            span = pixel_span(j, tf)
+            raise InputError(f"keyframes at {owner[j]} s and {t} s fall in the same latent frame (pixel frames "
+                             f"{span.start}..{span.stop - 1}); keep keyframes at least {tf} frames "
+                             f"({tf / fps:.3f} s) apart")
+        owner[j] = t
+        pixels.append(p)
+    return pixels
+
+
+# -- running a window -----------------------------------------------------------------------------------------
+
+
+def encoder(pipe: Pipeline):
+    """The pipeline VAE's ``encode`` for builders: (1, 3, tf*k+1, H, W) in [-1, 1] -> float32 latents."""
+    dtype = next(pipe.vae.parameters()).dtype
+
+    @torch.inference_mode()
+    def encode(video: torch.Tensor) -> torch.Tensor:
+        return pipe.vae.encode(video.to(pipe.device, dtype)).float()
+
+    return encode
+
+
+def _tf(pipe: Pipeline) -> int:
+    return pipe.cfg.vae.temporal_factor
+
+
+def _settings(pipe: Pipeline, prompt: str, settings: dict, task: str, **fixed) -> Settings:
+    """Validated settings; ``fixed`` are set by the task, and a caller passing one of them is refused."""
+    clash = sorted(k for k, v in fixed.items() if settings.get(k) is not None and (v is None or settings[k] != v))
+    if clash:
+        raise InputError(f"{task} sets {clash} itself (from its inputs and seconds); don't pass them")
+    return pipe.settings(prompt, **{**settings, **fixed})
+
+
+def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarray | None = None,
+         after: np.ndarray | None = None) -> Video:
+    """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``."""
+    video = pipe.run(replace(s, frames=window.frames), condition=window.condition, progress=progress)
+    parts = [p for p in (before, video.frames[window.new], after) if p is not None]
+    return replace(video, frames=np.concatenate(parts) if len(parts) > 1 else parts[0])
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------
+
+
+def image_to_video(pipe: Pipeline, prompt: str, image: Media, frame: int = 0, *, resize: str = "crop",
+                   progress=False, **settings) -> Video:
+    """A clip with ``image`` at pixel ``frame`` (0 = the first frame; later frames pin a short still)."""
+    s = pipe.settings(prompt, **settings)
+    if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < s.frames:
+        raise InputError(f"image frame must be an integer in [0, {s.frames - 1}] for a {s.frames}-frame clip, "
+                         f"got {frame!r}")
+    img = load_image(image, s.width, s.height, resize)
+    return _run(pipe, s, image_window(encoder(pipe), img, frame, s.frames, _tf(pipe)), progress)
+
+
+def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]], *, resize: str = "crop",
+              progress=False, **settings) -> Video:
+    """A clip with each (seconds, image) pinned at the latent frame holding that time."""
+    s = pipe.settings(prompt, **settings)
+    tf = _tf(pipe)
+    pixels = keyframe_frames([t for t, _ in images_at], s.frames, s.fps, tf)
+    images = [load_image(img, s.width, s.height, resize, name=f"keyframe at {t} s") for t, img in images_at]
+    return _run(pipe, s, keyframes_window(encoder(pipe), list(zip(pixels, images)), s.frames, tf), progress)
+
+
+def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction: str = "forward", *,
+           overlap: int = DEFAULT_OVERLAP, resize: str = "crop", progress=False, **settings) -> Video:
+    """``video`` continued by about ``seconds`` forwards (after it) or backwards (before it), joined with it."""
+    check_seconds(seconds)
+    if direction not in ("forward", "backward"):
+        raise InputError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    _check_overlap(overlap)
+    s = _settings(pipe, prompt, settings, "extend", frames=None)
+    tf = _tf(pipe)
+    frames = load_video(video, s.fps, s.width, s.height, resize)
+    forward = direction == "forward"
+    new = grid_count(seconds * s.fps, tf, offset=0 if forward else 1, minimum=tf if forward else 1)
+    window = extend_window(encoder(pipe), frames, new, overlap, tf, direction)
+    return _run(pipe, s, window, progress, before=frames if forward else None, after=None if forward else frames)
+
+
+def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds: float, *,
+            overlap: int = DEFAULT_OVERLAP, resize: str = "crop", progress=False, **settings) -> tuple[Video, Video]:
+    """(transition, joined): about ``seconds`` from the end of A to the start of B, and A + transition + B."""
+    check_seconds(seconds)
+    _check_overlap(overlap)
+    s = _settings(pipe, prompt, settings, "connect", frames=None)
+    tf = _tf(pipe)
+    a = load_video(video_a, s.fps, s.width, s.height, resize, name="video A")
+    b = load_video(video_b, s.fps, s.width, s.height, resize, name="video B")
+    new = grid_count(seconds * s.fps, tf, offset=0, minimum=tf)
+    transition = _run(pipe, s, connect_window(encoder(pipe), a, b, new, overlap, tf), progress)
+    return transition, replace(transition, frames=np.concatenate([a, transition.frames, b]))
+
+
+def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, overlap: int = 1, resize: str = "crop",
+         progress=False, **settings) -> Video:
+    """A clip of ``frames - 1`` frames whose last frame leads into its first (from ``image`` if given).
+
+    A short start clip (``overlap`` + 1 latent frames, from the image if any) is sampled first; the loop
+    window then begins with it and ends with its latent frames 1.. again (``loop_window``). With an image,
+    the loop begins on the frame after it: the image is the run-up's first frame.
+    """
+    _check_overlap(overlap)
+    s = pipe.settings(prompt, **settings)
+    tf = _tf(pipe)
+    period = s.frames - 1
+    if period < tf * (overlap + 1):
+        raise InputError(f"a loop sharing {overlap} latent frame(s) needs at least {tf * (overlap + 1) + 1} frames, "
+                         f"got {s.frames}")
+    start_frames = tf * overlap + 1
+    if image is not None:
+        img = load_image(image, s.width, s.height, resize)
+        start = image_window(encoder(pipe), img, 0, start_frames, tf)
+    else:
+        start = Window(frames=start_frames, condition=None, new=slice(0, start_frames))
+    start_latents = pipe.sample(replace(s, frames=start.frames), condition=start.condition)
+    return _run(pipe, s, loop_window(start_latents, period, tf), progress)
+
+
+def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: str = "crop", progress=False,
+         **settings) -> Video:
+    """``video`` re-generated from ``prompt`` (SDEdit): noised to t = ``strength`` in (0, 1], then sampled to 0.
+
+    A length that is not tf*k+1 is padded by holding the last frame; the result has the input's length.
+    """
+    check_strength(strength)
+    s = _settings(pipe, prompt, settings, "edit", frames=None)
+    frames = load_video(video, s.fps, s.width, s.height, resize)
+    padded = pad_frames(frames, _tf(pipe))
+    s = replace(s, frames=len(padded), strength=strength)
+    init = encoder(pipe)(to_model(padded))
+    out = pipe.run(s, init_latents=init, progress=progress)
+    return replace(out, frames=out.frames[:len(frames)])
+
+
+def image(pipe: Pipeline, prompt: str, *, progress=False, **settings) -> Video:
+    """A single image (a one-frame video); ``Video.save("x.png")`` writes it as a PNG."""
+    return pipe.run(_settings(pipe, prompt, settings, "image generation", frames=1), progress=progress)
+
+
+# -- measuring ---------------------------------------------------------------------------------------------------
+
+
+def loop_seam(frames: np.ndarray) -> tuple[float, float]:
+    """(seam, typical): mean |last - first| pixel difference, and the median of mean |f[i+1] - f[i]| in the clip."""
+    if len(frames) < 2:
+        raise ValueError(f"a loop needs at least 2 frames, got {len(frames)}")
+    x = frames.astype(np.float32)
+    steps = np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
+    return float(np.abs(x[-1] - x[0]).mean()), float(np.median(steps))
+
+
+def _check_overlap(overlap: int) -> None:
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1:
+        raise InputError(f"overlap must be a positive number of latent frames, got {overlap!r}")

@@ -1,0 +1,404 @@
+"""The HTTP API: OpenAI's Videos API (``/v1/videos`` ...) over the job store, plus the web page at ``/``.
+
+The API never generates anything itself: it checks a request against the model catalog, stores the
+inputs under the new job's id, and queues the job for the workers. Handlers run blocking store calls
+in Starlette's thread pool so the event loop stays free for the many clients that poll.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..common.video import write_video
+from ..infer.pipeline import InputError
+from .catalog import ModelSpec, load_catalog, parse_extras, resolve_model
+from .config import ServeConfig
+from .media import (INPUT_IMAGE, INPUT_VIDEO, VARIANTS, VIDEO_ID, UploadError, decode_image, decode_video, job_dir,
+                    remove_job_files, save_image)
+from .store import Job, JobStore, LimitError
+from .wire import APIError, BodyLimit, BodyTooLarge, error_response, read_body, read_upload, shown, video_object
+from .worker import available_tasks
+
+log = logging.getLogger("kinema.serve.api")
+STATIC = Path(__file__).resolve().parent / "static"
+EXTRAS = ("seed", "steps", "guidance", "shift", "sampler", "negative_prompt")
+CREATE_FIELDS = ("prompt", "model", "seconds", "size", "input_reference[image_url]", "input_reference[file_id]", *EXTRAS)
+SOURCE_FIELDS = ("video[id]",)
+DEFAULT_STRENGTH = 0.7  # edits and remixes: how much of the source is re-noised (1 = start from pure noise)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who is asking: a key id (or "local" without auth) and its limits."""
+
+    id: str
+    rate_per_min: int
+    max_queue: int
+
+
+class VideosAPI:
+    """The route handlers, sharing one config, job store and model catalog."""
+
+    def __init__(self, cfg: ServeConfig, store: JobStore, catalog: dict[str, ModelSpec]):
+        self.cfg, self.store, self.catalog, self.data = cfg, store, catalog, cfg.data_path
+        self.poll_header = {"openai-poll-after-ms": str(cfg.poll_ms)}
+
+    # -- shared steps --------------------------------------------------------------------------------------
+    async def owner(self, request: Request) -> Owner:
+        if not self.cfg.auth:
+            return Owner("local", self.cfg.rate_per_min, self.cfg.max_queue)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise APIError(401, "no API key given: send 'Authorization: Bearer YOUR_KEY' (create one with "
+                                "`kinema serve keys create`)", code="missing_api_key")
+        key = await run_in_threadpool(self.store.key_for, token.strip())
+        if key is None:
+            raise APIError(401, "incorrect or revoked API key", code="invalid_api_key")
+        return Owner(key.id, key.rate_per_min or self.cfg.rate_per_min, key.max_queue or self.cfg.max_queue)
+
+    def prompt(self, fields: dict[str, str]) -> str:
+        prompt = fields.get("prompt")
+        if prompt is None or not prompt.strip():
+            raise APIError(400, "prompt is required: describe the video, e.g. 'a red ball bounces on the floor'",
+                           param="prompt", code="missing_prompt" if prompt is None else "empty_prompt")
+        if len(prompt) > self.cfg.max_prompt_chars:
+            raise APIError(400, f"prompt is {len(prompt)} characters; at most {self.cfg.max_prompt_chars} accepted",
+                           param="prompt", code="prompt_too_long")
+        return prompt
+
+    async def job_of(self, owner: Owner, video_id: str, param: str | None = None) -> Job:
+        job = await run_in_threadpool(self.store.get, video_id, owner.id) if VIDEO_ID.fullmatch(video_id) else None
+        if job is None:
+            raise APIError(404, f"no video found with id {shown(video_id)}", param=param, code="video_not_found")
+        return job
+
+    async def completed_source(self, owner: Owner, fields: dict[str, str], param: str = "video[id]") -> Job:
+        job = await self.job_of(owner, fields[param], param)
+        if job.status != "completed":
+            raise APIError(409, f"video {job.id} is {job.status}; only completed videos can be used as a source",
+                           param=param, code="video_not_ready")
+        return job
+
+    async def submit(self, owner: Owner, job: Job, image=None, video=None, copy_from: str | None = None) -> Response:
+        """Store the job's inputs under its id, then queue it (removing the inputs if a limit refuses it)."""
+        folder = job_dir(self.data, job.id)
+
+        def save_inputs():
+            folder.mkdir(parents=True, exist_ok=True)
+            if image is not None:
+                save_image(folder / INPUT_IMAGE, image)
+            if video is not None:
+                write_video(folder / INPUT_VIDEO, video[0], video[1])
+            if copy_from is not None:
+                shutil.copyfile(job_dir(self.data, copy_from) / VARIANTS["video"][0], folder / INPUT_VIDEO)
+
+        try:
+            await run_in_threadpool(save_inputs)
+            job = await run_in_threadpool(self.store.submit, job, owner.rate_per_min, owner.max_queue)
+        except LimitError as e:
+            await run_in_threadpool(remove_job_files, self.data, job.id)
+            raise APIError(429, str(e), code="rate_limit_exceeded") from None
+        except FileNotFoundError:
+            await run_in_threadpool(remove_job_files, self.data, job.id)
+            raise APIError(404, "the source video's files have expired", code="video_not_found") from None
+        except BaseException:
+            await run_in_threadpool(remove_job_files, self.data, job.id)
+            raise
+        return JSONResponse(video_object(job), headers=self.poll_header)
+
+    def need_task(self, task: str, what: str) -> None:
+        if task not in available_tasks():
+            raise APIError(400, f"{what} is not supported by this server yet", code="unsupported")
+
+    # -- /v1/models ----------------------------------------------------------------------------------------
+    async def models(self, request: Request) -> Response:
+        await self.owner(request)
+        tasks = available_tasks()
+        return JSONResponse({"object": "list", "data": [spec.describe(tasks) for spec in self.catalog.values()]})
+
+    # -- /v1/videos ----------------------------------------------------------------------------------------
+    async def create(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        body = await read_body(request, CREATE_FIELDS, file_fields=("input_reference",))
+        f = body.fields
+        spec = resolve_model(self.catalog, f.get("model"))
+        prompt = self.prompt(f)
+        s, size, seconds = spec.settings(prompt, f.get("size"), f.get("seconds"), parse_extras(f), self.cfg.max_steps)
+        job = Job(id=new_video_id(), owner=owner.id, kind="create", model=spec.name, prompt=prompt, seconds=seconds,
+                  size=size, params={"settings": asdict(s)})
+        image = None
+        if "input_reference" in body.files or "input_reference[image_url]" in f or "input_reference[file_id]" in f:
+            self.need_task("image_to_video", "image-to-video (input_reference)")
+            image = await run_in_threadpool(decode_image, await self.reference_bytes(body))
+            job.params["input"] = "image"
+        return await self.submit(owner, job, image=image)
+
+    async def reference_bytes(self, body) -> bytes:
+        if "input_reference" in body.files:
+            return await read_upload(body.files["input_reference"], self.cfg.max_upload_bytes, "input_reference")
+        if "input_reference[file_id]" in body.fields:
+            raise APIError(400, "input_reference file_id is not supported here; upload the image as input_reference",
+                           param="input_reference[file_id]")
+        url = body.fields["input_reference[image_url]"]
+        head, sep, payload = url.partition(",")
+        if not (head.startswith("data:image/") and head.endswith(";base64") and sep):
+            raise APIError(400, "input_reference image_url must be a base64 data URL (data:image/png;base64,...); "
+                                "this server does not fetch URLs", param="input_reference[image_url]")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "input_reference image_url is not valid base64", param="input_reference[image_url]") from None
+        if len(data) > self.cfg.max_upload_bytes:
+            raise APIError(413, f"input_reference is over the upload limit of {self.cfg.max_upload_bytes} bytes",
+                           param="input_reference[image_url]", code="file_too_large")
+        return data
+
+    async def retrieve(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        job = await self.job_of(owner, request.path_params["video_id"])
+        return JSONResponse(video_object(job), headers=self.poll_header)
+
+    async def list(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        q = request.query_params
+        unknown = sorted(set(q) - {"after", "limit", "order"})
+        if unknown:
+            raise APIError(400, f"unknown query parameter {shown(unknown[0])}; accepted: after, limit, order",
+                           param=unknown[0], code="unknown_parameter")
+        limit_text = q.get("limit", "20")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+            raise APIError(400, f"limit must be an integer in [1, 100], got {shown(limit_text)}", param="limit")
+        order = q.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise APIError(400, f"order must be 'asc' or 'desc', got {shown(order)}", param="order")
+        after = q.get("after") or None
+        try:
+            jobs, more = await run_in_threadpool(self.store.page, owner.id, after, int(limit_text), order)
+        except KeyError:
+            raise APIError(400, f"after {shown(after)} is not one of your videos", param="after") from None
+        data = [video_object(j) for j in jobs]
+        return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None, "has_more": more})
+
+    async def delete(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        video_id = request.path_params["video_id"]
+        await self.job_of(owner, video_id)
+        if await run_in_threadpool(self.store.delete, video_id, owner.id):
+            await run_in_threadpool(remove_job_files, self.data, video_id)
+        return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
+
+    async def content(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        job = await self.job_of(owner, request.path_params["video_id"])
+        unknown = sorted(set(request.query_params) - {"variant"})
+        if unknown:
+            raise APIError(400, f"unknown query parameter {shown(unknown[0])}; accepted: variant", param=unknown[0])
+        variant = request.query_params.get("variant", "video")
+        if variant not in VARIANTS:
+            raise APIError(400, f"variant {shown(variant)} is not one of: {', '.join(VARIANTS)}", param="variant")
+        if job.status != "completed":
+            raise APIError(409, f"video {job.id} is {job.status}; its content is ready when it is completed",
+                           code="video_not_ready")
+        name, media_type = VARIANTS[variant]
+        path = job_dir(self.data, job.id) / name
+        if not path.is_file():
+            raise APIError(404, f"the {variant} of video {job.id} is gone (expired or deleted)", code="content_not_found")
+        ext = name.rsplit(".", 1)[1]
+        return FileResponse(path, media_type=media_type, filename=f"{job.id}-{variant}.{ext}",
+                            content_disposition_type="inline")
+
+    async def remix(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        body = await read_body(request, ("prompt", "seed", "steps", "guidance", "shift", "sampler", "negative_prompt",
+                                         "strength"))
+        source = await self.completed_source(owner, {"video_id": request.path_params["video_id"]}, "video_id")
+        prompt = self.prompt(body.fields)
+        spec = self.spec_of(source)
+        settings = dict(source.params["settings"], prompt=prompt, **parse_extras(body.fields))
+        edit = "edit" in available_tasks()
+        params = {"settings": settings, "remix_mode": "edit" if edit else "reseed"}
+        if edit:
+            params["strength"] = strength(body.fields)
+        self.check(spec, settings)
+        job = Job(id=new_video_id(), owner=owner.id, kind="remix", model=spec.name, prompt=prompt,
+                  seconds=source.seconds, size=source.size, params=params, source_id=source.id)
+        return await self.submit(owner, job, copy_from=source.id if edit else None)
+
+    async def extend(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        body = await read_body(request, ("prompt", "seconds", "model", "size", *SOURCE_FIELDS, *EXTRAS),
+                               file_fields=("video",))
+        self.need_task("extend", "extending videos (/v1/videos/extensions)")
+        f = body.fields
+        prompt = self.prompt(f)
+        if not f.get("seconds"):
+            raise APIError(400, "seconds (the length of the new segment) is required", param="seconds")
+        source, spec, video = await self.source_video(owner, body)
+        size = source.size if source is not None else f.get("size")
+        s, size, seconds = spec.settings(prompt, size, f["seconds"], parse_extras(f), self.cfg.max_steps)
+        before = float(source.seconds) if source is not None else len(video[0]) / video[1]
+        job = Job(id=new_video_id(), owner=owner.id, kind="extend", model=spec.name, prompt=prompt,
+                  seconds=f"{before + float(seconds):g}", size=size,
+                  params={"settings": asdict(s), "extend_seconds": seconds}, source_id=source and source.id)
+        return await self.submit(owner, job, video=video, copy_from=source and source.id)
+
+    async def edit(self, request: Request) -> Response:
+        owner = await self.owner(request)
+        body = await read_body(request, ("prompt", "model", "size", "strength", *SOURCE_FIELDS, *EXTRAS),
+                               file_fields=("video",))
+        self.need_task("edit", "editing videos (/v1/videos/edits)")
+        f = body.fields
+        prompt = self.prompt(f)
+        source, spec, video = await self.source_video(owner, body)
+        if source is not None:  # same size and settings as the source, new prompt (and any extras given)
+            settings = dict(source.params["settings"], prompt=prompt, **parse_extras(f))
+            self.check(spec, settings)
+            size, seconds = source.size, source.seconds
+        else:  # the output keeps the upload's length; its size is one the model offers
+            s, size, _ = spec.settings(prompt, f.get("size"), None, parse_extras(f), self.cfg.max_steps)
+            settings, seconds = asdict(s), f"{len(video[0]) / video[1]:g}"
+        job = Job(id=new_video_id(), owner=owner.id, kind="edit", model=spec.name, prompt=prompt, seconds=seconds,
+                  size=size, params={"settings": settings, "strength": strength(f)}, source_id=source and source.id)
+        return await self.submit(owner, job, video=video, copy_from=source and source.id)
+
+    async def source_video(self, owner: Owner, body):
+        """(source job or None, model spec, uploaded (frames, fps) or None) for extend / edit."""
+        if "video" in body.files and "video[id]" in body.fields:
+            raise APIError(400, "give either a video file or video[id], not both", param="video")
+        if "video[id]" in body.fields:
+            source = await self.completed_source(owner, body.fields)
+            return source, self.spec_of(source), None
+        if "video" not in body.files:
+            raise APIError(400, "video is required: upload a file as 'video' or name a completed video as video[id]",
+                           param="video")
+        data = await read_upload(body.files["video"], self.cfg.max_upload_bytes, "video")
+        video = await run_in_threadpool(decode_video, data, self.data / "tmp", self.cfg.max_input_frames)
+        return None, resolve_model(self.catalog, body.fields.get("model")), video
+
+    def spec_of(self, job: Job) -> ModelSpec:
+        if job.model not in self.catalog:
+            raise APIError(400, f"video {job.id} was made by model {job.model!r}, which this server no longer runs; "
+                                f"running: {', '.join(self.catalog)}", code="model_not_found")
+        return self.catalog[job.model]
+
+    def check(self, spec: ModelSpec, settings: dict) -> None:
+        from ..infer.pipeline import Settings, check_settings
+        try:
+            check_settings(spec.cfg, Settings(**settings))
+        except TypeError as e:
+            raise InputError(str(e)) from None
+        if settings["steps"] > self.cfg.max_steps:
+            raise InputError(f"steps must be in [1, {self.cfg.max_steps}] on this server, got {settings['steps']}")
+
+    # -- page and health -----------------------------------------------------------------------------------
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "auth": self.cfg.auth})
+
+
+def strength(fields: dict[str, str]) -> float:
+    """The ``strength`` field in (0, 1] (how much of the source is re-generated), default 0.7."""
+    raw = fields.get("strength")
+    if raw in (None, ""):
+        return DEFAULT_STRENGTH
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise APIError(400, f"strength must be a number in (0, 1], got {shown(raw)}", param="strength")
+    return value
+
+
+def new_video_id() -> str:
+    """A fresh random video id (``video_`` + 32 hex digits)."""
+    return "video_" + secrets.token_hex(16)
+
+
+# -- the application -----------------------------------------------------------------------------------------
+
+async def _api_error(request: Request, exc: APIError) -> Response:
+    return error_response(exc.status, exc.message, exc.param, exc.code)
+
+
+async def _input_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, UploadError):
+        return error_response(400, str(exc), param="input_reference" if "image" in str(exc) else "video",
+                              code="invalid_file")
+    return error_response(400, str(exc), code="invalid_value")
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    msg = {404: f"no such endpoint: {request.method} {request.url.path}",
+           405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, msg, code="not_found" if exc.status_code == 404 else None)
+
+
+async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+    return error_response(413, str(exc), code="request_too_large")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "the server failed to handle this request; it has been logged", code="server_error")
+
+
+class SecurityHeaders:
+    """ASGI middleware: nosniff on everything; the page may load only its own scripts and media."""
+
+    CSP = (b"default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
+           b"script-src 'self'; object-src 'none'; frame-ancestors 'none'")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"x-content-type-options", b"nosniff"), (b"content-security-policy", self.CSP),
+                    (b"referrer-policy", b"no-referrer")]
+            await send(message)
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[str, ModelSpec] | None = None) -> Starlette:
+    """The Starlette application for a deployment."""
+    store = store or JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
+    api = VideosAPI(cfg, store, catalog or load_catalog(cfg.models, cfg.sizes, cfg.seconds))
+    routes = [
+        Route("/", api.page, methods=["GET"]),
+        Route("/healthz", api.health, methods=["GET"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/videos", api.create, methods=["POST"]),
+        Route("/v1/videos", api.list, methods=["GET"]),
+        Route("/v1/videos/extensions", api.extend, methods=["POST"]),
+        Route("/v1/videos/edits", api.edit, methods=["POST"]),
+        Route("/v1/videos/{video_id}", api.retrieve, methods=["GET"]),
+        Route("/v1/videos/{video_id}", api.delete, methods=["DELETE"]),
+        Route("/v1/videos/{video_id}/content", api.content, methods=["GET"]),
+        Route("/v1/videos/{video_id}/remix", api.remix, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    handlers = {APIError: _api_error, InputError: _input_error, UploadError: _input_error, HTTPException: _http_error,
+                BodyTooLarge: _too_large, Exception: _server_error}
+    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_bytes=cfg.max_request_bytes)]
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

@@ -1,0 +1,149 @@
+"""Entry points behind ``kinema serve``: the API and its workers together, each alone, and key management.
+
+``kinema serve`` runs the HTTP server in this process and spawns ``workers`` worker processes,
+restarting any that die (their jobs are requeued by lease, so nothing is lost). On SIGINT/SIGTERM
+the server stops taking requests, then each worker puts its current job back in the queue and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+
+from .config import ServeConfig
+from .store import JobStore
+
+log = logging.getLogger("kinema.serve")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def prepare(cfg: ServeConfig) -> JobStore:
+    """Create the data folder and the job store's tables; the store handle."""
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    (cfg.data_path / "videos").mkdir(exist_ok=True)
+    return JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
+
+
+def serve_api(cfg: ServeConfig) -> int:
+    """Run the HTTP API until SIGINT / SIGTERM (no workers: run those with ``serve_worker``)."""
+    import uvicorn
+
+    from .api import create_app
+    _logging()
+    store = prepare(cfg)
+    app = create_app(cfg, store=store)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=5, server_header=False))
+    # uvicorn re-raises the signal that stopped it; a no-op handler lets the caller shut workers down after.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    log.info("kinema serve: http://%s:%d (auth %s, store %s)", cfg.host, cfg.port, "on" if cfg.auth else "OFF",
+             store.db.dialect)
+    server.run()
+    return 0
+
+
+def serve_worker(cfg: ServeConfig, slot: int = 0, max_jobs: int | None = None) -> int:
+    """Run one worker in this process until SIGINT / SIGTERM (or ``max_jobs`` done)."""
+    from .worker import run_worker
+    prepare(cfg)
+    run_worker(cfg, slot, max_jobs=max_jobs)
+    return 0
+
+
+class Supervisor:
+    """Keeps ``cfg.workers`` worker processes alive, restarting any that exit, with a growing back-off."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        # Workers fork from a single-threaded server process that has imported torch and kinema once, so a
+        # (re)started worker skips those imports and inherits none of this process's threads or sockets.
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["kinema.serve.worker"])
+        self.procs: dict[int, multiprocessing.Process] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _spawn(self, slot: int) -> None:
+        from .worker import run_worker
+        proc = self.ctx.Process(target=run_worker, args=(self.cfg, slot), name=f"kinema-worker-{slot}")
+        proc.start()
+        self.procs[slot] = proc
+        log.info("worker %d started (pid %d)", slot, proc.pid)
+
+    def start(self) -> None:
+        """Start every worker and the thread that restarts them."""
+        for slot in range(self.cfg.workers):
+            self._spawn(slot)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        backoff = {slot: 1.0 for slot in self.procs}
+        started = {slot: time.monotonic() for slot in self.procs}
+        while not self.stopping.wait(0.5):
+            for slot, proc in list(self.procs.items()):
+                if proc.is_alive() or self.stopping.is_set():
+                    continue
+                quick = time.monotonic() - started[slot] < 30
+                backoff[slot] = min(60.0, backoff[slot] * 2) if quick else 1.0
+                log.warning("worker %d exited (code %s); restarting in %.0f s", slot, proc.exitcode, backoff[slot])
+                if self.stopping.wait(backoff[slot]):
+                    return
+                self._spawn(slot)
+                started[slot] = time.monotonic()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Ask every worker to requeue its job and exit; kill those still running after ``timeout``."""
+        self.stopping.set()
+        for proc in self.procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
+def serve_all(cfg: ServeConfig) -> int:
+    """The API and ``cfg.workers`` workers (the default ``kinema serve``)."""
+    _logging()
+    prepare(cfg)
+    supervisor = Supervisor(cfg)
+    supervisor.start()
+    try:
+        return serve_api(cfg)
+    finally:
+        supervisor.stop()
+
+
+# -- keys ----------------------------------------------------------------------------------------------------
+
+def create_key(cfg: ServeConfig, name: str, rate_per_min: int | None = None, max_queue: int | None = None) -> str:
+    """Make a key; returns the secret (printed once, stored only as a hash)."""
+    _, secret = prepare(cfg).add_key(name, rate_per_min, max_queue)
+    return secret
+
+
+def key_table(cfg: ServeConfig) -> list[dict]:
+    """Every key as a row: id, name, prefix, created, revoked, limits (never the secret)."""
+    rows = []
+    for k in prepare(cfg).keys():
+        rows.append({"id": k.id, "name": k.name, "prefix": k.prefix + "...",
+                     "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at)),
+                     "revoked": time.strftime("%Y-%m-%d %H:%M", time.localtime(k.revoked_at)) if k.revoked_at else "-",
+                     "rate/min": k.rate_per_min or f"{cfg.rate_per_min} (default)",
+                     "queue": k.max_queue or f"{cfg.max_queue} (default)"})
+    return rows
+
+
+def revoke_key(cfg: ServeConfig, key: str) -> bool:
+    """Revoke a key by id or name; False if none matched."""
+    return prepare(cfg).revoke_key(key)

@@ -1,0 +1,233 @@
+"""A worker process: claim a job, generate it, write its files, mark it done; repeat.
+
+Workers run apart from the HTTP server (``kinema serve`` spawns them; ``kinema serve worker`` runs
+one on any host that reaches the job store and the data folder). While a job runs, a heartbeat
+thread renews its lease; if the process dies, the lease runs out and another worker (or this one,
+restarted: it requeues what its previous run left) takes the job again. SIGTERM / SIGINT stop the
+worker at the next sampling step and put its job back in the queue unharmed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..common.video import VideoDecodeError
+from ..infer.pipeline import InputError, Settings, check_settings
+from .catalog import load_catalog
+from .config import ServeConfig
+from .media import INPUT_IMAGE, INPUT_VIDEO, UploadError, job_dir, remove_job_files, write_results
+from .store import Job, JobStore
+
+log = logging.getLogger("kinema.serve.worker")
+SWEEP_EVERY_S = 60.0
+TASK_NAMES = ("image_to_video", "extend", "edit")
+
+
+class JobInterrupted(Exception):
+    """Raised from the progress callback: the worker is stopping, or the job was deleted / taken over."""
+
+
+class TaskUnavailable(Exception):
+    """This install has no function for the task (``kinema.infer.tasks`` lacks it)."""
+
+
+def available_tasks() -> list[str]:
+    """The tasks this install can run: text_to_video and remix always, others if kinema.infer.tasks has them."""
+    try:
+        from ..infer import tasks
+    except ImportError:
+        return ["text_to_video", "remix"]
+    return ["text_to_video", "remix"] + [t for t in TASK_NAMES if callable(getattr(tasks, t, None))]
+
+
+def task_function(name: str):
+    """``kinema.infer.tasks.<name>``; TaskUnavailable if this install has none."""
+    try:
+        from ..infer import tasks
+    except ImportError:
+        tasks = None
+    fn = getattr(tasks, name, None)
+    if not callable(fn):
+        raise TaskUnavailable(f"{name.replace('_', '-')} is not supported by this server yet")
+    return fn
+
+
+def task_overrides(s: Settings, *drop: str) -> dict:
+    """A task function's keyword settings from ``s`` (less the prompt, strength and whatever ``drop`` names)."""
+    return {k: v for k, v in vars(s).items() if k not in ("prompt", "strength", *drop)}
+
+
+def worker_name(slot: int) -> str:
+    """A stable name for this host's worker ``slot`` (a restarted worker recognises its own jobs by it)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
+    return f"{host}-w{slot}"
+
+
+class Worker:
+    """One worker: a job store handle, the models it has loaded, and its stop flag."""
+
+    def __init__(self, cfg: ServeConfig, name: str):
+        self.cfg, self.name = cfg, name
+        self.data = cfg.data_path
+        self.store = JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
+        self.catalog = load_catalog(cfg.models, cfg.sizes, cfg.seconds)
+        self.pipes: dict = {}
+        self.stopping = threading.Event()
+        self._lock_file = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def run(self, max_jobs: int | None = None) -> int:
+        """Process jobs until stopped (or ``max_jobs`` done); returns how many jobs it finished."""
+        self._take_name()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stopping.set())
+        if self.cfg.threads:
+            import torch
+            torch.set_num_threads(self.cfg.threads)
+        requeued = self.store.recover(self.name)
+        if requeued:
+            log.warning("%s: requeued %d job(s) left running by its previous run", self.name, requeued)
+        self.pipeline(next(iter(self.catalog)))  # load before the first job, so it does not wait for weights
+        log.info("%s: ready (models: %s)", self.name, ", ".join(self.catalog))
+        done, last_sweep = 0, 0.0
+        parent = multiprocessing.parent_process()  # set when `kinema serve` started this worker
+        while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
+            if parent is not None and not parent.is_alive():
+                log.warning("%s: the server process is gone; stopping", self.name)
+                break
+            try:
+                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                    self.sweep()
+                    last_sweep = time.monotonic()
+                job = self.store.claim(self.name)
+            except Exception:  # the job store is unreachable: keep trying, the jobs are safe in it
+                log.exception("%s: job store error; retrying", self.name)
+                self.stopping.wait(min(5.0, self.cfg.poll_ms / 1000 * 5))
+                continue
+            if job is None:
+                self.stopping.wait(self.cfg.poll_ms / 1000)
+                continue
+            done += self.process(job)
+        log.info("%s: stopped after %d job(s)", self.name, done)
+        return done
+
+    def _take_name(self) -> None:
+        """Hold a lock on this worker's name, so two live workers never share one (and its recovery)."""
+        path = self.data / "workers" / f"{self.name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(path, "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"a worker named {self.name} is already running on this data folder; "
+                               f"start this one with another --slot") from None
+
+    def sweep(self) -> None:
+        """Delete expired jobs and their files."""
+        for video_id in self.store.purge_expired():
+            remove_job_files(self.data, video_id)
+
+    def pipeline(self, model: str):
+        """The loaded Pipeline for a model name (loaded once per process)."""
+        if model not in self.pipes:
+            import torch
+
+            from ..infer import Pipeline
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.cfg.dtype]
+            self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device, dtype=dtype)
+        return self.pipes[model]
+
+    # -- one job -------------------------------------------------------------------------------------------
+    def process(self, job: Job) -> int:
+        """Run one claimed job to completed / failed / released; 1 if this worker completed it."""
+        lost = threading.Event()
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, lost, done), daemon=True)
+        beat.start()
+        last_write = [0.0]
+
+        def progress(i: int, n: int) -> None:
+            if self.stopping.is_set() or lost.is_set():
+                raise JobInterrupted()
+            now = time.monotonic()
+            if now - last_write[0] > 0.2 or i == n:  # at most 5 writes a second per job
+                last_write[0] = now
+                if not self.store.heartbeat(job, 5 + int(85 * i / max(n, 1))):
+                    lost.set()
+
+        try:
+            frames, fps = self._generate(job, progress)
+            self.store.heartbeat(job, 92)
+            folder = job_dir(self.data, job.id)
+            write_results(folder, frames, fps, metadata={"prompt": job.prompt, "model": job.model,
+                                                           "video_id": job.id, "software": "kinema"})
+            # extend: the stitched total, edit: the input's length; the others keep the requested length
+            seconds = f"{len(frames) / fps:g}" if job.kind in ("extend", "edit") else None
+            if self.store.finish(job, seconds=seconds):
+                log.info("%s: completed %s", self.name, job.id)
+                return 1
+            log.warning("%s: %s was deleted or taken over before it finished", self.name, job.id)
+        except JobInterrupted:
+            if self.stopping.is_set() and not lost.is_set():
+                self.store.release(job)
+                log.info("%s: stopping; %s goes back to the queue", self.name, job.id)
+        except (InputError, UploadError, VideoDecodeError) as e:
+            self.store.fail(job, "invalid_request", str(e))
+        except TaskUnavailable as e:
+            self.store.fail(job, "unsupported", str(e))
+        except Exception as e:  # a bug or a resource error: the job fails with the reason, the worker goes on
+            log.exception("%s: %s failed", self.name, job.id)
+            self.store.fail(job, "generation_failed", f"{type(e).__name__}: {e}")
+        finally:
+            done.set()
+            beat.join()
+        return 0
+
+    def _heartbeat(self, job: Job, lost: threading.Event, done: threading.Event) -> None:
+        while not done.wait(self.cfg.lease_s / 3):
+            try:
+                if not self.store.heartbeat(job):
+                    lost.set()
+                    return
+            except Exception:  # the store is briefly unreachable: the lease may lapse, the job is then retried
+                log.exception("%s: heartbeat for %s failed", self.name, job.id)
+
+    def _generate(self, job: Job, progress) -> tuple[np.ndarray, float]:
+        """Frames (F, H, W, 3) uint8 and fps for a job, by its kind."""
+        pipe = self.pipeline(job.model)
+        s = Settings(**job.params["settings"])
+        check_settings(pipe.cfg, s)
+        folder = job_dir(self.data, job.id)
+        if job.kind == "create" and job.params.get("input") == "image":
+            video = task_function("image_to_video")(pipe, s.prompt, str(folder / INPUT_IMAGE), progress=progress,
+                                                    **task_overrides(s))
+        elif job.kind == "create" or (job.kind == "remix" and job.params.get("remix_mode") != "edit"):
+            # A remix without an edit task re-runs the source's settings and noise (same seed) with the new
+            # prompt: flow sampling from the same noise keeps much of the layout and motion.
+            video = pipe.run(s, progress=progress)
+        elif job.kind == "extend":
+            video = task_function("extend")(pipe, s.prompt, str(folder / INPUT_VIDEO),
+                                            float(job.params["extend_seconds"]), progress=progress,
+                                            **task_overrides(s, "frames"))
+        else:  # edit, or a remix through edit (SDEdit of the source with the new prompt)
+            video = task_function("edit")(pipe, s.prompt, str(folder / INPUT_VIDEO), float(job.params["strength"]),
+                                          progress=progress, **task_overrides(s, "frames"))
+        return np.asarray(video.frames, dtype=np.uint8), float(video.fps)
+
+
+def run_worker(cfg: ServeConfig, slot: int = 0, max_jobs: int | None = None) -> int:
+    """Run a worker named after this host and ``slot`` until stopped; returns the jobs it completed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return Worker(cfg, worker_name(slot)).run(max_jobs=max_jobs)
+

@@ -1,0 +1,60 @@
+"""Export a checkpoint's EMA weights for inference: a kinema model folder, or a LoRA file.
+
+Runs in one process from the checkpoint files alone (DCP reads any sharding back as whole tensors):
+a full DiT run gives a model folder (``kinema generate --model OUT``) with the run's VAE beside it; a
+VAE run gives a folder holding the VAE (pass it as ``vae_from`` to DiT runs); a LoRA run gives a small
+safetensors file (``kinema generate --lora OUT[:scale]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from kinema.config import ModelConfig
+from kinema.train.build import build_models
+from kinema.train.checkpoint import dcp_load, read_meta
+from kinema.train.config import TrainError, load_config
+from kinema.train.lora import file_tensors, save_lora
+
+
+def ema_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA tensors of a checkpoint, whole, by parameter name."""
+    path = Path(checkpoint_dir)
+    metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    shapes = {key[len("ema."):]: m for key, m in metadata.items() if key.startswith("ema.")}
+    if not shapes:
+        raise TrainError(f"{path} holds no EMA weights")
+    ema = {name: torch.empty(m.size, dtype=m.properties.dtype) for name, m in shapes.items()}
+    dcp_load({"ema": ema}, path, single_process=True)
+    return ema
+
+
+def export(checkpoint_dir: str | Path, out: str | Path) -> Path:
+    """Write the EMA weights of ``checkpoint_dir`` to ``out`` (a model folder, or a .safetensors file for LoRA runs)."""
+    checkpoint_dir, out = Path(checkpoint_dir), Path(out)
+    meta = read_meta(checkpoint_dir)
+    cfg = load_config(meta["config"])
+    model_cfg = ModelConfig.from_dict(meta["model_config"])
+    ema = ema_weights(checkpoint_dir)
+    if cfg.lora.rank:
+        scale = (cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.rank) / cfg.lora.rank
+        target = out if out.suffix == ".safetensors" else out / "lora.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return save_lora(target, file_tensors(ema, scale), {
+            "rank": str(cfg.lora.rank), "alpha": str(cfg.lora.alpha or cfg.lora.rank), "step": str(meta["step"]),
+            "base_model": str(cfg.init_from or cfg.preset), "targets": ",".join(cfg.lora.targets)})
+
+    from kinema.weights import save_model
+
+    torch.manual_seed(cfg.seed)  # rebuilds the run's VAE exactly, even a freshly initialised one
+    models = build_models(cfg, torch.device("cpu"), needs_vae=cfg.model == "dit")
+    missing = sorted(set(dict(models.network.named_parameters())) - set(ema))
+    if missing:
+        raise TrainError(f"{checkpoint_dir}: the EMA lacks {missing[:5]}; the checkpoint does not match its config")
+    models.network.load_state_dict(ema, strict=False)
+    if cfg.model == "vae":
+        return save_model(out, model_cfg, vae=models.network.eval())
+    return save_model(out, model_cfg, dit=models.network.eval(), vae=models.vae)

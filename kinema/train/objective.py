@@ -1,0 +1,82 @@
+"""The two training objectives, per sample: flow matching for the DiT, reconstruction for the VAE.
+
+Each sample's randomness (training time, caption dropout, conditioning mask, noise) is drawn from its
+own generator seeded by (run seed, step, sample index). A sample is then treated identically whichever
+rank holds it and whatever else shares its batch, which is what makes 1 process and N processes with
+the same global batch follow the same loss curve, and a resumed run repeat the original exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kinema.flow import flow_loss, interpolate, sample_t, velocity_target
+from kinema.tasks.condition import Condition, sample_mask
+from kinema.train.config import FlowConfig, VAELossConfig
+
+
+@dataclass
+class Draw:
+    """One sample's randomness for one step."""
+
+    t: float  # flow time in (0, 1)
+    drop_text: bool  # caption replaced by "" (classifier-free guidance)
+    frame_mask: torch.Tensor  # (F,) bool: latent frames given clean as conditioning
+    noise: torch.Tensor  # (C, F, H, W)
+
+
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """The seed of sample ``index``'s randomness at ``step``."""
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+
+
+def draw(cfg: FlowConfig, seed: int, step: int, index: int, latent_shape: tuple[int, int, int, int]) -> Draw:
+    """Training time, caption dropout, conditioning mask and noise of one sample at one step."""
+    g = torch.Generator().manual_seed(sample_seed(seed, step, index))
+    t = float(sample_t(1, g, kind=cfg.t_kind, mean=cfg.t_mean, std=cfg.t_std, shift=cfg.shift)[0])
+    drop = bool(torch.rand(1, generator=g) < cfg.text_dropout)
+    mask = sample_mask(latent_shape[1], cfg.cond_probs, g)
+    noise = torch.randn(latent_shape, generator=g)
+    return Draw(t, drop, mask, noise)
+
+
+def flow_matching_losses(dit, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor,
+                         text_tokens: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample flow-matching loss (B,) float32; conditioned frames are clean at t = 0 and not scored.
+
+    ``latents``/``noise`` (B, C, F, H, W), ``t`` (B,) in (0, 1), ``frame_mask`` (B, F) bool.
+    """
+    cond = Condition(latents, frame_mask)
+    t_frames = cond.frame_timesteps(t)  # (B, F): t for generated frames, 0 for given ones
+    x_t = interpolate(latents, noise, t_frames[:, None, :, None, None])
+    pred = dit(x_t, t_frames * 1000.0, text_tokens, text_mask)
+    target = velocity_target(latents, noise)
+    scored = (~cond.mask)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+    return torch.stack([flow_loss(pred[i:i + 1], target[i:i + 1], scored[i:i + 1]) for i in range(latents.shape[0])])
+
+
+def _edges(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal and vertical pixel differences of (B, 3, F, H, W)."""
+    return video[..., :, 1:] - video[..., :, :-1], video[..., 1:, :] - video[..., :-1, :]
+
+
+def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg: VAELossConfig) -> tuple[torch.Tensor, dict]:
+    """Per-sample VAE loss (B,): L1 + kl_weight * KL + edge_weight * L1 of image gradients; and the parts."""
+    recon, mean, logvar = vae(video, generator)
+    recon, mean, logvar, video = recon.float(), mean.float(), logvar.float(), video.float()
+    dims = tuple(range(1, video.ndim))
+    l1 = (recon - video).abs().mean(dims)
+    kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean(dims)
+    (rx, ry), (vx, vy) = _edges(recon), _edges(video)
+    edge = 0.5 * ((rx - vx).abs().mean(dims) + (ry - vy).abs().mean(dims))
+    total = l1 + cfg.kl_weight * kl + cfg.edge_weight * edge
+    return total, {"l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach()}
+
+
+def timestep_bins(t: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin index in [0, bins) of each time in [0, 1]."""
+    return (t * bins).long().clamp_(0, bins - 1)
+

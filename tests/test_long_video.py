@@ -1,0 +1,185 @@
+"""Long video on a tiny random model: window bookkeeping, each window's given frames held exactly, timed
+prompts, atomic streaming output, bad input, and peak memory that does not grow with the number of windows."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.common.video import probe_video, read_video, read_video_metadata
+from kinema.infer import InputError, Pipeline
+from kinema.infer.long import (VideoWriter, check_timed_prompts, long_video, prompt_at, read_prompts_file,
+                               window_count)
+
+KW = dict(width=32, height=32, steps=2)  # 9-frame windows (3 latent frames) at 8 fps
+FPS, WINDOW, SPAN = 8, 9, 5  # overlap 2 latent frames = 5 pixel frames re-created per later window
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine spin far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return Pipeline.from_pretrained(tiny_model_dir)
+
+
+def seconds_for(windows: int) -> float:
+    return (WINDOW + (windows - 1) * (WINDOW - SPAN)) / FPS
+
+
+def test_window_count():
+    assert window_count(9, 9, 2, 4) == 1 and window_count(1, 9, 2, 4) == 1
+    assert window_count(13, 9, 2, 4) == 2 and window_count(14, 9, 2, 4) == 3
+    assert window_count(60 * 8, 17, 2, 4) == 1 + math.ceil((480 - 17) / 12)
+
+
+def test_each_window_holds_the_previous_windows_end(pipe, tmp_path, monkeypatch):
+    calls = []
+    sample = pipe.sample
+
+    def spy(s, condition=None, init_latents=None, callback=None):
+        out = sample(s, condition=condition, init_latents=init_latents, callback=callback)
+        calls.append((s, condition, out))
+        return out
+
+    monkeypatch.setattr(pipe, "sample", spy)
+    out = tmp_path / "long.mp4"
+    result = long_video(pipe, "a ball", seconds_for(4) - 1 / FPS, out, **KW)  # the last window is cut short
+    assert result.windows == 4 and result.frames == 20 and probe_video(out)["frames"] == 20
+    assert calls[0][1] is None
+    seeds = [s.seed for s, _, _ in calls]
+    assert seeds == [0, 1, 2, 3]
+    for s, condition, latents in calls[1:]:
+        assert condition.mask.tolist() == [[True, True, False]]
+        assert torch.equal(latents[:, :, :2], condition.latents[:, :, :2])  # given frames come out exactly
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]  # no temporary file left behind
+    assert "windows" in read_video_metadata(out)["settings"]
+
+
+def test_timed_prompts_switch_per_window(pipe, tmp_path):
+    prompts = [(0, "a red ball"), (2.0, "a blue ball")]
+    result = long_video(pipe, prompts, seconds_for(5), tmp_path / "long.mp4", **KW)
+    # new frames per window: [0, 9), [9, 13), [13, 17), [17, 21), [21, 25): middles at 0.56, 1.38, 1.88, 2.38, 2.88 s
+    assert result.window_prompts == ["a red ball", "a red ball", "a red ball", "a blue ball", "a blue ball"]
+
+
+def test_prompts_file(tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("# scene plan\n0 a red ball rolls\n\n12.5 it bounces\n1:30 it stops\n", encoding="utf-8")
+    prompts = read_prompts_file(f)
+    assert prompts == [(0.0, "a red ball rolls"), (12.5, "it bounces"), (90.0, "it stops")]
+    assert prompt_at(prompts, 12.4) == "a red ball rolls" and prompt_at(prompts, 100) == "it stops"
+    f.write_text("soon a ball\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"prompts.txt:1: expected 'SECONDS PROMPT'"):
+        read_prompts_file(f)
+
+
+@pytest.mark.parametrize("prompts,match", [
+    ([], "no prompts"),
+    ([(1.0, "a")], "first prompt must start at 0"),
+    ([(0, "a"), (5, "b"), (3, "c")], "must increase"),
+    ([(0, "a"), (20, "b")], "starts after the video ends"),
+    ([(0, "  ")], "empty"),
+])
+def test_bad_timed_prompts(prompts, match):
+    with pytest.raises(InputError, match=match):
+        check_timed_prompts(prompts, 10.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(seconds=0), "seconds must be > 0"),
+    (dict(seconds=2.0, overlap=3), r"overlap must be in \[1, 2\]"),
+    (dict(seconds=2.0, output="x.gif"), "streams to .mp4 or .webm"),
+])
+def test_long_bad_input_is_refused_before_sampling(pipe, tmp_path, monkeypatch, kwargs, match):
+    monkeypatch.setattr(pipe, "sample", lambda *a, **k: pytest.fail("sampled on bad input"))
+    output = tmp_path / kwargs.pop("output", "x.mp4")
+    with pytest.raises(InputError, match=match):
+        long_video(pipe, "a ball", output=output, **kwargs, **KW)
+    assert not list(tmp_path.iterdir())
+
+
+def test_writer_streams_and_is_atomic(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 48, 3), dtype=np.uint8)
+    with VideoWriter(tmp_path / "a.mp4", 8) as writer:
+        writer.write(frames[:2])
+        writer.write(frames[2:])
+    back, fps = read_video(tmp_path / "a.mp4")
+    assert back.shape == frames.shape and fps == 8
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(tmp_path / "b.mp4", 8) as writer:
+            writer.write(frames)
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+# -- memory ----------------------------------------------------------------------------------------------------
+
+
+def peak_memory(run) -> tuple[int, int]:
+    """(torch, python) peak bytes allocated during ``run()`` above what was live before it.
+
+    torch: PyTorch's CPU allocator events from the profiler (``profile_memory``), summed in time order;
+    every tensor, however it is made, passes through it. python: tracemalloc's peak, which covers numpy
+    arrays (numpy reports its buffers to tracemalloc) and Python objects. Both are exact byte counts of
+    this process's own allocations, so unlike RSS they do not depend on what earlier tests left behind
+    or on when the C allocator returns pages.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    tracemalloc.start()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    results = getattr(prof.profiler, "kineto_results", None)
+    if results is None:
+        pytest.skip("this torch build's profiler exposes no allocation events")
+    events = sorted((e.start_ns(), e.nbytes()) for e in results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, python_peak
+
+
+def test_peak_memory_does_not_grow_with_length(pipe, tmp_path):
+    def run(windows):
+        return lambda: long_video(pipe, "a ball", seconds_for(windows), tmp_path / f"{windows}.mp4", **KW)
+
+    run(1)()  # warm up: first-call caches (prompt embeddings, kernels) are not per-window memory
+    torch2, py2 = peak_memory(run(2))
+    torch6, py6 = peak_memory(run(6))
+    # One window's decoded pixels: float32 in torch, uint8 in numpy. Keeping even one more window's frames
+    # alive (let alone four) would break these bounds; sampling memory is the same for every window.
+    window_float = 3 * WINDOW * 32 * 32 * 4
+    window_uint8 = WINDOW * 32 * 32 * 3
+    assert torch6 <= torch2 + window_float // 2, (torch2, torch6)
+    assert py6 <= py2 + window_uint8, (py2, py6)
+    assert torch2 > 10 * window_float  # the measure sees the sampling and decoding at all
+
+
+def test_the_memory_measure_sees_a_leak(pipe, tmp_path, monkeypatch):
+    kept = []
+    decode_chunks = pipe.vae.decode_chunks
+
+    def leaky(latents):
+        for chunk in decode_chunks(latents):
+            kept.append(chunk.clone())  # the bug this guards against: holding every window's frames
+            yield chunk
+
+    monkeypatch.setattr(pipe.vae, "decode_chunks", leaky)
+    torch2, _ = peak_memory(lambda: long_video(pipe, "a ball", seconds_for(2), tmp_path / "2.mp4", **KW))
+    torch6, _ = peak_memory(lambda: long_video(pipe, "a ball", seconds_for(6), tmp_path / "6.mp4", **KW))
+    assert torch6 - torch2 >= 4 * 3 * WINDOW * 32 * 32 * 4 * 0.9

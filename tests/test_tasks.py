@@ -1,0 +1,291 @@
+"""Prompting with images and videos on a tiny random model: given latent frames come out exactly as
+encoded from the inputs, pixel <-> latent bookkeeping round-trips for any length, inputs are joined back
+unchanged, and bad input is refused before any sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.cli import main
+from kinema.common.video import read_video, resize_video, to_model, write_video
+from kinema.infer import InputError, Pipeline
+from kinema.infer import tasks
+from kinema.tasks.builders import place
+from kinema.tasks.frames import (frame_mask, grid_count, latent_count, latent_index, masked_pixel_frames, pad_frames,
+                                 pixel_count, pixel_span, valid_length)
+
+KW = dict(width=32, height=32, steps=2)  # 9-frame clips (3 latent frames) at the tiny preset's 8 fps
+TF = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine spin far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return Pipeline.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def media():
+    rng = np.random.default_rng(0)
+    return dict(image=rng.integers(0, 256, (40, 50, 3), dtype=np.uint8),  # another size: cropped to 32x32
+                other=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                video=rng.integers(0, 256, (11, 32, 32, 3), dtype=np.uint8),  # 11 frames: not 4k+1
+                short=rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+
+
+@torch.inference_mode()
+def encode(pipe, frames: np.ndarray) -> torch.Tensor:
+    """The VAE's own encoding of uint8 frames (F, H, W, 3) as a clip, for independent expectations."""
+    return pipe.vae.encode(to_model(frames))
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.fixture
+def no_sampling(pipe, monkeypatch):
+    """Make any sampling fail the test: bad input must be refused before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampling started on bad input")
+    monkeypatch.setattr(pipe, "sample", refuse)
+    return pipe
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tf", [1, 2, 4])
+def test_pixel_latent_index_round_trips_for_every_length(tf):
+    for n in range(1, 42):
+        valid = valid_length(n, tf)
+        assert valid >= n and (valid - 1) % tf == 0
+        assert valid == 1 or valid - tf < n  # the smallest valid length that holds n frames
+        latents = latent_count(valid, tf)
+        assert pixel_count(latents, tf) == valid
+        covered = [p for j in range(latents) for p in pixel_span(j, tf)]
+        assert covered == list(range(valid))  # the spans partition the clip, in order
+        for p in range(n):
+            assert p in pixel_span(latent_index(p, tf), tf)
+        mask = frame_mask(latents, [latent_index(n - 1, tf)])
+        assert n - 1 in masked_pixel_frames(mask, tf)
+
+
+def test_pad_policy_holds_the_last_frame_and_keeps_every_input_frame(media):
+    for n in range(1, 12):
+        clip = media["video"][:n]
+        padded = pad_frames(clip, TF)
+        assert len(padded) == valid_length(n, TF)
+        assert np.array_equal(padded[:n], clip)
+        assert (padded[n:] == clip[-1]).all()
+
+
+def test_grid_counts():
+    assert [grid_count(x, 4, 0, 4) for x in (0, 3, 5, 6, 9)] == [4, 4, 4, 8, 8]
+    assert [grid_count(x, 4, 1, 1) for x in (0, 4, 7, 8)] == [1, 5, 9, 9]
+
+
+def test_keyframe_times_land_in_the_latent_frame_holding_them():
+    pixels = tasks.keyframe_frames([0.0, 0.25, 1.0], frames=9, fps=8, tf=TF)
+    assert pixels == [0, 2, 8]
+    assert [latent_index(p, TF) for p in pixels] == [0, 1, 2]
+
+
+def test_place_refuses_overlapping_and_outside_pieces():
+    piece = torch.zeros(1, 4, 2, 2, 2)
+    cond = place([(0, piece), (3, piece[:, :, :1])], 4)
+    assert cond.mask.tolist() == [[True, True, False, True]]
+    with pytest.raises(ValueError, match="given twice"):
+        place([(0, piece), (1, piece)], 4)
+    with pytest.raises(ValueError, match="outside"):
+        place([(3, piece)], 4)
+
+
+# -- every task holds its given frames exactly ------------------------------------------------------------------
+
+
+def test_image_to_video_frame_0_is_the_image_encoding(pipe, media):
+    video = tasks.image_to_video(pipe, "a ball", media["image"], **KW)
+    fitted = resize_video(media["image"][None], 32, 32, "crop")
+    assert video.frames.shape == (9, 32, 32, 3)
+    assert same(video.latents[:, :, :1], encode(pipe, fitted))
+    assert not torch.equal(video.latents[:, :, 1], video.latents[:, :, 0])  # the rest is generated
+
+
+def test_image_at_a_later_frame_pins_a_still_in_the_latent_frame_holding_it(pipe, media):
+    video = tasks.image_to_video(pipe, "a ball", media["other"], frame=5, **KW)
+    still = encode(pipe, np.repeat(media["other"][None], 1 + TF, axis=0))[:, :, 1:]
+    assert latent_index(5, TF) == 2
+    assert same(video.latents[:, :, 2:3], still)
+
+
+def test_keyframes_hold_every_image(pipe, media):
+    video = tasks.keyframes(pipe, "a ball", [(0.0, media["other"]), (1.0, media["image"])], **KW)
+    fitted = resize_video(media["image"][None], 32, 32, "crop")
+    assert same(video.latents[:, :, :1], encode(pipe, media["other"][None]))
+    assert same(video.latents[:, :, 2:3], encode(pipe, np.repeat(fitted, 1 + TF, axis=0))[:, :, 1:])
+
+
+def test_extend_forward_starts_from_the_end_of_the_input(pipe, media):
+    clip = media["video"]
+    video = tasks.extend(pipe, "a ball", clip, seconds=1.0, **KW)
+    assert len(video.frames) == len(clip) + 8 and np.array_equal(video.frames[:len(clip)], clip)
+    assert same(video.latents[:, :, :2], encode(pipe, clip[-5:]))  # last 2 latent frames' worth, a clip of its own
+
+
+def test_extend_backward_ends_with_the_start_of_the_input(pipe, media):
+    clip = media["video"]
+    video = tasks.extend(pipe, "a ball", clip, seconds=1.0, direction="backward", **KW)
+    assert len(video.frames) == 9 + len(clip) and np.array_equal(video.frames[-len(clip):], clip)
+    given = encode(pipe, np.concatenate([clip[:1], clip[:8]]))[:, :, 1:]  # a proper start, then frames 0..7
+    assert same(video.latents[:, :, -2:], given)
+
+
+def test_extend_a_clip_shorter_than_the_overlap(pipe, media):
+    clip = media["short"]
+    forward = tasks.extend(pipe, "a ball", clip, seconds=0.5, **KW)
+    assert same(forward.latents[:, :, :1], encode(pipe, clip[-1:])) and len(forward.frames) == 2 + 4
+    backward = tasks.extend(pipe, "a ball", clip, seconds=0.5, direction="backward", **KW)
+    held = np.concatenate([clip[:1], clip, clip[-1:], clip[-1:]])  # start, 2 frames, last frame held to 4
+    assert same(backward.latents[:, :, -1:], encode(pipe, held)[:, :, 1:])
+
+
+def test_connect_holds_both_ends_and_joins_the_inputs(pipe, media):
+    a, b = media["video"], media["video"][::-1][:9].copy()
+    transition, joined = tasks.connect(pipe, "a ball", a, b, seconds=0.5, **KW)
+    assert len(transition.frames) == 4
+    assert np.array_equal(joined.frames, np.concatenate([a, transition.frames, b]))
+    assert same(transition.latents[:, :, :2], encode(pipe, a[-5:]))
+    assert same(transition.latents[:, :, -2:], encode(pipe, np.concatenate([b[:1], b[:8]]))[:, :, 1:])
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_loop_ends_with_its_own_start(pipe, media, with_image):
+    image = media["other"] if with_image else None
+    video = tasks.loop(pipe, "a ball", image, frames=13, **KW)
+    assert len(video.frames) == 12  # the period: frame 12 would be frame 0 again
+    latents = video.latents
+    assert latents.shape[2] == 5 and same(latents[:, :, -1:], latents[:, :, 1:2])  # shared latent frame
+    if with_image:
+        assert same(latents[:, :, :1], encode(pipe, media["other"][None]))
+
+
+def test_loop_seam_measure():
+    frames = np.zeros((8, 4, 4, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(8)[:, None, None] * 10  # +10 per frame, wrap 70 -> 0
+    seam, typical = tasks.loop_seam(frames)
+    assert typical == pytest.approx(10 / 3) and seam == pytest.approx(70 / 3)
+
+
+def test_edit_starts_from_the_input_and_keeps_its_length(pipe, media, monkeypatch):
+    clip = media["video"]
+    seen = {}
+    sample = pipe.sample
+
+    def spy(s, condition=None, init_latents=None, callback=None):
+        seen["init"], seen["strength"] = init_latents, s.strength
+        return sample(s, condition=condition, init_latents=init_latents, callback=callback)
+
+    monkeypatch.setattr(pipe, "sample", spy)
+    light = tasks.edit(pipe, "a ball", clip, strength=0.05, **KW)
+    init = encode(pipe, pad_frames(clip, TF))
+    assert same(seen["init"], init) and seen["strength"] == 0.05
+    assert len(light.frames) == len(clip)
+    full = tasks.edit(pipe, "a ball", clip, strength=1.0, **KW)
+    assert (light.latents - init).norm() < 0.5 * (full.latents - init).norm()
+
+
+def test_image_generation_is_one_frame_saved_as_png(pipe, tmp_path):
+    video = tasks.image(pipe, "a ball", **KW)
+    assert video.frames.shape == (1, 32, 32, 3) and video.latents.shape[2] == 1
+    frames, _ = read_video(video.save(tmp_path / "still.png"))
+    assert np.array_equal(frames[0], video.frames[0])
+
+
+def test_paths_and_arrays_give_the_same_result(pipe, media, tmp_path):
+    path = tmp_path / "clip"
+    write_video(path, media["video"], fps=8)  # a lossless folder of PNGs at the request's fps
+    from_path = tasks.extend(pipe, "a ball", path, seconds=0.5, **KW)
+    from_array = tasks.extend(pipe, "a ball", media["video"], seconds=0.5, **KW)
+    assert np.array_equal(from_path.frames, from_array.frames)
+
+
+# -- bad input is refused before sampling --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)
+    return tmp_path
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda p, d, m: tasks.image_to_video(p, "x", d / "broken.png", **KW), "cannot decode"),
+    (lambda p, d, m: tasks.image_to_video(p, "x", d / "missing.png", **KW), "no such file"),
+    (lambda p, d, m: tasks.image_to_video(p, "x", m["other"], frame=9, **KW), r"image frame must be .* \[0, 8\]"),
+    (lambda p, d, m: tasks.image_to_video(p, "x", m["other"].astype(np.float32), **KW), "uint8"),
+    (lambda p, d, m: tasks.extend(p, "x", d / "broken.mp4", 1.0, **KW), "cannot decode"),
+    (lambda p, d, m: tasks.extend(p, "x", m["video"], 0, **KW), "seconds must be"),
+    (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, "sideways", **KW), "direction"),
+    (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, frames=17, **KW), "sets .*frames"),
+    (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, overlap=0, **KW), "overlap"),
+    (lambda p, d, m: tasks.connect(p, "x", m["video"], d / "broken.mp4", 1.0, **KW), "video B"),
+    (lambda p, d, m: tasks.edit(p, "x", m["video"], 0.0, **KW), r"strength must be in \(0, 1\]"),
+    (lambda p, d, m: tasks.edit(p, "x", m["video"], 1.5, **KW), r"strength must be in \(0, 1\]"),
+    (lambda p, d, m: tasks.edit(p, "x", m["video"], float("nan"), **KW), "strength"),
+    (lambda p, d, m: tasks.keyframes(p, "x", [(1.5, m["other"])], **KW), r"outside the clip.*0 \.\. 1\.000 s"),
+    (lambda p, d, m: tasks.keyframes(p, "x", [(-0.1, m["other"])], **KW), "outside the clip"),
+    (lambda p, d, m: tasks.keyframes(p, "x", [(0.2, m["other"]), (0.3, m["other"])], **KW), "same latent frame"),
+    (lambda p, d, m: tasks.keyframes(p, "x", [(0.5, d / "broken.png")], **KW), "keyframe at 0.5 s"),
+    (lambda p, d, m: tasks.loop(p, "x", frames=5, **KW), "at least 9 frames"),
+    (lambda p, d, m: tasks.image(p, "x", frames=9, **KW), "sets .*frames"),
+    (lambda p, d, m: tasks.image_to_video(p, "x", m["other"], resize="squash", **KW), "resize policy"),
+])
+def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, match):
+    with pytest.raises(InputError, match=match):
+        call(no_sampling, broken, media)
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--image", "{d}/broken.png"], "--image: cannot decode"),
+    (["--edit", "{d}/broken.mp4", "--strength", "0.5"], "--edit: cannot decode"),
+    (["--edit", "{d}/clip.mp4", "--strength", "0"], "strength must be in (0, 1]"),
+    (["--keyframe", "5:{d}/key.png"], "outside the clip"),
+    (["--image", "{d}/key.png", "--extend", "{d}/clip.mp4"], "choose one task"),
+    (["--strength", "0.5"], "--strength goes with --edit"),
+    (["--extend", "{d}/clip.mp4", "--frames", "17"], "--frames does not apply"),
+    (["--long", "10", "-o", "{d}/long.gif"], "--long streams to .mp4 or .webm"),
+    (["--image", "{d}/key.png", "-o", "{d}/x.png"], "a .png holds one frame"),
+])
+def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):
+    write_video(broken / "clip.mp4", media["video"], fps=8)
+    write_video(broken / "key.png", media["other"][None], fps=8)
+    argv = ["generate", "a ball", "--model", str(tiny_model_dir), *[a.format(d=broken) for a in args]]
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_cli_connect_writes_joined_and_transition(tiny_model_dir, media, tmp_path):
+    write_video(tmp_path / "a", media["video"], fps=8)
+    write_video(tmp_path / "b", media["video"][:5], fps=8)
+    out = tmp_path / "joined"
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--connect", str(tmp_path / "a"),
+                 str(tmp_path / "b"), "--seconds", "0.5", "--size", "32x32", "--steps", "2", "-o", str(out), "-q"]) == 0
+    joined, _ = read_video(out)
+    transition, _ = read_video(tmp_path / "joined-transition")
+    assert len(transition) == 4 and len(joined) == 11 + 4 + 5
+    assert np.array_equal(joined[:11], media["video"]) and np.array_equal(joined[-5:], media["video"][:5])
