@@ -70,15 +70,18 @@ def diffusers_call(model, x, t, text):
     return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, timed in alternating rounds so load changes hit both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -109,8 +112,9 @@ def main() -> None:
         text = torch.randn(batch, text_len, cfg.text_dim, generator=g).to(device)
         flops = batch * dit_train_flops(cfg, params, tokens, text_len)
         row = {"batch": batch}
-        for name, step in steps.items():
-            secs = median_seconds(lambda: step(latents, noise, t, text), args.repeats)
+        medians = interleaved_medians({name: (lambda step=step: step(latents, noise, t, text)) for name, step in steps.items()},
+                                      args.repeats)
+        for name, secs in medians.items():
             row[name] = {"step_s": secs, "tokens_per_s": batch * tokens / secs, "mfu": flops / secs / peak}
             print(f"{batch:>5} {name:>10} {secs * 1e3:>9.1f} {batch * tokens / secs:>10.0f} {flops / secs / peak:>7.2%}")
         row["ratio"] = row["diffusers"]["step_s"] / row["kinema"]["step_s"]

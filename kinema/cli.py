@@ -125,7 +125,7 @@ def _keyframe(text: str) -> tuple[float, str]:
 
 
 def _task(args) -> str:
-    """Which task the generate flags ask for: text, image, image-to-video, keyframes, extend, connect, loop, edit, long."""
+    """The task the generate flags ask for: text, image, image-to-video, keyframes, extend, connect, loop, edit, long."""
     given = [dest for dest in _TASK_FLAGS if getattr(args, dest, None)]
     if "loop" in given and "image" in given:
         given.remove("image")  # --loop --image: a loop that starts from the image
@@ -134,7 +134,7 @@ def _task(args) -> str:
     for flag, dest, needs in (("--image-frame", "image_frame", "image"), ("--backward", "backward", "extend"),
                               ("--strength", "strength", "edit"), ("--prompts-file", "prompts_file", "long")):
         if getattr(args, dest) not in (None, False) and needs not in given:
-            raise CLIError(f"{flag} goes with {_TASK_FLAGS[needs]}")
+            raise CLIError(f"{flag} goes with {_TASK_FLAGS[needs]}" + (", not --loop" if "loop" in given else ""))
     if args.overlap is not None and not set(given) & {"extend", "connect", "long", "loop"}:
         raise CLIError("--overlap goes with --extend, --connect, --long or --loop")
     if given:
@@ -186,7 +186,50 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
     if task != "image" and out.suffix.lower() == ".png":
         raise CLIError(f"a .png holds one frame; write {task} to .mp4, .webm, .gif or a folder")
 
-    # Every input is read and checked here, before the model is loaded.
+    inputs = _task_inputs(args, task, settings, cfg)  # every input read and checked before the model loads
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(model_path, device=args.device, dtype=dtype, lora=args.lora)
+    load_s = time.perf_counter() - t0
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    progress = not args.quiet
+    if task == "long":
+        result = long_mod.long_video(pipe, prompts, output=out, progress=progress, frames=frames, **inputs, **kw)
+        if not args.quiet:
+            print(f"wrote {out}  ({result.frames} frames, {result.seconds:.1f} s in {result.windows} windows; "
+                  f"load {load_s:.2f}s, generate {result.timings['total']:.2f}s)")
+        return 0
+    run = {"image": tasks.image, "image-to-video": tasks.image_to_video, "keyframes": tasks.keyframes,
+           "extend": tasks.extend, "connect": tasks.connect, "loop": tasks.loop, "edit": tasks.edit}[task]
+    if not sets_length:
+        kw["frames"] = frames
+    if task != "image":  # every other task fits its inputs by the --resize policy
+        kw["resize"] = args.resize
+    result = run(pipe, first_prompt, progress=progress, **inputs, **kw)
+    video = result[1] if task == "connect" else result
+    video.save(out)
+    if task == "connect":
+        side = out.with_name(f"{out.stem}-transition{out.suffix}")
+        result[0].save(side)
+    if not args.quiet:
+        print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
+              f"{video.fps} fps; seed {settings.seed}; load {load_s:.2f}s, generate {video.timings['total']:.2f}s)")
+        if task == "connect":
+            print(f"wrote {side}  (the {len(result[0].frames)}-frame transition alone)")
+        if task == "loop":
+            seam, typical = tasks.loop_seam(video.frames)
+            print(f"loop seam: last-to-first difference {seam:.2f} vs median frame-to-frame {typical:.2f} (0-255)")
+    return 0
+
+
+def _task_inputs(args, task: str, settings, cfg) -> dict:
+    """The task function's input arguments, read from the paths and checked (InputError/CLIError if bad)."""
+    from .infer import tasks
+
+    fps, tf = settings.fps, cfg.vae.temporal_factor
     w, h, policy = settings.width, settings.height, args.resize
     seconds = args.seconds if args.seconds is not None else (cfg.sampling.frames - 1) / fps
     if task == "image-to-video":
@@ -218,42 +261,7 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
         inputs = {}
     if args.overlap is not None:
         inputs["overlap"] = args.overlap
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    t0 = time.perf_counter()
-    pipe = Pipeline.from_pretrained(model_path, device=args.device, dtype=dtype, lora=args.lora)
-    load_s = time.perf_counter() - t0
-    kw = {k: v for k, v in overrides.items() if v is not None}
-    progress = not args.quiet
-    if task == "long":
-        result = long_mod.long_video(pipe, prompts, output=out, progress=progress, frames=frames, **inputs, **kw)
-        if not args.quiet:
-            print(f"wrote {out}  ({result.frames} frames, {result.seconds:.1f} s in {result.windows} windows; "
-                  f"load {load_s:.2f}s, generate {result.timings['total']:.2f}s)")
-        return 0
-    run = {"image": tasks.image, "image-to-video": tasks.image_to_video, "keyframes": tasks.keyframes,
-           "extend": tasks.extend, "connect": tasks.connect, "loop": tasks.loop, "edit": tasks.edit}[task]
-    if not sets_length:
-        kw["frames"] = frames
-    if task != "image":  # every other task fits its inputs by the --resize policy
-        kw["resize"] = policy
-    result = run(pipe, first_prompt, progress=progress, **inputs, **kw)
-    video = result[1] if task == "connect" else result
-    video.save(out)
-    if task == "connect":
-        side = out.with_name(f"{out.stem}-transition{out.suffix}")
-        result[0].save(side)
-    if not args.quiet:
-        print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
-              f"{video.fps} fps; seed {settings.seed}; load {load_s:.2f}s, generate {video.timings['total']:.2f}s)")
-        if task == "connect":
-            print(f"wrote {side}  (the {len(result[0].frames)}-frame transition alone)")
-        if task == "loop":
-            seam, typical = tasks.loop_seam(video.frames)
-            print(f"loop seam: last-to-first difference {seam:.2f} vs median frame-to-frame {typical:.2f} (0-255)")
-    return 0
+    return inputs
 
 
 def _add_task_flags(g: argparse.ArgumentParser) -> None:

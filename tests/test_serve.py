@@ -16,9 +16,12 @@ import time
 import av
 import pytest
 from PIL import Image
-from test_serve_support import Server, add_key, multipart, store_url, wait_for
+from test_serve_support import Server, add_key, multipart, need, store_url, wait_for
 
-openai = pytest.importorskip("openai")
+try:
+    import openai
+except ImportError:  # a skip here, a failure in CI (see need)
+    openai = None
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks the Videos API deprecated
 
 SIZES, SECONDS = "64x64,32x32,80x48", "1,2"
@@ -31,6 +34,7 @@ def backend(request):
 
 @pytest.fixture(scope="module")
 def server(backend, tiny_model_dir, tmp_path_factory):
+    need(openai is not None, "the openai Python package (the acceptance tests use the official SDK)")
     folder = tmp_path_factory.mktemp(f"serve-{backend}")
     srv = Server(folder, tiny_model_dir, store_url(backend, folder),
                  extra=["--workers", "2", "--sizes", SIZES, "--seconds", SECONDS])
@@ -271,10 +275,10 @@ def worker_pids(server: Server) -> list[int]:
 def test_jobs_survive_a_server_restart_and_a_killed_worker(backend, tiny_model_dir, tmp_path):
     db = store_url(backend, tmp_path)
     key = add_key(db, "restart", rate=1000, queue=1000)
-    extra = ["--sizes", SIZES, "--seconds", SECONDS, "--lease-seconds", "2"]
+    extra = ["--sizes", SIZES, "--seconds", "1,4", "--lease-seconds", "2"]
     api = Server(tmp_path, tiny_model_dir, db, role=["api"], extra=extra, name="api").wait_ready()
     try:
-        slow = {"prompt": "slow", "size": "80x48", "seconds": "2", "steps": "100"}
+        slow = {"prompt": "slow", "size": "80x48", "seconds": "4", "steps": "100"}
         created = []
         for fields in [slow] + [{"prompt": f"quick {i}", "size": "32x32", "steps": "1"} for i in range(3)]:
             status, video, _ = api.request("POST", "/v1/videos", *multipart(fields), key=key)
@@ -292,7 +296,7 @@ def test_jobs_survive_a_server_restart_and_a_killed_worker(backend, tiny_model_d
         def slow_mid_sampling():
             status, video, _ = srv.request("GET", f"/v1/videos/{created[0]}", key=key)
             assert video["status"] != "completed", "the slow job finished before it could be interrupted"
-            return video["status"] == "in_progress" and 10 <= video["progress"] <= 80
+            return video["status"] == "in_progress" and 5 < video["progress"] < 90  # sampling: 5 .. 90
         wait_for(slow_mid_sampling, 120, "the slow job to be mid-sampling")
         (worker,) = worker_pids(srv)
         os.kill(worker, signal.SIGKILL)
@@ -307,7 +311,7 @@ def test_jobs_survive_a_server_restart_and_a_killed_worker(backend, tiny_model_d
         assert [v["id"] for v in page["data"]] == created  # nothing lost, nothing added
         status, data, headers = srv.request("GET", f"/v1/videos/{created[0]}/content", key=key)
         assert status == 200 and headers["content-type"] == "video/mp4"
-        check_mp4(data, 80, 48, 17)
+        check_mp4(data, 80, 48, 33)
         log = srv.proc.tail(100_000)
         assert "exited (code -9)" in log and "requeued 1 job" in log and worker_pids(srv)[1] != worker
     except BaseException:

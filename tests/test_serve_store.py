@@ -297,3 +297,13 @@ def test_store_urls_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="sqlite:/// or postgresql://"):
         JobStore(str(tmp_path / "jobs.db"))
     assert Path(ServeConfig(data_dir=str(tmp_path)).db_url[len("sqlite:///"):]).parent == tmp_path
+
+
+def test_workers_claim_only_the_models_they_serve(url):
+    store = make_store(url)
+    store.submit(Job(id="video_" + "b" * 32, owner="o", kind="create", model="big", prompt="p", seconds="1",
+                     size="64x64"), 10, 10)
+    submit(store, n=1)
+    assert store.claim("small-host", models=("tiny",)).model == "tiny"
+    assert store.claim("small-host", models=("tiny",)) is None
+    assert store.claim("big-host", models=("big", "other")).model == "big"

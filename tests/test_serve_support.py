@@ -109,7 +109,11 @@ def postgres_database() -> str:
         _postgres = _Postgres()
         _postgres.start()
     need(_postgres.url is not None, _postgres.error or "PostgreSQL")
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        psycopg = None
+    need(psycopg is not None, "the psycopg Python package (pip install 'psycopg[binary]')")
     name = "kinema_" + uuid.uuid4().hex[:12]
     with psycopg.connect(_postgres.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")

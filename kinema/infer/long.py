@@ -31,7 +31,7 @@ from ..common.video import from_model
 from ..tasks.builders import place, start_latents
 from ..tasks.frames import frame_at, latent_count, pixel_count
 from .pipeline import InputError, Pipeline
-from .tasks import DEFAULT_OVERLAP, encoder
+from .tasks import DEFAULT_OVERLAP, check_seconds, encoder
 
 STREAM_FORMATS = (".mp4", ".webm")
 
@@ -214,7 +214,7 @@ class LongVideo:
 
 
 def window_count(total: int, window: int, overlap: int, tf: int) -> int:
-    """Windows of ``window`` frames that cover ``total`` frames when each later one re-creates ``overlap`` latent frames."""
+    """Windows of ``window`` frames that make ``total`` frames, each later one re-creating ``overlap`` latent frames."""
     step = window - pixel_count(overlap, tf)
     return 1 + math.ceil(max(0, total - window) / step)
 
@@ -223,8 +223,7 @@ def long_video(pipe: Pipeline, prompts: str | list[tuple[float, str]], seconds: 
                overlap: int = DEFAULT_OVERLAP, progress: bool | Callable[[int, int], None] = False,
                **settings) -> LongVideo:
     """Write ``seconds`` of video to ``output`` (.mp4/.webm), window by window (``frames`` = the window length)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
-        raise InputError(f"seconds must be > 0, got {seconds!r}")
+    check_seconds(seconds)
     prompts = check_timed_prompts(prompts, seconds)
     s = pipe.settings(prompts[0][1], **settings)
     tf = pipe.cfg.vae.temporal_factor

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from ..common.video import RESIZE_POLICIES, VideoDecodeError, read_image, read_video, resize_video, to_model
-from ..tasks.builders import (Window, connect_window, extend_window, image_window, keyframes_window, loop_window)
+from ..tasks.builders import Window, connect_window, extend_window, image_window, keyframes_window, loop_window
 from ..tasks.frames import frame_at, grid_count, latent_index, pad_frames, pixel_span
 from .pipeline import InputError, Pipeline, Settings, Video
 
 Media = str | os.PathLike | np.ndarray
-DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 fixes a frame, 2 also fix its motion
+DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 pins a frame, 2 also carry its motion
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def load_image(image: Media, width: int, height: int, resize: str = "crop", name
 
 def load_video(video: Media, fps: float, width: int, height: int, resize: str = "crop",
                name: str = "video") -> np.ndarray:
-    """uint8 (F, height, width, 3) from a video path (resampled to ``fps``) or array, resized; InputError if unreadable."""
+    """uint8 (F, height, width, 3) from a video path (resampled to ``fps``) or array, resized; InputError if bad."""
     if isinstance(video, (str, os.PathLike)):
         try:
             video, _ = read_video(video, fps=fps)
@@ -87,7 +87,7 @@ def check_strength(strength: float) -> float:
 
 def check_seconds(seconds: float, name: str = "seconds") -> float:
     """``seconds`` if it is a finite number > 0; InputError otherwise."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
         raise InputError(f"{name} must be a number of seconds > 0, got {seconds!r}")
     return float(seconds)
 
@@ -176,7 +176,13 @@ def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]],
 
 def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction: str = "forward", *,
            overlap: int = DEFAULT_OVERLAP, resize: str = "crop", progress=False, **settings) -> Video:
-    """``video`` continued by about ``seconds`` forwards (after it) or backwards (before it), joined with it."""
+    """``video`` continued by about ``seconds`` forwards (after it) or backwards (before it), joined with it.
+
+    Forwards, the window starts with the video's last ``overlap`` latent frames encoded as a clip of their
+    own; backwards, it ends with the video's first ``overlap`` latent frames encoded as the middle of a clip
+    (see ``kinema.tasks.builders``), so the model always generates forwards in time. New frames come in
+    steps of tf (forwards) or tf*k + 1 (backwards) frames, the nearest to ``seconds``.
+    """
     check_seconds(seconds)
     if direction not in ("forward", "backward"):
         raise InputError(f"direction must be 'forward' or 'backward', got {direction!r}")

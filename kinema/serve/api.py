@@ -24,15 +24,15 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..common.io import atomic_path
 from ..common.video import write_video
 from ..infer.pipeline import InputError
-from .catalog import ModelSpec, load_catalog, parse_extras, resolve_model
+from .catalog import ModelSpec, available_tasks, load_catalog, parse_extras, resolve_model
 from .config import ServeConfig
 from .media import (INPUT_IMAGE, INPUT_VIDEO, VARIANTS, VIDEO_ID, UploadError, decode_image, decode_video, job_dir,
                     remove_job_files, save_image)
 from .store import Job, JobStore, LimitError
 from .wire import APIError, BodyLimit, BodyTooLarge, error_response, read_body, read_upload, shown, video_object
-from .worker import available_tasks
 
 log = logging.getLogger("kinema.serve.api")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -104,8 +104,9 @@ class VideosAPI:
                 save_image(folder / INPUT_IMAGE, image)
             if video is not None:
                 write_video(folder / INPUT_VIDEO, video[0], video[1])
-            if copy_from is not None:
-                shutil.copyfile(job_dir(self.data, copy_from) / VARIANTS["video"][0], folder / INPUT_VIDEO)
+            if copy_from is not None:  # a copy, so the source may be deleted or expire before this job runs
+                with atomic_path(folder / INPUT_VIDEO) as tmp:
+                    shutil.copyfile(job_dir(self.data, copy_from) / VARIANTS["video"][0], tmp)
 
         try:
             await run_in_threadpool(save_inputs)
@@ -380,6 +381,16 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+def _closing(handler):
+    """The handler, then close the request's uploaded files (spooled temporary files) whatever happened."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        finally:
+            await request.close()
+    return endpoint
+
+
 def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[str, ModelSpec] | None = None) -> Starlette:
     """The Starlette application for a deployment."""
     store = store or JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
@@ -388,14 +399,14 @@ def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[st
         Route("/", api.page, methods=["GET"]),
         Route("/healthz", api.health, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
-        Route("/v1/videos", api.create, methods=["POST"]),
+        Route("/v1/videos", _closing(api.create), methods=["POST"]),
         Route("/v1/videos", api.list, methods=["GET"]),
-        Route("/v1/videos/extensions", api.extend, methods=["POST"]),
-        Route("/v1/videos/edits", api.edit, methods=["POST"]),
+        Route("/v1/videos/extensions", _closing(api.extend), methods=["POST"]),
+        Route("/v1/videos/edits", _closing(api.edit), methods=["POST"]),
         Route("/v1/videos/{video_id}", api.retrieve, methods=["GET"]),
         Route("/v1/videos/{video_id}", api.delete, methods=["DELETE"]),
         Route("/v1/videos/{video_id}/content", api.content, methods=["GET"]),
-        Route("/v1/videos/{video_id}/remix", api.remix, methods=["POST"]),
+        Route("/v1/videos/{video_id}/remix", _closing(api.remix), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     handlers = {APIError: _api_error, InputError: _input_error, UploadError: _input_error, HTTPException: _http_error,

@@ -18,7 +18,33 @@ from ..infer.pipeline import InputError, Settings, bundled_model_path, make_sett
 
 # Clients written for OpenAI's Videos API name Sora models; they get the server's default model.
 SORA_ALIASES = ("sora-2", "sora-2-pro")
+TASK_NAMES = ("image_to_video", "extend", "edit")  # beyond text-to-video and remix, if kinema.infer.tasks has them
 EXTRA_FIELDS = {"seed": int, "steps": int, "guidance": float, "negative_prompt": str, "sampler": str, "shift": float}
+
+
+class TaskUnavailable(Exception):
+    """This install has no function for the task (``kinema.infer.tasks`` lacks it)."""
+
+
+def available_tasks() -> list[str]:
+    """The tasks this install can run: text_to_video and remix always, others if kinema.infer.tasks has them."""
+    try:
+        from ..infer import tasks
+    except ImportError:
+        return ["text_to_video", "remix"]
+    return ["text_to_video", "remix"] + [t for t in TASK_NAMES if callable(getattr(tasks, t, None))]
+
+
+def task_function(name: str):
+    """``kinema.infer.tasks.<name>``; TaskUnavailable if this install has none."""
+    try:
+        from ..infer import tasks
+    except ImportError:
+        tasks = None
+    fn = getattr(tasks, name, None)
+    if not callable(fn):
+        raise TaskUnavailable(f"{name.replace('_', '-')} is not supported by this server yet")
+    return fn
 
 
 def frames_for_seconds(seconds: float, fps: int, factor: int) -> int:

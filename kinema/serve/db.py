@@ -9,6 +9,7 @@ PostgreSQL, where claims use ``FOR UPDATE SKIP LOCKED`` instead.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sqlite3
 import threading
 from pathlib import Path
@@ -26,10 +27,8 @@ class Database:
         self.url = url
         if url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
-            try:
-                import psycopg  # noqa: F401
-            except ImportError:
-                raise ConfigError("a postgresql:// job store needs psycopg: pip install 'psycopg[binary]'") from None
+            if importlib.util.find_spec("psycopg") is None:  # fail at startup, with the install hint
+                raise ConfigError("a postgresql:// job store needs psycopg: pip install 'psycopg[binary]'")
         elif url.startswith("sqlite:///"):
             self.dialect = "sqlite"
             self.path = Path(url[len("sqlite:///"):])

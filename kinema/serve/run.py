@@ -84,15 +84,15 @@ class Supervisor:
         self.thread.start()
 
     def _watch(self) -> None:
-        backoff = {slot: 1.0 for slot in self.procs}
+        backoff = {slot: 0.5 for slot in self.procs}
         started = {slot: time.monotonic() for slot in self.procs}
         while not self.stopping.wait(0.5):
             for slot, proc in list(self.procs.items()):
                 if proc.is_alive() or self.stopping.is_set():
                     continue
                 quick = time.monotonic() - started[slot] < 30
-                backoff[slot] = min(60.0, backoff[slot] * 2) if quick else 1.0
-                log.warning("worker %d exited (code %s); restarting in %.0f s", slot, proc.exitcode, backoff[slot])
+                backoff[slot] = min(60.0, backoff[slot] * 2) if quick else 0.5
+                log.warning("worker %d exited (code %s); restarting in %.1f s", slot, proc.exitcode, backoff[slot])
                 if self.stopping.wait(backoff[slot]):
                     return
                 self._spawn(slot)

@@ -190,9 +190,17 @@ class JobStore:
         return {r["status"]: int(r["n"]) for r in rows}
 
     # -- the workers' side ---------------------------------------------------------------------------------
-    def claim(self, worker: str) -> Job | None:
-        """The oldest runnable job (queued, or running with an expired lease), now leased to ``worker``; or None."""
+    def claim(self, worker: str, models: tuple[str, ...] | None = None) -> Job | None:
+        """The oldest runnable job (queued, or running with an expired lease) for one of ``models`` (None: any),
+        now leased to ``worker``; or None."""
         now = time.time()
+        runnable = "(status = 'queued' OR (status = 'in_progress' AND lease_until < ?))"
+        only, picked = "", (now,)
+        if models is not None:
+            only, picked = f" AND model IN ({', '.join('?' * len(models))})", (now, *models)
+        # An idle queue is the common case: look before taking the write lock.
+        if not self.db.execute(f"SELECT 1 AS x FROM kinema_videos WHERE {runnable}{only} LIMIT 1", picked):
+            return None
         skip = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         with self.db.transaction() as tx:
             # Jobs whose workers died too often fail instead of being retried forever.
@@ -204,9 +212,8 @@ class JobStore:
             rows = tx.execute(
                 f"UPDATE kinema_videos SET status = 'in_progress', claim = ?, worker = ?, lease_until = ?, "
                 f"attempts = attempts + 1, started_at = COALESCE(started_at, ?), progress = 0 WHERE id = ("
-                f"SELECT id FROM kinema_videos WHERE status = 'queued' OR (status = 'in_progress' AND lease_until < ?) "
-                f"ORDER BY seq LIMIT 1{skip}) RETURNING *",
-                (secrets.token_hex(16), worker, now + self.lease_s, now, now))
+                f"SELECT id FROM kinema_videos WHERE {runnable}{only} ORDER BY seq LIMIT 1{skip}) RETURNING *",
+                (secrets.token_hex(16), worker, now + self.lease_s, now, *picked))
         return Job.from_row(rows[0]) if rows else None
 
     def heartbeat(self, job: Job, progress: int | None = None) -> bool:

@@ -17,49 +17,23 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ..common.video import VideoDecodeError
 from ..infer.pipeline import InputError, Settings, check_settings
-from .catalog import load_catalog
+from .catalog import TaskUnavailable, load_catalog, task_function
 from .config import ServeConfig
 from .media import INPUT_IMAGE, INPUT_VIDEO, UploadError, job_dir, remove_job_files, write_results
 from .store import Job, JobStore
 
 log = logging.getLogger("kinema.serve.worker")
 SWEEP_EVERY_S = 60.0
-TASK_NAMES = ("image_to_video", "extend", "edit")
+PROGRESS_EVERY_S = 0.2  # at most this often a job's progress is written (a step can take milliseconds)
 
 
 class JobInterrupted(Exception):
     """Raised from the progress callback: the worker is stopping, or the job was deleted / taken over."""
-
-
-class TaskUnavailable(Exception):
-    """This install has no function for the task (``kinema.infer.tasks`` lacks it)."""
-
-
-def available_tasks() -> list[str]:
-    """The tasks this install can run: text_to_video and remix always, others if kinema.infer.tasks has them."""
-    try:
-        from ..infer import tasks
-    except ImportError:
-        return ["text_to_video", "remix"]
-    return ["text_to_video", "remix"] + [t for t in TASK_NAMES if callable(getattr(tasks, t, None))]
-
-
-def task_function(name: str):
-    """``kinema.infer.tasks.<name>``; TaskUnavailable if this install has none."""
-    try:
-        from ..infer import tasks
-    except ImportError:
-        tasks = None
-    fn = getattr(tasks, name, None)
-    if not callable(fn):
-        raise TaskUnavailable(f"{name.replace('_', '-')} is not supported by this server yet")
-    return fn
 
 
 def task_overrides(s: Settings, *drop: str) -> dict:
@@ -110,7 +84,7 @@ class Worker:
                 if time.monotonic() - last_sweep > SWEEP_EVERY_S:
                     self.sweep()
                     last_sweep = time.monotonic()
-                job = self.store.claim(self.name)
+                job = self.store.claim(self.name, models=tuple(self.catalog))
             except Exception:  # the job store is unreachable: keep trying, the jobs are safe in it
                 log.exception("%s: job store error; retrying", self.name)
                 self.stopping.wait(min(5.0, self.cfg.poll_ms / 1000 * 5))
@@ -161,7 +135,7 @@ class Worker:
             if self.stopping.is_set() or lost.is_set():
                 raise JobInterrupted()
             now = time.monotonic()
-            if now - last_write[0] > 0.2 or i == n:  # at most 5 writes a second per job
+            if now - last_write[0] >= PROGRESS_EVERY_S or i == n:
                 last_write[0] = now
                 if not self.store.heartbeat(job, 5 + int(85 * i / max(n, 1))):
                     lost.set()
@@ -195,13 +169,16 @@ class Worker:
         return 0
 
     def _heartbeat(self, job: Job, lost: threading.Event, done: threading.Event) -> None:
-        while not done.wait(self.cfg.lease_s / 3):
-            try:
-                if not self.store.heartbeat(job):
-                    lost.set()
-                    return
-            except Exception:  # the store is briefly unreachable: the lease may lapse, the job is then retried
-                log.exception("%s: heartbeat for %s failed", self.name, job.id)
+        try:
+            while not done.wait(self.cfg.lease_s / 3):
+                try:
+                    if not self.store.heartbeat(job):
+                        lost.set()
+                        return
+                except Exception:  # the store is briefly unreachable: the lease may lapse, the job is then retried
+                    log.exception("%s: heartbeat for %s failed", self.name, job.id)
+        finally:
+            self.store.db.close()  # this thread's connection
 
     def _generate(self, job: Job, progress) -> tuple[np.ndarray, float]:
         """Frames (F, H, W, 3) uint8 and fps for a job, by its kind."""

@@ -40,7 +40,7 @@ Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, tf*k+1, H, W) in [-1, 
 
 @dataclass
 class Window:
-    """A clip to sample: ``frames`` pixel frames (tf*k + 1), its condition, and the slice of its pixel frames that are new."""
+    """A clip to sample: ``frames`` pixel frames (tf*k + 1), its condition, and which of its pixel frames are new."""
 
     frames: int
     condition: Condition | None

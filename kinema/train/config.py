@@ -1,8 +1,9 @@
 """Training recipes as typed data: ``TrainConfig`` and its sections, loaded from YAML/TOML/JSON plus overrides.
 
-A recipe file holds any subset of the fields below (everything has a default); command-line overrides
-``--optim.lr 3e-4`` or ``--data.path=clips/`` are applied on top. Unknown keys are an error that names
-the key and lists the accepted ones, at every level.
+A recipe file (.toml, .json, or .yaml when PyYAML is installed) holds any subset of the fields below
+(everything has a default); command-line overrides ``--optim.lr 3e-4`` or ``--data.path=clips/`` are
+applied on top. Unknown keys are an error that names the key and lists the accepted ones, at every level.
+A mapping given in full (``flow.cond_probs``, ``model_config``) replaces the default, not merges into it.
 
 Batch sizes are per rank and per micro-step: the global batch of a step is
 ``bucket.batch_size * world_size * optim.grad_accum`` clips of that bucket's size.
@@ -306,8 +307,13 @@ def read_recipe(path: Path) -> dict[str, Any]:
                                   "or write the recipe as .toml / .json") from None
             data = yaml.safe_load(text)
         elif suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                try:
+                    import tomli as tomllib
+                except ImportError:
+                    raise ConfigError(f"{path} is TOML, which needs Python 3.11+ or `pip install tomli`") from None
             data = tomllib.loads(text)
         elif suffix == ".json":
             data = json.loads(text)

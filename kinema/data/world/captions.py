@@ -42,9 +42,10 @@ SIZE_WORDS = {
 }
 MOTION_WORDS = {
     "still": (("stays still", "sits still", "rests in place", "does not move"), ("remains motionless", "stays put")),
-    "moves_left": (("moves to the left", "slides left", "moves left", "drifts to the left"),
+    "moves_left": (("moves to the left", "slides to the left", "slides left", "moves left", "drifts to the left"),
                    ("travels leftward", "glides to the left")),
-    "moves_right": (("moves to the right", "slides right", "moves right", "drifts to the right"),
+    "moves_right": (("moves to the right", "slides to the right", "slides right", "moves right",
+                     "drifts to the right"),
                     ("travels rightward", "glides to the right")),
     "moves_up": (("moves up", "rises", "floats upward", "drifts up"), ("ascends", "climbs upward")),
     "moves_down": (("moves down", "sinks", "slides downward", "drifts down"), ("descends steadily", "glides down")),

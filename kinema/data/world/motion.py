@@ -163,10 +163,14 @@ def _bounce(y: np.ndarray) -> tuple[bool, int]:
 
 
 def _descent_accel(y: np.ndarray, t: np.ndarray) -> float:
-    """Acceleration (u/s^2, down > 0) of a parabola through the frames before the first lowest point;
-    the lowest frame itself is left out as it may already be past the contact."""
+    """Acceleration (u/s^2, down > 0) of a parabola through the frames of the first descent: it
+    ends where a step falls well below half the previous one (a landing or a bounce) and the
+    last frame is left out, as it may already be past the contact."""
     k = 0
-    while k + 1 < len(y) and y[k + 1] > y[k] + 1e-3:
+    while k + 1 < len(y):
+        step = y[k + 1] - y[k]
+        if step <= 0.5 * (y[k] - y[k - 1] if k else 0.0) - 0.002:  # 0.002 u: centroid jitter
+            break
         k += 1
     n = k if k >= 3 else k + 1
     if n < 3 or y[k] - y[0] < 0.02:

@@ -119,10 +119,11 @@ def _set_up(spec: SceneSpec, width, height, frames, fps, rng) -> tuple[Scene | N
     rate = _camera_rate(spec.camera, width, unit, duration)
     seed = int(rng.integers(2**31 - 1))
     box = world_box(Scene(width, height, frames, fps, spec.background, (_placeholder(),), spec.camera, rate, seed))
+    min_view_scale = min(1.0, math.exp(rate * duration)) if spec.camera == "zoom_out" else 1.0
     best, best_score, misses = None, -1.0, 0
     for _ in range(SET_UP_TRIES):
         shrink = 0.9 ** (misses // 5)  # objects that keep not fitting are drawn a little smaller
-        objects = _place_all(spec.objects, box, unit, duration, fps, rng, shrink)
+        objects = _place_all(spec.objects, box, unit, duration, fps, rng, shrink, min_view_scale)
         if objects is None:
             misses += 1
             continue
@@ -165,12 +166,12 @@ def _camera_rate(camera: str, width: int, unit: float, duration: float) -> float
     return 0.0
 
 
-def _place_all(specs, box, unit, duration, fps, rng, shrink=1.0) -> list[WorldObject] | None:
+def _place_all(specs, box, unit, duration, fps, rng, shrink, min_view_scale) -> list[WorldObject] | None:
     placed: list[tuple[float, float, float]] = []  # (x, y, largest circumradius)
     objects = []
     for spec in specs:
         for _ in range(20):
-            obj, reach = _place(spec, box, unit, duration, fps, rng, shrink)
+            obj, reach = _place(spec, box, unit, duration, fps, rng, shrink, min_view_scale)
             if all(math.hypot(obj.x - x, obj.y - y) > reach + r + 0.03 * unit for x, y, r in placed):
                 break
         else:
@@ -180,7 +181,7 @@ def _place_all(specs, box, unit, duration, fps, rng, shrink=1.0) -> list[WorldOb
     return objects
 
 
-def _place(spec: ObjectSpec, box, unit, duration, fps, rng, shrink=1.0) -> tuple[WorldObject, float]:
+def _place(spec: ObjectSpec, box, unit, duration, fps, rng, shrink, min_view_scale) -> tuple[WorldObject, float]:
     """One object set up to show its motion inside ``box``; returns it and its largest reach."""
     x0, y0, x1, y1 = box
     radius = SIZES[spec.size] * unit * shrink * rng.uniform(0.93, 1.07)
@@ -194,8 +195,8 @@ def _place(spec: ObjectSpec, box, unit, duration, fps, rng, shrink=1.0) -> tuple
         limit = math.log(max(biggest / reach, 1.0 + 1e-6))
         kw["growth"] = min(rng.uniform(*GROWTH_RATE), MAX_GROWTH / duration, limit / duration)
         reach *= math.exp(kw["growth"] * duration)
-    elif spec.motion == "shrinks":
-        limit = math.log(max(radius / (MIN_RADIUS * unit), 1.0 + 1e-6))
+    elif spec.motion == "shrinks":  # never below MIN_RADIUS on screen, a zoom out included
+        limit = math.log(max(radius * min_view_scale / (MIN_RADIUS * unit), 1.0 + 1e-6))
         kw["growth"] = -min(rng.uniform(*GROWTH_RATE), MAX_GROWTH / duration, limit / duration)
     elif spec.motion == "spins":
         speed = min(rng.uniform(*SPIN_SPEED), MAX_SPIN_PER_FRAME * fps)

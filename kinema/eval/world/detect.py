@@ -22,6 +22,7 @@ from kinema.data.world.vocab import BACKGROUNDS, COLOURS, SIZES, TEXTURED_BACKGR
 
 CHROMA_MIN = 100.0  # 0-255: object pixels; backgrounds stay <= 52, objects start at 160
 MIN_AREA = 0.0006  # x u^2: smaller blobs are noise (a shrunken small object is ~0.004)
+MIN_AREA_PX = 8  # and never fewer pixels than this, whatever the size
 HALO_CHROMA, HALO_PX = 30.0, 4  # background pixels: chroma within this of the frame's median, this far from objects
 EXTRA_BLOB = 0.25  # a second blob of one colour counts when it has this share of the first
 # Harmonic strength of each shape at its own order (measured on clean renders); a mask whose
@@ -140,7 +141,7 @@ def _tracks(rgb: np.ndarray, objects: np.ndarray, unit: float) -> tuple[dict[str
     main_of = np.repeat(main, n)  # (G,)
     gap = np.hypot(gx - gx[main_of], gy - gy[main_of])
     radii = np.sqrt(votes / np.pi) + np.sqrt(votes[main_of] / np.pi)
-    min_area = MIN_AREA * unit * unit
+    min_area = max(MIN_AREA * unit * unit, MIN_AREA_PX)
     own = (votes >= min_area) & (gap >= 0.6 * radii)
     blob = np.where(own[group], group, main_of[group])  # blob id per object pixel
 
@@ -240,8 +241,9 @@ def size_class(area_px: float, unit: float) -> str:
 
 
 def _background_features(rgb: np.ndarray, masked: np.ndarray) -> np.ndarray:
-    """Mean colour of the top and bottom bands, texture of the bottom band and a star score, over
-    background pixels of the first frames (objects masked out); (8,)."""
+    """Mean colour of the top and bottom bands and the texture of the bottom band, over background
+    pixels of the first frames (objects masked out); (7,). Colour alone tells night from black;
+    texture tells the checkered floor from grey. Stars are not used: a VAE blurs them away."""
     frames = rgb[: min(3, len(rgb))]
     valid = ~masked[: len(frames)]
     f, h, w, _ = frames.shape
@@ -254,10 +256,7 @@ def _background_features(rgb: np.ndarray, masked: np.ndarray) -> np.ndarray:
     lum = frames @ np.float32([1 / 3, 1 / 3, 1 / 3])
     diff = np.abs(np.diff(lum[:, bottom], axis=2))
     ok = valid[:, bottom, 1:] & valid[:, bottom, :-1]
-    feats.append((diff[ok].mean() if ok.any() else 0.0) / 20.0)
-    upper = slice(0, max(1, h // 2))  # stars; the checkered floor starts lower
-    bright = (lum - ndimage.uniform_filter(lum, size=(1, 5, 5)) > 25.0)[:, upper] & valid[:, upper]
-    feats.append(bright.mean() * 30.0)
+    feats.append((diff[ok].mean() if ok.any() else 0.0) / 40.0)  # the checkered floor
     return np.asarray(feats, dtype=np.float64)
 
 

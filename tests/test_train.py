@@ -1,0 +1,273 @@
+"""kinema train on the tiny preset: exact resume, bucket coverage, LoRA, data sources, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kinema.config import ConfigError, preset
+from kinema.train import TrainError, apply_lora, load_config, remove_lora, train
+from kinema.train.buckets import BucketSampler, SamplerState, check_bucket
+from kinema.train.config import BucketConfig
+from kinema.train.data import write_latent_cache
+
+BUCKETS = [dict(frames=9, height=64, width=64, batch_size=2),  # latent (3, 8, 8)
+           dict(frames=9, height=48, width=80, batch_size=2),  # latent (3, 6, 10)
+           dict(frames=1, height=64, width=64, batch_size=4)]  # latent (1, 8, 8): images
+GRIDS = [(3, 8, 8), (3, 6, 10), (1, 8, 8)]
+
+
+def make_cache(path, n: int = 16, nan_ids: tuple[int, ...] = ()):
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(n):
+        length = 4 + i % 3  # variable text lengths, padded per batch
+        latents = torch.randn(4, *GRIDS[i % 3], generator=g)
+        if i in nan_ids:
+            latents[0, 0, 0, 0] = float("nan")
+        samples.append(dict(id=f"clip{i:03d}", latents=latents, text_tokens=torch.randn(length, 384, generator=g),
+                            text_mask=torch.ones(length, dtype=torch.bool), caption=f"caption {i}"))
+    null = (torch.zeros(2, 384), torch.ones(2, dtype=torch.bool))
+    return write_latent_cache(path, samples, null_text=null, shard_size=6)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return make_cache(tmp_path_factory.mktemp("cache"))
+
+
+def recipe(out, cache_path, **changes) -> dict:
+    cfg = dict(preset="tiny", out_dir=str(out), max_steps=6, seed=3,
+               data=dict(kind="latents", path=str(cache_path), buckets=BUCKETS),
+               optim=dict(lr=2e-3, warmup_steps=2), log=dict(every=1, progress=False, tensorboard=False),
+               sample=dict(every=0), checkpoint=dict(every=100))
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg.get(key, {}), **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def losses(result) -> list[float]:
+    return [json.loads(line)["loss"] for line in result.metrics.read_text().splitlines()]
+
+
+# -- exact resume -----------------------------------------------------------------------------------
+
+
+def test_killed_and_resumed_run_follows_the_uninterrupted_loss_curve_bit_exactly(tmp_path, cache):
+    whole = train(recipe(tmp_path / "whole", cache, max_steps=5))
+    first = train(recipe(tmp_path / "parts", cache, max_steps=5, stop_after=2))
+    assert first.step == 2 and first.exported is None and len(losses(first)) == 2
+    # a run that got further than its last checkpoint before dying: its extra metric lines are redone
+    with open(first.metrics, "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 123.0}) + "\n")
+    second = train(recipe(tmp_path / "parts", cache, max_steps=5), resume=True)
+    assert second.step == 5
+    assert losses(second) == losses(whole)  # bit for bit, not approximately
+    whole_weights, parts_weights = (load_file(tmp_path / run / "model" / "transformer.safetensors") for run in ("whole", "parts"))
+    assert all(torch.equal(whole_weights[k], parts_weights[k]) for k in whole_weights)
+
+
+def test_existing_run_needs_resume_and_resume_of_a_finished_run_is_a_no_op(tmp_path, cache):
+    train(recipe(tmp_path / "run", cache, max_steps=2))
+    with pytest.raises(TrainError, match="--resume"):
+        train(recipe(tmp_path / "run", cache, max_steps=2))
+    assert train(recipe(tmp_path / "run", cache, max_steps=2), resume=True).step == 2
+
+
+# -- buckets ----------------------------------------------------------------------------------------
+
+
+def test_bucket_sampler_covers_every_sample_once_per_epoch_across_ranks():
+    rng = np.random.default_rng(0)
+    keys = [GRIDS[k] for k in rng.integers(0, 3, size=60)]
+    sizes = {GRIDS[0]: 2, GRIDS[1]: 3, GRIDS[2]: 4}
+    for world in (1, 2, 3):
+        per_rank = [BucketSampler(keys, sizes, seed=7, rank=r, world_size=world).rank_batches(epoch=0) for r in range(world)]
+        assert len({len(b) for b in per_rank}) == 1  # every rank takes the same number of steps
+        seen = [i for batches in per_rank for batch in batches for i in batch]
+        assert len(seen) == len(set(seen))  # no duplicates across ranks
+        missing = set(range(len(keys))) - set(seen)
+        assert world > 1 or not missing
+        for g in GRIDS:  # at most world-1 samples per bucket wait for the next epoch
+            assert sum(keys[i] == g for i in missing) < world
+        for batches in per_rank:  # one latent grid per batch
+            assert all(len({keys[i] for i in batch}) == 1 for batch in batches)
+        for step in range(len(per_rank[0])):  # ranks agree on the grid of each step
+            assert len({keys[per_rank[r][step][0]] for r in range(world)}) == 1
+
+
+def test_bucket_sampler_is_deterministic_per_seed_and_resumes_mid_epoch():
+    keys = [GRIDS[i % 3] for i in range(30)]
+    sizes = {g: 2 for g in GRIDS}
+    a = BucketSampler(keys, sizes, seed=1).rank_batches(0)
+    assert a == BucketSampler(keys, sizes, seed=1).rank_batches(0)
+    assert a != BucketSampler(keys, sizes, seed=2).rank_batches(0)
+    assert a != BucketSampler(keys, sizes, seed=1).rank_batches(1)
+    sampler = BucketSampler(keys, sizes, seed=1)
+    stream = sampler.iterate()
+    full = [next(stream) for _ in range(len(sampler) + 3)]  # crosses an epoch boundary
+    resumed = sampler.iterate(full[4][0])
+    assert [next(resumed) for _ in range(len(full) - 5)] == full[5:]
+    assert full[len(sampler)][0] == SamplerState(1, 1)
+
+
+def test_a_bucket_that_cannot_fit_the_patch_grid_is_refused_with_the_rule():
+    cfg = preset("tiny")
+    assert check_bucket(BucketConfig(9, 48, 80), cfg) == (3, 6, 10)
+    with pytest.raises(ConfigError, match=r"height must be a multiple of 16.*got 100.*96 or 112"):
+        check_bucket(BucketConfig(9, 100, 64), cfg)
+    with pytest.raises(ConfigError, match=r"frames must be 4k\+1.*got 8.*5 or 9"):
+        check_bucket(BucketConfig(8, 64, 64), cfg)
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+
+def test_unknown_config_key_names_the_key_and_lists_the_accepted_ones(tmp_path):
+    recipe_file = tmp_path / "run.toml"
+    recipe_file.write_text('preset = "tiny"\n[optim]\nlr = 1e-3\nlearning_rate = 1e-3\n')
+    with pytest.raises(ConfigError, match=r"unknown key optim\.learning_rate; accepted in optim: .*\blr\b"):
+        load_config(recipe_file)
+    with pytest.raises(ConfigError, match=r"unknown key stepz; accepted: .*max_steps"):
+        load_config(None, ["--stepz", "3"])
+    with pytest.raises(ConfigError, match=r"optim\.lr must be a number, got 'fast'"):
+        load_config(None, ["--optim.lr", "fast"])
+    cfg = load_config(None, ["--optim.lr=3e-4", "--data.buckets", '[{"frames": 1, "height": 64, "width": 64}]', "--log.progress"])
+    assert cfg.optim.lr == 3e-4 and cfg.data.buckets == (BucketConfig(1, 64, 64),) and cfg.log.progress is True
+
+
+def test_empty_or_missing_dataset_paths_are_clear_errors(tmp_path, cache):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match="holds no clips"):
+        train(recipe(tmp_path / "a", cache, data=dict(kind="clips", path=str(tmp_path / "empty"))))
+    with pytest.raises(TrainError, match="is not a latent cache"):
+        train(recipe(tmp_path / "b", cache, data=dict(path=str(tmp_path / "nowhere"))))
+    with pytest.raises(TrainError, match="matches a bucket"):
+        train(recipe(tmp_path / "c", cache, data=dict(buckets=[dict(frames=5, height=64, width=64)])))
+
+
+def test_nan_losses_are_skipped_counted_and_stop_training_with_a_clear_message(tmp_path, cache):
+    # lr = 1e30 blows the weights up after the first step; every later loss is inf/nan
+    cfg = recipe(tmp_path / "run", cache, max_steps=20, max_nan_steps=3, optim=dict(lr=1e30, warmup_steps=0, grad_clip=0.0))
+    with pytest.raises(TrainError, match=r"3 steps in a row had a non-finite loss.*max_nan_steps=3.*optim\.lr"):
+        train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["skipped_steps"] == 0 and all(line["skipped_steps"] == 1 for line in lines[-2:])
+
+
+def test_a_bad_sample_is_skipped_and_recorded_while_training_goes_on(tmp_path):
+    cache = make_cache(tmp_path / "cache", n=12, nan_ids=(0, 3))
+    result = train(recipe(tmp_path / "run", cache, max_steps=4))
+    assert result.step == 4
+    lines = [json.loads(line) for line in result.metrics.read_text().splitlines()]
+    assert all(math.isfinite(line["loss"]) for line in lines)
+    assert sum(line["bad_samples"] for line in lines) >= 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    assert {r["source"].rsplit(":", 1)[1] for r in records} <= {"clip000", "clip003"}
+    assert all("non-finite" in r["error"] for r in records)
+
+
+# -- LoRA -------------------------------------------------------------------------------------------
+
+
+def _dit_output(dit):
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 3, 8, 8, generator=g), torch.randn(1, 5, 384, generator=g)
+    with torch.no_grad():
+        return dit(x, torch.tensor([500.0]), text)
+
+
+def test_trained_lora_changes_the_output_and_removing_it_restores_the_base_bit_for_bit(tmp_path, cache, tiny_model_dir):
+    from kinema.weights import load_dit
+
+    result = train(recipe(tmp_path / "lora", cache, init_from=str(tiny_model_dir), max_steps=3,
+                          lora=dict(rank=4, alpha=8), optim=dict(lr=1e-2, warmup_steps=0)))
+    assert result.exported.name == "lora.safetensors" and result.exported.stat().st_size < 100_000
+    dit = load_dit(tiny_model_dir)
+    base = _dit_output(dit)
+    apply_lora(dit, result.exported, scale=1.0)
+    adapted = _dit_output(dit)
+    assert not torch.allclose(adapted, base)
+    assert remove_lora(dit) == 20  # 10 target patterns x 2 blocks
+    assert torch.equal(_dit_output(dit), base)
+    assert all(type(m) is torch.nn.Linear for m in dit.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_wan_lora_key_formats_load_to_the_same_adapter(tmp_path, tiny_model_dir):
+    from safetensors.torch import save_file
+
+    from kinema.weights import load_dit
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 24, generator=g), torch.randn(24, 2, generator=g)
+    formats = {
+        "diffusers": {"transformer.blocks.1.attn1.to_q.lora_A.weight": a, "transformer.blocks.1.attn1.to_q.lora_B.weight": b,
+                      "transformer.blocks.0.ffn.net.2.lora_A.weight": torch.randn(2, 48, generator=g) * 0,
+                      "transformer.blocks.0.ffn.net.2.lora_B.weight": torch.randn(24, 2, generator=g)},
+        # original Wan names, kohya-style down/up with alpha = 4 on rank 2: scale 2, so B is halved here
+        "wan": {"diffusion_model.blocks.1.self_attn.q.lora_down.weight": a,
+                "diffusion_model.blocks.1.self_attn.q.lora_up.weight": b / 2,
+                "diffusion_model.blocks.1.self_attn.q.alpha": torch.tensor(4.0)},
+    }
+    outputs = {}
+    for name, tensors in formats.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+        dit = load_dit(tiny_model_dir)
+        base = _dit_output(dit)
+        apply_lora(dit, tmp_path / f"{name}.safetensors", scale=0.5)
+        outputs[name] = _dit_output(dit)
+        remove_lora(dit)
+        assert torch.equal(_dit_output(dit), base)
+    assert torch.allclose(outputs["diffusers"], outputs["wan"], atol=1e-6)
+    assert not torch.allclose(outputs["diffusers"], base)
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 7),
+               "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(24, 2)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn1\.to_q.*A \(2, 7\).*24 -> 24"):
+        apply_lora(load_dit(tiny_model_dir), tmp_path / "bad.safetensors")
+
+
+# -- pixel data, the VAE objective, previews, export ----------------------------------------------
+
+
+def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):
+    from kinema.common.video import write_video
+    from kinema.weights import load_vae
+
+    clips = tmp_path / "clips"
+    rng = np.random.default_rng(0)
+    write_video(clips / "wide.mp4", rng.integers(0, 255, (6, 34, 50, 3), dtype=np.uint8), fps=8)
+    write_video(clips / "square.mp4", rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), fps=8)
+    write_video(clips / "still.png", rng.integers(0, 255, (1, 40, 36, 3), dtype=np.uint8), fps=1)
+    (clips / "wide.txt").write_text("a wide clip")
+    (clips / "broken.mp4").write_bytes(b"not a video")
+    buckets = [dict(frames=5, height=32, width=32), dict(frames=5, height=32, width=48), dict(frames=1, height=32, width=32)]
+    result = train(dict(model="vae", preset="tiny", out_dir=str(tmp_path / "vae"), max_steps=2,
+                        data=dict(kind="clips", path=str(clips), buckets=buckets),
+                        log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=2)))
+    line = json.loads(result.metrics.read_text().splitlines()[-1])
+    assert {"l1", "kl", "edge"} <= set(line) and math.isfinite(line["loss"])
+    assert (tmp_path / "vae" / "samples" / "step-00000002" / "recon.mp4").is_file()
+    assert "broken.mp4" in (tmp_path / "vae" / "bad_samples.jsonl").read_text()
+    vae = load_vae(result.exported)
+    assert vae.cfg == preset("tiny").vae
+
+
+def test_dit_on_the_procedural_world_writes_previews_and_a_model_folder(tmp_path):
+    from kinema.weights import load_dit, load_vae
+
+    buckets = [dict(frames=5, height=32, width=32, batch_size=2), dict(frames=1, height=32, width=48, batch_size=2)]
+    result = train(dict(preset="tiny", out_dir=str(tmp_path / "world"), max_steps=2,
+                        data=dict(kind="world", num_clips=4, buckets=buckets),
+                        log=dict(every=1, progress=False, tensorboard=False),
+                        sample=dict(every=2, steps=2, prompts=["a red ball"], frames=5, height=32, width=32)))
+    assert (tmp_path / "world" / "samples" / "step-00000002" / "0.mp4").is_file()
+    dit, vae = load_dit(result.exported), load_vae(result.exported)
+    assert dit.cfg == preset("tiny").dit and vae.cfg.z_dim == 4

@@ -1,0 +1,149 @@
+"""The world evaluator: right about ground-truth renders (blurred, noisy, colour-shifted like a
+small VAE's output), wrong-footed by nothing, and clearly failing corrupted videos."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from kinema.data.world import (
+    COLOURS, HELD_OUT, SHAPES, Scene, WorldObject, camera_at, is_held_out, parse_caption, render, render_background,
+    sample_scene, scene_from_prompt,
+)  # fmt: skip
+from kinema.eval.temporal import dynamic_degree, optical_flow, temporal_flicker
+from kinema.eval.world import (
+    ATTRIBUTES, CATEGORIES, build_eval_prompts, evaluate_video, evaluate_videos, run_world_eval,
+)  # fmt: skip
+
+
+def vae_like(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mild blur, a per-channel gain and offset, and pixel noise: what a small VAE does to a clip."""
+    x = ndimage.gaussian_filter(video.astype(np.float32), sigma=(0, 0.8, 0.8, 0))
+    x = x * rng.uniform(0.95, 1.05, size=3) + rng.uniform(-6, 6, size=3) + rng.normal(0, 4, size=x.shape)
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+def _accuracy(size, seeds, frames=17, fps=8.0):
+    width, height = size
+    results = []
+    for seed in seeds:
+        scene = sample_scene(seed, width, height, frames, fps, held_out="allow")
+        video = vae_like(render(scene), np.random.default_rng(seed))
+        results.append(evaluate_video(video, scene.spec(), fps))
+    table = {a: np.mean([r["attributes"][a] for r in results if a in r["attributes"]]) for a in ATTRIBUTES}
+    return table, np.mean([r["all_correct"] for r in results])
+
+
+@pytest.mark.parametrize("size,seeds", [((64, 64), range(150)), ((128, 128), range(1000, 1030)),
+                                        ((192, 112), range(2000, 2015)), ((112, 192), range(3000, 3015))])
+def test_ground_truth_renders_score_right_on_every_attribute(size, seeds):
+    table, all_correct = _accuracy(size, seeds)
+    assert all(v >= 0.99 for v in table.values()), table
+    assert all_correct >= 0.98, table
+
+
+def _moving_scene(seed):
+    while True:
+        scene = sample_scene(seed, 96, 96, 17, 8, num_objects=1, held_out="allow")
+        if scene.objects[0].motion != "still":
+            return scene
+        seed += 10_000
+
+
+def test_shuffled_frames_fail():
+    for seed in range(12):
+        scene = _moving_scene(seed)
+        rng = np.random.default_rng(seed)
+        order = np.roll(rng.permutation(17), 1)
+        video = vae_like(render(scene)[order], rng)
+        result = evaluate_video(video, scene.spec(), 8.0)
+        assert not result["all_correct"], (scene.objects[0].motion, result["attributes"])
+        assert not result["attributes"]["motion"] or not result["attributes"].get("camera", True)
+
+
+def test_recoloured_and_reshaped_objects_fail():
+    for seed in range(12):
+        scene = sample_scene(seed, 96, 96, 17, 8, num_objects=1, held_out="allow")
+        obj = scene.objects[0]
+        rng = np.random.default_rng(seed)
+        colour = [c for c in COLOURS if c != obj.colour][seed % 7]
+        recoloured = dataclasses.replace(scene, objects=(dataclasses.replace(obj, colour=colour),))
+        result = evaluate_video(vae_like(render(recoloured), rng), scene.spec(), 8.0)
+        assert not result["attributes"]["colour"] and result["objects"][0]["colour"]["detected"] == colour
+
+        shapes = [s for s in SHAPES if s != obj.shape and not (obj.motion == "spins" and s == "circle")]
+        shape = shapes[seed % len(shapes)]
+        reshaped = dataclasses.replace(scene, objects=(dataclasses.replace(obj, shape=shape),))
+        result = evaluate_video(vae_like(render(reshaped), rng), scene.spec(), 8.0)
+        assert not result["attributes"]["shape"] and result["objects"][0]["shape"]["detected"] == shape
+        assert result["attributes"]["colour"]  # the rest is still judged right
+
+
+@pytest.mark.parametrize("gone_from", [6, 12])
+def test_an_object_vanishing_midway_fails_persistence(gone_from):
+    for seed in range(8):
+        scene = sample_scene(seed, 96, 96, 17, 8, held_out="allow")
+        if len(scene.objects) > 1:  # the last object leaves, the others stay
+            after = render(dataclasses.replace(scene, objects=scene.objects[:-1]))
+        else:
+            pan, scale = camera_at(scene.camera, scene.camera_rate, scene.times())
+            after = (np.clip(render_background(scene, pan, scale), 0, 1) * 255 + 0.5).astype(np.uint8)
+        video = render(scene)
+        video[gone_from:] = after[gone_from:]
+        result = evaluate_video(vae_like(video, np.random.default_rng(seed)), scene.spec(), 8.0)
+        assert not result["persistence"] and not result["all_correct"]
+
+
+def test_a_spawned_object_fails_persistence():
+    ball = WorldObject("circle", "red", "medium", 10.0, "still", 30.0, 48.0)
+    scene = Scene(96, 96, 17, 8, "grey", (ball,))
+    video = render(scene)
+    video[-4:] = render(dataclasses.replace(scene, objects=(ball, dataclasses.replace(ball, x=70.0))))[-4:]
+    result = evaluate_video(vae_like(video, np.random.default_rng(0)), scene.spec(), 8.0)
+    assert result["attributes"]["motion"] and not result["persistence"]
+    assert evaluate_video(vae_like(render(scene), np.random.default_rng(0)), scene.spec(), 8.0)["persistence"]
+
+
+def test_eval_prompts_rows():
+    prompts = build_eval_prompts(n_per_row=20, seed=0)
+    assert [c for c, _, _ in prompts] == [c for c in CATEGORIES for _ in range(20)]
+    assert prompts == build_eval_prompts(n_per_row=20, seed=0)
+    for category, prompt, spec in prompts:
+        assert parse_caption(prompt) == spec
+        held = any(is_held_out(o) for o in spec.objects)
+        assert held == (category == "single_heldout"), prompt
+        assert len(spec.objects) == (2 if category == "two_objects" else 1)
+        if category == "physics":
+            assert spec.objects[0].motion in ("falls", "bounces")
+    heldout_combos = {(o.colour, o.shape, o.motion) for c, _, s in prompts if c == "single_heldout" for o in s.objects}
+    assert heldout_combos <= set(HELD_OUT)
+
+
+def test_run_world_eval_on_ground_truth_and_on_garbage():
+    def truth(prompt, seed):
+        return vae_like(render(scene_from_prompt(prompt, 64, 64, 17, 8, seed)), np.random.default_rng(seed))
+
+    report = run_world_eval(truth, n_per_row=3, width=64, height=64, frames=17, fps=8, seed=1)
+    assert set(report["table"]) == set(CATEGORIES) | {"overall"}
+    assert report["table"]["overall"]["all_correct"] >= 0.9 and report["table"]["overall"]["videos"] == 15
+
+    grey = Scene(64, 64, 17, 8, "grey", (dataclasses.replace(sample_scene(0, 64, 64, 17, 8).objects[0], x=-500.0),))
+    blank = render(grey)
+    report = evaluate_videos([blank] * 3, [p[2] for p in build_eval_prompts(1, 0)[:3]], fps=8)
+    row = report["table"]["all"]
+    assert row["all_correct"] == 0.0 and row["colour"] == 0.0 and row["persistence"] == 0.0
+    assert row["flicker"] == 1.0 and row["dynamic_degree"] == 0.0
+
+
+def test_temporal_metrics():
+    rng = np.random.default_rng(0)
+    texture = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 1.5) * 60 + 128
+    shifted = ndimage.shift(texture, (-1.5, 2.5), order=3)
+    flow = optical_flow(texture[None, 16:80, 16:80], shifted[None, 16:80, 16:80])
+    assert np.allclose(np.median(flow[0, 8:-8, 8:-8], axis=(0, 1)), [2.5, -1.5], atol=0.1)
+
+    still = render(sample_scene(0, 64, 64, 9, 8))[:1].repeat(9, axis=0)
+    assert temporal_flicker(still) == 1.0 and dynamic_degree(still)[0] is False
+    moving = np.stack([np.roll(still[0], 3 * k, axis=1) for k in range(9)])
+    assert temporal_flicker(moving) < 1.0 and dynamic_degree(moving)[0] is True
