@@ -15,12 +15,16 @@ from kinema.train import train
 
 from test_train import BUCKETS, losses, make_cache, recipe
 
-# One torchrun launch trains every config given, one after another (process start-up dominates on CPU).
+# One torchrun launch trains every config given, one after another (process start-up dominates on CPU);
+# the worker owns the process group, so train() leaves it up between runs.
 WORKER = """
 import sys
+import torch.distributed as dist
 from kinema.train import train
+dist.init_process_group("gloo")
 for path in sys.argv[1:]:
     train(path)
+dist.destroy_process_group()
 """
 
 

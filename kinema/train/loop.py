@@ -54,7 +54,7 @@ def train(config: str | Path | dict | TrainConfig | None = None, overrides: list
     try:
         return Trainer(cfg, d).run(resume)
     finally:
-        shutdown()
+        shutdown(d)
 
 
 def lr_factor(cfg: OptimConfig, max_steps: int, i: int) -> float:
@@ -133,7 +133,8 @@ class Trainer:
             self.net.to(d.device)
         # LoRA checkpoints hold the adapters only; the frozen base comes back from init_from
         self.state_options = StateDictOptions(ignore_frozen_params=bool(cfg.lora.rank), strict=not cfg.lora.rank)
-        self.train_model = parallelize(self.net, self.models.blocks, d, cfg.parallel.activation_checkpointing)
+        self.train_model = parallelize(self.net, self.models.blocks, d, cfg.parallel.activation_checkpointing,
+                                       forward_methods=("encode", "decode") if cfg.model == "vae" else ())
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = adamw(self.net, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(lr_factor, cfg.optim, cfg.max_steps))

@@ -32,6 +32,7 @@ class Dist:
     device: torch.device
     mode: str  # "fsdp" | "ddp" | "none"
     precision: str  # "bf16" | "fp32"
+    owns_group: bool = False  # this call created the process group (and so destroys it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -48,7 +49,8 @@ def init_distributed(device: str, cfg: ParallelConfig) -> Dist:
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
                                 **({"device_id": dev} if use_cuda else {}))
     if world_size == 1:
@@ -58,20 +60,22 @@ def init_distributed(device: str, cfg: ParallelConfig) -> Dist:
     else:
         mode = "fsdp" if cfg.mode == "auto" else cfg.mode
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if use_cuda else "fp32")
-    return Dist(rank, world_size, local_rank, dev, mode, precision)
+    return Dist(rank, world_size, local_rank, dev, mode, precision, owns_group)
 
 
-def shutdown() -> None:
-    """Leave the process group (if this process joined one)."""
-    if dist.is_initialized():
+def shutdown(d: Dist) -> None:
+    """Leave the process group if ``init_distributed`` created it (a caller's own group stays up for its next use)."""
+    if d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def parallelize(model: nn.Module, blocks: nn.ModuleList | None, d: Dist, activation_checkpointing: bool) -> nn.Module:
+def parallelize(model: nn.Module, blocks: nn.ModuleList | None, d: Dist, activation_checkpointing: bool,
+                forward_methods: tuple[str, ...] = ()) -> nn.Module:
     """The module to call for training: ``model`` checkpointed/sharded in place (FSDP2) or DDP-wrapped.
 
     ``blocks`` are the repeated layers that get their own activation checkpoint and FSDP unit (the
     DiT's transformer blocks); parameter names never change, so state dicts and LoRA keys stay clean.
+    ``forward_methods`` are other entry points (the VAE's encode/decode) that must gather shards too.
     """
     if activation_checkpointing and blocks is not None:
         from torch.distributed._composable import checkpoint
@@ -79,12 +83,14 @@ def parallelize(model: nn.Module, blocks: nn.ModuleList | None, d: Dist, activat
         for block in blocks:
             checkpoint(block)
     if d.mode == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if d.precision == "bf16" else MixedPrecisionPolicy()
         for block in blocks if blocks is not None else ():
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        for name in forward_methods:
+            register_fsdp_forward_method(model, name)
         return model
     if d.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel

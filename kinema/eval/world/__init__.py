@@ -5,12 +5,13 @@ per-attribute verdicts and the benchmark table. Nothing here touches a model: a 
 through ``run_world_eval``'s ``generate_fn(prompt, seed) -> uint8 (F, H, W, 3)``.
 """
 
-from kinema.eval.world.detect import Detection, ObjectTrack, detect
+from kinema.eval.world.vision import Detection, ObjectTrack, detect
 from kinema.eval.world.evaluate import (
-    ATTRIBUTES, CATEGORIES, aggregate, build_eval_prompts, evaluate_video, evaluate_videos, run_world_eval,
+    ATTRIBUTES, CATEGORIES, aggregate, build_eval_prompts, evaluate_video, evaluate_videos, judge_video,
+    run_world_eval,
 )  # fmt: skip
 
 __all__ = [
     "ATTRIBUTES", "CATEGORIES", "Detection", "ObjectTrack", "aggregate", "build_eval_prompts", "detect",
-    "evaluate_video", "evaluate_videos", "run_world_eval",
+    "evaluate_video", "evaluate_videos", "judge_video", "run_world_eval",
 ]  # fmt: skip

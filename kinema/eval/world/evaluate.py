@@ -19,7 +19,7 @@ from kinema.data.world.sample import sample_spec
 from kinema.data.world.scene import ObjectSpec, SceneSpec, camera_anchor
 from kinema.data.world.vocab import GRAVITY_MOTIONS, TEXTURED_BACKGROUNDS
 from kinema.eval.temporal import dynamic_degree, temporal_flicker
-from kinema.eval.world.detect import Detection, ObjectTrack, detect, size_class
+from kinema.eval.world.vision import Detection, ObjectTrack, detect, size_class
 
 CATEGORIES = ("single_seen", "single_heldout", "unseen_phrasing", "two_objects", "physics")
 OBJECT_ATTRIBUTES = ("colour", "shape", "motion", "size")
@@ -27,6 +27,14 @@ ATTRIBUTES = OBJECT_ATTRIBUTES + ("count", "background", "camera", "persistence"
 
 
 def evaluate_video(video: np.ndarray, spec: SceneSpec, fps: float) -> dict:
+    """``judge_video``'s verdicts plus the model-free temporal metrics (flicker, dynamic)."""
+    result = judge_video(video, spec, fps)
+    result["flicker"] = temporal_flicker(video)
+    result["dynamic"] = dynamic_degree(video)[0]
+    return result
+
+
+def judge_video(video: np.ndarray, spec: SceneSpec, fps: float) -> dict:
     """Per-attribute verdicts for one uint8 (F, H, W, 3) video against what was asked."""
     det = detect(video, fps)
     f, h, w, _ = video.shape
@@ -64,8 +72,6 @@ def evaluate_video(video: np.ndarray, spec: SceneSpec, fps: float) -> dict:
         "physics": verdicts.get("physics"),
         "attributes": verdicts,
         "all_correct": all(verdicts.values()),
-        "flicker": temporal_flicker(video),
-        "dynamic": dynamic_degree(video)[0],
     }
 
 

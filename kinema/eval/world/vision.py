@@ -29,6 +29,7 @@ EXTRA_BLOB = 0.25  # a second blob of one colour counts when it has this share o
 # strongest ratio stays under CIRCLE_RATIO is a circle.
 HARMONICS = {"triangle": (3, 0.54), "square": (4, 0.28), "star": (5, 0.55)}
 CIRCLE_RATIO = 0.4
+LK_ITERATIONS = 2  # Gauss-Newton steps per pyramid level of the camera fit
 CAMERA_PAN_MIN = 0.03  # u/s
 CAMERA_ZOOM_MIN = 0.05  # d ln(scale)/dt
 
@@ -291,17 +292,17 @@ def estimate_camera(rgb: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np
     over unmasked pixels, for all frame pairs at once.
     """
     f, h, w, _ = rgb.shape
-    lum = rgb @ np.float32([1 / 3, 1 / 3, 1 / 3])
+    lum = (rgb @ np.float32([1 / 3, 1 / 3, 1 / 3])).astype(np.float32)
     valid = ~masked
     ax, ay = camera_anchor(w, h)
     shift, sigma = np.zeros(f - 1), np.ones(f - 1)
     finest = max(1, min(h, w) // 64)
-    factors = [finest * 2**i for i in range(3) if min(h, w) // (finest * 2**i) >= 12]
+    factors = [finest * 2**i for i in range(3) if min(h, w) // (finest * 2**i) >= 24]
     for k in reversed(factors):
-        small, ok = _block_mean(lum, k), _block_all(valid, k)
+        small, ok = _block_mean(lum, valid, k), _block_all(valid, k)
         src, dst, ok = small[:-1], small[1:], ok[:-1] & ok[1:]
         gy, gx = np.gradient(dst, axis=(1, 2))
-        for _ in range(3):
+        for _ in range(LK_ITERATIONS):
             d_shift, d_sigma = _lk_step(src, dst, gx, gy, ok, shift / k, sigma, ax / k, ay / k)
             shift, sigma = shift + d_shift * k, sigma + d_sigma
     scale = np.concatenate([[1.0], np.cumprod(sigma)])
@@ -311,11 +312,18 @@ def estimate_camera(rgb: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np
     return pan, scale
 
 
-def _block_mean(x: np.ndarray, k: int) -> np.ndarray:
-    """(F, H, W) -> (F, H // k, W // k) block means, lightly blurred so point stars spread."""
+def _block_mean(x: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
+    """(F, H, W) -> (F, H // k, W // k) block means of the valid pixels only, lightly blurred so
+    point stars spread (a normalised convolution: masked objects never bleed into the result)."""
     f, h, w = x.shape
-    x = x[:, : h // k * k, : w // k * k].reshape(f, h // k, k, w // k, k).mean((2, 4))
-    return ndimage.gaussian_filter(x, sigma=(0, 1.0, 1.0))
+
+    def blocks(a):
+        return a[:, : h // k * k, : w // k * k].reshape(f, h // k, k, w // k, k).mean((2, 4))
+
+    weight = valid.astype(np.float32)
+    num = ndimage.gaussian_filter(blocks(x * weight), sigma=(0, 1.0, 1.0))
+    den = ndimage.gaussian_filter(blocks(weight), sigma=(0, 1.0, 1.0))
+    return num / np.maximum(den, 1e-3)
 
 
 def _block_all(m: np.ndarray, k: int) -> np.ndarray:
@@ -324,15 +332,15 @@ def _block_all(m: np.ndarray, k: int) -> np.ndarray:
 
 
 def _warp(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    """Bilinear sample of (P, h, w) at separable coordinates sx (P, 1, w), sy (P, h, 1), clamped."""
+    """Bilinear sample of (P, h, w) at separable coordinates sx (P, 1, w), sy (P, h, 1), clamped:
+    interpolate along x, then along y."""
     p, h, w = img.shape
     sx, sy = np.clip(sx, 0, w - 1.001), np.clip(sy, 0, h - 1.001)
     x0, y0 = sx.astype(np.int64), sy.astype(np.int64)
-    fx, fy = sx - x0, sy - y0
-    rows = np.arange(p)[:, None, None]
-    top = img[rows, y0, x0] * (1 - fx) + img[rows, y0, x0 + 1] * fx
-    bottom = img[rows, y0 + 1, x0] * (1 - fx) + img[rows, y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
+    fx, fy = (sx - x0).astype(img.dtype), (sy - y0).astype(img.dtype)
+    x0, y0 = np.broadcast_to(x0, (p, h, w)), np.broadcast_to(y0, (p, h, w))
+    cols = np.take_along_axis(img, x0, 2) * (1 - fx) + np.take_along_axis(img, x0 + 1, 2) * fx
+    return np.take_along_axis(cols, y0, 1) * (1 - fy) + np.take_along_axis(cols, y0 + 1, 1) * fy
 
 
 def _lk_step(src, dst, gx, gy, ok, shift, sigma, ax, ay):
