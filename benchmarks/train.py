@@ -1,12 +1,13 @@
 """Training throughput, kinema's DiT vs diffusers' WanTransformer3DModel, same weights and batch, in one run.
 
-    python benchmarks/train.py [--repeats 5] [--batches 1 4] [--json results.json]
+    python benchmarks/train.py [--repeats 5] [--batches 1 4] [--threads N] [--json results.json]
 
 One training step = flow-matching interpolation, forward, MSE to the velocity target, backward, AdamW
 step. Shapes follow the bundled model: dim 384 / 8 layers / 6 heads / ffn 1536, 17x128x128 clips
 (latent 5x16x16 -> 320 tokens), text 64 x 384. Prints tokens/s and MFU (against this machine's measured
 matmul peak, kinema.train.throughput) for both and the ratio kinema / diffusers (> 1: kinema is faster).
-fp32 on CPU; bf16 autocast on CUDA.
+fp32 on CPU; bf16 autocast on CUDA. Steps of the two are timed alternately, so a machine whose load
+changes during the run slows both alike.
 """
 
 from __future__ import annotations
@@ -88,8 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from kinema.train.throughput import dit_tokens, dit_train_flops, measure_matmul_peak
 

@@ -6,6 +6,7 @@
     kinema train configs/world-small-dit.toml [--resume] [--key value ...]
     kinema convert WAN_CHECKPOINT OUT_FOLDER
     kinema eval world --model PATH
+    kinema data ingest DATASET VIDEOS/ && kinema data split DATASET && ... (see kinema.data.pipeline)
 """
 
 from __future__ import annotations
@@ -50,14 +51,19 @@ def _frames_for_seconds(seconds: float, fps: int, factor: int) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from .infer import InputError, Pipeline, bundled_model_path, make_settings
+    from .infer import InputError, bundled_model_path, make_settings
     from .weights import read_config
 
     model_path = Path(args.model) if args.model else bundled_model_path()
     cfg = read_config(model_path)  # cheap: validates the request before any weights are read
     task = _task(args)
+    relaunched = _relaunch_on_gpus(args)
+    if relaunched is not None:
+        return relaunched
     if task != "text":
         return _generate_task(args, cfg, model_path, task)
+    rank, world, device = _distributed(args)
+    extended = _extend_prompt(args, args.prompt, rank, world)
     fps = args.fps or cfg.sampling.fps
     frames = args.frames
     if args.seconds is not None:
@@ -65,21 +71,26 @@ def cmd_generate(args) -> int:
             raise CLIError(f"--seconds must be > 0, got {args.seconds}")
         frames = _frames_for_seconds(args.seconds, fps, cfg.vae.temporal_factor)
     width, height = args.size if args.size else (None, None)
-    settings = make_settings(cfg, args.prompt, negative_prompt=args.negative, width=width, height=height,
+    prompt = extended.prompt if extended is not None else args.prompt
+    settings = make_settings(cfg, prompt, negative_prompt=args.negative, width=width, height=height,
                              frames=frames, fps=args.fps, steps=args.steps, guidance=args.guidance, shift=args.shift,
                              sampler=args.sampler, seed=args.seed)
     out = Path(args.output) if args.output else _default_output(settings)
     _check_output(out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     t0 = time.perf_counter()
-    pipe = Pipeline.from_pretrained(model_path, device=args.device, dtype=dtype, lora=args.lora)
+    pipe = _load_pipeline(args, model_path, cfg, settings, world, device)
     load_s = time.perf_counter() - t0
     try:
-        video = pipe.run(settings, progress=not args.quiet)
+        video = pipe.run(settings, progress=not args.quiet and rank == 0)
     except InputError:
         raise
+    if extended is not None:
+        video.notes.update(extended.metadata())
+    _finish_distributed(world)
+    if rank != 0:
+        return 0
     video.save(out)
     if not args.quiet:
         t = video.timings
@@ -106,6 +117,80 @@ def _check_output(out: Path) -> None:
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not os.access(parent, os.W_OK):
         raise CLIError(f"cannot write to {parent}: permission denied")
+
+
+# -- generate: memory modes, prompt extension, several GPUs (issue 8) -------------------------------------------
+
+def _relaunch_on_gpus(args) -> int | None:
+    """``--gpus N`` outside torchrun: this same command under torchrun with N processes (its exit status)."""
+    if not args.gpus or args.gpus < 2 or "WORLD_SIZE" in os.environ:
+        return None
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus),
+           "-m", "kinema.cli", *args.argv]
+    return subprocess.run(cmd).returncode
+
+
+def _distributed(args):
+    """(rank, world size, device): one process, or this rank's place under torchrun."""
+    from .infer.parallel import init_distributed
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.gpus and world > 1 and args.gpus != world:
+        raise CLIError(f"--gpus {args.gpus} but torchrun started {world} processes; drop --gpus under torchrun")
+    return init_distributed(args.device)
+
+
+def _finish_distributed(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+def _extend_prompt(args, prompt: str, rank: int, world: int):
+    """The prompt rewritten at --prompt-extend (rank 0 asks, every rank gets its answer), or None when not asked."""
+    if not args.prompt_extend:
+        for flag, value in (("--prompt-extend-model", args.prompt_extend_model),
+                            ("--prompt-extend-key-env", args.prompt_extend_key_env)):
+            if value is not None:
+                raise CLIError(f"{flag} goes with --prompt-extend URL")
+        return None
+    from .infer.prompt import PromptExtender, extend_prompt
+    try:
+        extender = PromptExtender(args.prompt_extend, args.prompt_extend_model or "default", args.prompt_extend_key_env)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    result = extend_prompt(prompt, extender) if rank == 0 else None
+    if world > 1:  # ranks must sample the very same prompt
+        import torch.distributed as dist
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    if rank == 0 and (not result.extended or not args.quiet):
+        print(f"prompt extended: {result.prompt}" if result.extended else f"prompt {result.note}", file=sys.stderr)
+    return result
+
+
+def _load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
+    """The pipeline in the asked memory mode, spread over the torchrun ranks; refused first if it cannot fit."""
+    import torch
+
+    from .infer import Pipeline
+    from .infer.offload import MemoryFitError, MemoryPlan, check_memory
+    from .infer.parallel import ParallelError, init_mesh, parallelize, plan_parallel
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    memory = MemoryPlan.for_mode(args.offload, args.quantize)
+    layout = None
+    try:
+        if world > 1:
+            layout = plan_parallel(world, cfg.dit.num_attention_heads, settings.guidance)
+        check_memory(cfg, settings.width, settings.height, settings.frames, dtype, memory, device, settings.guidance,
+                     sequence_parallel=layout.sequence if layout else 1, cfg_parallel=layout.cfg if layout else 1)
+    except (ParallelError, MemoryFitError) as e:
+        raise CLIError(str(e)) from e
+    pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory)
+    if layout is not None:
+        parallelize(pipe.dit, init_mesh(layout))
+    return pipe
 
 
 # -- generate: prompting with images and videos, long video (issue 4) -----------------------------------------
@@ -147,7 +232,7 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
     """``kinema generate`` for every task but plain text-to-video: check all inputs, then load, run and save."""
     import torch
 
-    from .infer import Pipeline, make_settings
+    from .infer import make_settings
     from .infer import long as long_mod
     from .infer import tasks
 
@@ -187,15 +272,19 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
         raise CLIError(f"a .png holds one frame; write {task} to .mp4, .webm, .gif or a folder")
 
     inputs = _task_inputs(args, task, settings, cfg)  # every input read and checked before the model loads
+    if args.prompt_extend:
+        raise CLIError(f"--prompt-extend goes with text-to-video, not {task}")
+    if task == "long" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError("--long streams its output from one process; run it without --gpus / torchrun")
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    rank, world, device = _distributed(args)
     t0 = time.perf_counter()
-    pipe = Pipeline.from_pretrained(model_path, device=args.device, dtype=dtype, lora=args.lora)
+    pipe = _load_pipeline(args, model_path, cfg, settings, world, device)
     load_s = time.perf_counter() - t0
     kw = {k: v for k, v in overrides.items() if v is not None}
-    progress = not args.quiet
+    progress = not args.quiet and rank == 0
     if task == "long":
         result = long_mod.long_video(pipe, prompts, output=out, progress=progress, frames=frames, **inputs, **kw)
         if not args.quiet:
@@ -210,6 +299,9 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
         kw["resize"] = args.resize
     result = run(pipe, first_prompt, progress=progress, **inputs, **kw)
     video = result[1] if task == "connect" else result
+    _finish_distributed(world)
+    if rank != 0:
+        return 0
     video.save(out)
     if task == "connect":
         side = out.with_name(f"{out.stem}-transition{out.suffix}")
@@ -393,6 +485,61 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# -- data: raw videos -> a training-ready latent cache (issue 7) -------------------------------------------------
+
+def _add_data_parser(sub) -> None:
+    d = sub.add_parser("data", help="turn a folder of videos into a latent cache (ingest, split, score, caption, "
+                                    "encode, inspect)",
+                       description="Each stage is resumable (re-running skips finished work) and shardable: --shard "
+                                   "i/n, or one shard per torchrun rank. Run them in order on one DATASET folder.")
+    stages = d.add_subparsers(dest="data_command", required=True, metavar="STAGE")
+
+    def stage(name: str, about: str) -> argparse.ArgumentParser:
+        p = stages.add_parser(name, help=about)
+        p.add_argument("dataset", help="the dataset folder")
+        if name != "inspect":
+            p.add_argument("--config", help="data config (.toml/.json): [split] [score] [filter] [caption] [encode]")
+            p.add_argument("--shard", help="i/n: this process's share of the units (default: RANK/WORLD_SIZE, or all)")
+            p.add_argument("-q", "--quiet", action="store_true")
+        return p
+
+    ing = stage("ingest", "probe videos into DATASET/sources.parquet (bad files: rejects.parquet)")
+    ing.add_argument("inputs", nargs="*", help="folders (walked) and video files; default: those of the last ingest")
+    ing.add_argument("--list", help="a text file of video paths, one per line")
+    ing.add_argument("--units", type=int, help="work units the corpus is cut into (fixed when the dataset is made; "
+                                               "default: one per ~32 files)")
+    stage("split", "detect shots and cut them into clips (timestamps)").add_argument(
+        "--export", action="store_true", help="also write every clip to DATASET/clips/ID.mp4")
+    stage("score", "measure motion, sharpness, black/frozen/flash frames; filter; report.txt")
+    cap = stage("caption", "captions from sidecars (VIDEO.txt / .json), a mapping, or a captioner")
+    cap.add_argument("--mapping", help="CSV or Parquet: a caption column and a clip_id, path or name column")
+    cap.add_argument("--captioner", metavar="MODULE:FUNCTION", help="function(frames, prompt) -> str, e.g. a local VLM")
+    cap.add_argument("--prompt-template", help="what the captioner is asked ({caption} {duration} {width} ...)")
+    cap.add_argument("--caption-template", help="the stored caption, e.g. 'sks style, {caption}'")
+    enc = stage("encode", "VAE latents + text tokens of the kept clips into DATASET/cache")
+    enc.add_argument("--model", required=True, help="model folder whose VAE and text encoder are used")
+    enc.add_argument("--bucket", action="append", metavar="FxHxW", help="a training size, e.g. 17x96x160 (repeatable; "
+                                                                        "default: the config's)")
+    enc.add_argument("--fps", type=float, help="frame rate clips are resampled to (default 8)")
+    enc.add_argument("--out", help="cache folder (default DATASET/cache)")
+    enc.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when there is a GPU), cpu, cuda")
+    enc.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    ins = stage("inspect", "summary statistics and a contact sheet")
+    ins.add_argument("--sheet", help="write a PNG grid of clip thumbnails here")
+    ins.add_argument("--max-clips", type=int, default=48)
+    ins.add_argument("--json", help="write the statistics here as JSON")
+    d.set_defaults(func=cmd_data)
+
+
+def cmd_data(args) -> int:
+    from .data.pipeline import run_command
+    from .data.shards import DataError
+    try:
+        return run_command(args)
+    except DataError as e:
+        raise CLIError(str(e)) from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kinema", description="Text, image or video in; video out.")
     p.add_argument("--version", action="version", version=f"kinema {__import__('kinema').__version__}")
@@ -418,6 +565,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("-o", "--output", help="output file: .mp4 .webm .gif .png, or a folder for PNG frames")
     g.add_argument("-q", "--quiet", action="store_true")
+    m = g.add_argument_group("memory and GPUs", "A request that cannot fit the chosen mode is refused before "
+                             "loading, naming the mode that would fit.")
+    m.add_argument("--offload", choices=("none", "model", "block"), default="none",
+                   help="model: text encoder, DiT and VAE on the GPU only while each runs; block: the DiT's and text "
+                        "encoder's layers stream through the GPU one at a time, VAE decode in tiles (smallest)")
+    m.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: DiT block weights stored in 8 bits (per-channel scales)")
+    m.add_argument("--gpus", type=int, metavar="N", help="run on N GPUs (relaunches under torchrun): CFG halves on "
+                   "two groups, tokens split across each (sequence parallel)")
+    x = g.add_argument_group("prompt extension", "Rewrite the prompt with a chat model at an OpenAI-compatible "
+                             "endpoint first; if it is unreachable, the original prompt is used.")
+    x.add_argument("--prompt-extend", metavar="URL", help="e.g. http://127.0.0.1:8080 (adds /v1/chat/completions)")
+    x.add_argument("--prompt-extend-model", metavar="NAME", help="model name sent to the endpoint")
+    x.add_argument("--prompt-extend-key-env", metavar="VAR", help="environment variable holding the API key")
     _add_task_flags(g)
     g.set_defaults(func=cmd_generate)
 
@@ -442,12 +603,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ground-truth", action="store_true", help="score rendered ground truth instead (validates the evaluator)")
     e.set_defaults(func=cmd_eval)
     _add_serve_parser(sub)
+    _add_data_parser(sub)
     return p
+
+
+def _train_error():
+    from .train.config import TrainError
+    return TrainError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .config import ConfigError
@@ -457,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "takes_extra", False):
             return args.func(args, extra)
         return args.func(args)
-    except (CLIError, InputError, ConfigError, WeightsError, FileNotFoundError) as e:
+    except (CLIError, InputError, ConfigError, WeightsError, FileNotFoundError, _train_error()) as e:
         print(f"kinema {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

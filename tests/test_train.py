@@ -14,7 +14,7 @@ from kinema.config import ConfigError, preset
 from kinema.train import TrainError, apply_lora, load_config, remove_lora, train
 from kinema.train.buckets import BucketSampler, SamplerState, check_bucket
 from kinema.train.config import BucketConfig
-from kinema.train.data import write_latent_cache
+from kinema.data.cache import write_latent_cache
 
 BUCKETS = [dict(frames=9, height=64, width=64, batch_size=2),  # latent (3, 8, 8)
            dict(frames=9, height=48, width=80, batch_size=2),  # latent (3, 6, 10)

@@ -1,0 +1,8 @@
+"""Data: the procedural world (``world/``) and the pipeline from raw videos to a latent cache.
+
+Reading order for the pipeline: ``config`` (every stage's settings) -> ``shards`` (units, shards,
+resumable stages) -> ``manifest`` (the dataset folder and its tables) -> the stages ``ingest``,
+``split`` (math in ``scenes``), ``score`` (math in ``measures``), ``caption``, ``encode`` (writing
+the ``cache`` format training reads) -> ``inspect``; ``pipeline`` maps `kinema data` onto them.
+Nothing is imported here, so ``kinema.data.world`` needs neither pyarrow nor OpenCV.
+"""

@@ -32,7 +32,7 @@ def dynamic_degree(video: np.ndarray) -> tuple[bool, float]:
     if f < 2:
         return False, 0.0
     lum = video.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])  # (F, H, W)
-    k = max(1, min(h, w) // FLOW_SIDE)
+    k = max(1, round(min(h, w) / FLOW_SIDE))
     if k > 1:
         lum = lum[:, : h // k * k, : w // k * k].reshape(f, h // k, k, w // k, k).mean((2, 4))
     flow = optical_flow(lum[:-1], lum[1:]) * k  # (P, h, w, 2) in full-size px

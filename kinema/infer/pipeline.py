@@ -21,6 +21,8 @@ from ..dit import DiT
 from ..flow import get_sampler, guided, sampling_schedule
 from ..tasks import Condition, conditioned_velocity
 from ..vae import VAE
+from .offload import MemoryPlan, apply_memory_plan
+from .tiling import decode_tiled
 
 
 class InputError(ValueError):
@@ -55,6 +57,7 @@ class Video:
     model: str
     latents: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # extra metadata, e.g. the prompt before extension
 
     @property
     def seconds(self) -> float:
@@ -64,7 +67,7 @@ class Video:
         """Container metadata: prompt, seed, model and every setting."""
         s = asdict(self.settings)
         return {"prompt": s.pop("prompt"), "seed": str(s.pop("seed")), "model": self.model,
-                "settings": __import__("json").dumps(s), "software": "kinema"}
+                "settings": __import__("json").dumps(s), "software": "kinema", **self.notes}
 
     def save(self, path: str | Path) -> Path:
         """Write the clip (format by extension: .mp4 .webm .gif .png, or a folder of PNGs) atomically."""
@@ -132,24 +135,36 @@ class Pipeline:
         self.device, self.dtype = torch.device(device), dtype
         self.name = name or cfg.name
         self._prompt_cache: dict = {}
+        self.vae_tiles: tuple[int, int] | None = None  # (tile, overlap) in latent pixels: decode in spatial tiles
+        self.offloader = None  # set by offload.apply_memory_plan
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                        lora: list[tuple[str, float]] | None = None) -> Pipeline:
-        """Load a kinema or diffusers Wan folder (None = the bundled model) ready to generate."""
+                        lora: list[tuple[str, float]] | None = None, memory: str | MemoryPlan = "none") -> Pipeline:
+        """Load a kinema or diffusers Wan folder (None = the bundled model) ready to generate.
+
+        ``memory``: an offload mode ("none" | "model" | "block") or a full ``MemoryPlan`` (see ``offload.py``).
+        """
         from ..text import build_text_encoder
         from ..weights import load_dit, load_vae, read_config
         path = Path(path) if path is not None else bundled_model_path()
         dtype = dtype or torch.float32
+        plan = MemoryPlan.for_mode(memory) if isinstance(memory, str) else memory
+        home = "cpu" if plan.offload != "none" else device  # offloaded components move on first use
         cfg = read_config(path)
-        dit = load_dit(path, dtype=dtype).to(device)
-        vae = load_vae(path, dtype=torch.float32 if dtype == torch.float16 else dtype).to(device)
+        dit = load_dit(path, dtype=dtype).to(home)
+        vae = load_vae(path, dtype=torch.float32 if dtype == torch.float16 else dtype).to(home)
         for lora_path, scale in lora or []:
             from ..train.lora import apply_lora
             apply_lora(dit, lora_path, scale)
-        text = build_text_encoder(cfg.text).to(device)
-        return cls(cfg, dit, vae, text, device=device, dtype=dtype, name=cfg.name if path is None else str(cfg.name))
+        # umT5 in bf16 whenever the DiT is half precision (Wan runs it so; T5 overflows in fp16).
+        text_dtype = torch.bfloat16 if cfg.text.kind == "t5" and dtype != torch.float32 else torch.float32
+        text = build_text_encoder(cfg.text, dtype=text_dtype).to(home)
+        pipe = cls(cfg, dit, vae, text, device=device, dtype=dtype, name=cfg.name if path is None else str(cfg.name))
+        if plan != MemoryPlan():
+            pipe.offloader = apply_memory_plan(pipe, plan)
+        return pipe
 
     def settings(self, prompt: str, **overrides) -> Settings:
         """Request settings: the model's defaults, overridden by the given (non-None) values, validated."""
@@ -215,7 +230,8 @@ class Pipeline:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """uint8 frames (F, H, W, 3) from latents."""
-        video = self.vae.decode(latents.to(next(self.vae.parameters()).dtype))
+        latents = latents.to(next(self.vae.parameters()).dtype)
+        video = self.vae.decode(latents) if self.vae_tiles is None else decode_tiled(self.vae, latents, *self.vae_tiles)
         return ((video[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
     def generate(self, prompt: str, *, negative_prompt: str | None = None, width: int | None = None,

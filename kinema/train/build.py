@@ -2,8 +2,8 @@
 
 Fresh weights come from a preset (with ``model_config`` overrides); fine-tuning starts from any model
 folder ``kinema.weights`` loads (kinema or diffusers Wan 2.1). The VAE that encodes clips (DiT runs)
-comes from ``vae_from``, else ``init_from``, else the preset, fresh (useful for tests only; a warning
-says so).
+comes from ``vae_from``, else ``init_from``, else the preset, freshly initialised (useful for tests
+only; the trainer says so).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from torch import nn
 from kinema.config import ConfigError, ModelConfig, preset
 from kinema.dit.model import DiT
 from kinema.train.config import TrainConfig
-from kinema.train.logging import print0
 from kinema.vae.model import VAE
 
 
@@ -49,6 +48,7 @@ class Models:
     network: nn.Module  # the DiT or the VAE, whichever ``cfg.model`` names
     vae: VAE | None  # frozen encoder/decoder for DiT runs (None when nothing needs pixels)
     blocks: nn.ModuleList | None  # repeated layers for per-block checkpointing / sharding
+    random_vae: bool = False  # the VAE is freshly initialised (no vae_from / init_from): fine for tests only
 
 
 def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Models:
@@ -69,7 +69,7 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
         dit = load_dit(cfg.init_from)
     else:
         dit = DiT(model_cfg.dit)
-    vae = None
+    vae, random_vae = None, False
     if needs_vae:
         source = cfg.vae_from or cfg.init_from
         if source:
@@ -80,8 +80,6 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
                 raise ConfigError(f"vae_from {source!r} has z_dim {vae.cfg.z_dim}; the DiT needs {model_cfg.vae.z_dim}")
             model_cfg = model_cfg.replace(vae=vae.cfg)
         else:
-            print0("note: no vae_from / init_from, so clips are encoded (and samples decoded) by a randomly "
-                   "initialised VAE; train one with `model: vae` and pass vae_from")
-            vae = VAE(model_cfg.vae)
+            vae, random_vae = VAE(model_cfg.vae), True
         vae = vae.to(device).eval().requires_grad_(False)
-    return Models(model_cfg, dit.to(device).train(), vae, dit.blocks)
+    return Models(model_cfg, dit.to(device).train(), vae, dit.blocks, random_vae)

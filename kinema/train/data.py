@@ -13,44 +13,24 @@ Sources (``data.kind``):
               ``a.txt``). A clip goes to the bucket of nearest aspect ratio among those it has enough
               frames for (images only to 1-frame buckets), is centre-cropped to that size and read from
               its start at ``data.fps``; VAE-encoded by the loop.
-* ``latents`` a latent cache, the format below; nothing is encoded during training.
-
-Latent cache format (version 1), a folder::
-
-    manifest.json            {"format": "kinema-latent-cache", "version": 1,
-                              "latent_channels": C, "text_dim": D, "null_text": "null.safetensors" | null,
-                              "info": {...free-form: the VAE / text encoder that made it...},
-                              "samples": [{"id": str, "shard": "shard-00000.safetensors",
-                                           "shape": [C, F, H, W], "caption": str}, ...]}
-    shard-00000.safetensors  per sample id: "<id>.latents" float (C, F, H, W) normalised VAE latents,
-                             "<id>.text_tokens" float (L, D), "<id>.text_mask" bool (L,)  (L may vary)
-    null.safetensors         optional: "text_tokens" (L, D), "text_mask" (L,) of the empty prompt ""
-                             (caption dropout uses it; without it the text encoder is built once)
-
-``write_latent_cache`` writes one; every file is written atomically and the manifest last.
+* ``latents`` a latent cache (VAE latents + text tokens; format and writer in ``kinema.data.cache``,
+              made by ``kinema data encode``); nothing is encoded during training.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from kinema.common.io import atomic_path, atomic_write_text
 from kinema.common.video import IMAGE_EXTS, VIDEO_EXTS, probe_video, read_video, resize_video, to_model
 from kinema.config import ConfigError, ModelConfig
 from kinema.train.buckets import Grid, bucket_grids
 from kinema.train.config import BucketConfig, DataConfig, TrainError
-
-CACHE_FORMAT, CACHE_VERSION, MANIFEST = "kinema-latent-cache", 1, "manifest.json"
 
 
 @dataclass
@@ -204,61 +184,44 @@ class ClipFolder(TrainDataset):
 
 
 class LatentCache(TrainDataset):
-    """Precomputed latents + text tokens (the format in this module's docstring)."""
+    """Precomputed latents + text tokens, read through ``kinema.data.cache``."""
 
     pixels = False
 
     def __init__(self, root: str | os.PathLike, grids: set[Grid], latent_channels: int, text_dim: int):
-        root = Path(root)
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            hint = "it does not exist" if not root.exists() else f"no {MANIFEST} in it"
-            raise TrainError(f"data.path {str(root)!r} is not a latent cache: {hint} (see kinema.train.data)")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
-            raise TrainError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')!r}; "
-                             f"expected {CACHE_FORMAT!r} v{CACHE_VERSION}")
-        for name, got, want in (("latent_channels", manifest.get("latent_channels"), latent_channels),
-                                ("text_dim", manifest.get("text_dim"), text_dim)):
-            if got != want:
-                raise TrainError(f"{manifest_path}: {name} is {got}, the model needs {want}")
-        if not manifest.get("samples"):
-            raise TrainError(f"latent cache {str(root)!r} holds no samples")
-        self.root, self.samples, self.keys, self.skipped = root, [], [], []
-        for s in manifest["samples"]:
+        from kinema.data.cache import CacheError, LatentCacheReader
+
+        try:
+            self.reader = LatentCacheReader(root, latent_channels, text_dim)
+        except CacheError as err:
+            raise TrainError(f"data.path: {err}") from None
+        self.keys, self.index, self.skipped = [], [], []
+        for i, s in enumerate(self.reader.samples):
             grid = tuple(s["shape"][1:])
             if grid in grids:
-                self.samples.append(s)
                 self.keys.append(grid)
+                self.index.append(i)
             else:
-                self.skipped.append((s["id"], f"latent grid {grid} matches no bucket"))
-        if not self.samples:
-            known = sorted({tuple(s["shape"][1:]) for s in manifest["samples"]})
+                self.skipped.append((self.source_of(s), f"latent grid {grid} matches no bucket"))
+        if not self.keys:
+            known = sorted({tuple(s["shape"][1:]) for s in self.reader.samples})
             raise TrainError(f"no sample of latent cache {str(root)!r} matches a bucket: the cache has latent grids "
                              f"{known[:8]}, the buckets give {sorted(grids)}")
-        self.null_file = manifest.get("null_text")
+
+    def source_of(self, sample: dict) -> str:
+        return f"{self.reader.root}:{sample['id']}"
 
     def source(self, index: int) -> str:
-        return f"{self.root}:{self.samples[index]['id']}"
+        return self.source_of(self.reader.samples[self.index[index]])
 
     def null_text(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(tokens (L, D), mask (L,)) of the empty prompt, if the cache stores them."""
-        if not self.null_file:
-            return None
-        with safe_open(str(self.root / self.null_file), framework="pt") as f:
-            return f.get_tensor("text_tokens"), f.get_tensor("text_mask").bool()
+        return self.reader.null_text()
 
     def load(self, index: int) -> Item:
-        s = self.samples[index]
-        with safe_open(str(self.root / s["shard"]), framework="pt") as f:
-            latents = f.get_tensor(f"{s['id']}.latents")
-            tokens, mask = f.get_tensor(f"{s['id']}.text_tokens"), f.get_tensor(f"{s['id']}.text_mask").bool()
-        if tuple(latents.shape) != tuple(s["shape"]):
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, the manifest says {tuple(s['shape'])}")
-        if not (torch.isfinite(latents).all() and torch.isfinite(tokens).all()):
-            raise ValueError("non-finite values in latents or text tokens")
-        return Item(index, self.keys[index], self.source(index), latents=latents.float(), caption=s.get("caption"),
-                    text_tokens=tokens.float(), text_mask=mask)
+        s = self.reader[self.index[index]]
+        return Item(index, self.keys[index], self.source(index), latents=s["latents"], caption=s["caption"],
+                    text_tokens=s["text_tokens"], text_mask=s["text_mask"])
 
 
 def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> TrainDataset:
@@ -269,66 +232,3 @@ def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> TrainDa
     if cfg.kind == "clips":
         return ClipFolder(cfg.path, buckets, cfg.fps)
     return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing a latent cache (the data pipeline's job; small runs and tests use it directly)
-
-
-def write_latent_cache(root: str | os.PathLike, samples: Iterable[dict], null_text: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       shard_size: int = 256, info: dict | None = None) -> Path:
-    """Write a latent cache folder from dicts (id, latents (C, F, H, W), text_tokens (L, D), text_mask (L,), caption)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: list[dict] = []
-    shard: dict[str, torch.Tensor] = {}
-    channels = text_dim = None
-
-    shard_names: list[str] = []
-    pending: list[dict] = []
-
-    def write_shard():
-        name = f"shard-{len(shard_names):05d}.safetensors"
-        with atomic_path(root / name) as tmp:
-            save_file(dict(shard), str(tmp))
-        for e in pending:
-            e["shard"] = name
-        shard_names.append(name)
-        entries.extend(pending)
-        shard.clear()
-        pending.clear()
-
-    seen: set[str] = set()
-    for s in samples:
-        sid = str(s["id"])
-        if sid in seen:
-            raise ValueError(f"duplicate sample id {sid!r}")
-        seen.add(sid)
-        latents, tokens = s["latents"].detach().cpu().contiguous(), s["text_tokens"].detach().cpu().contiguous()
-        if latents.ndim != 4 or tokens.ndim != 2:
-            raise ValueError(f"sample {sid!r}: latents must be (C, F, H, W) and text_tokens (L, D), "
-                             f"got {tuple(latents.shape)} and {tuple(tokens.shape)}")
-        channels, text_dim = channels or latents.shape[0], text_dim or tokens.shape[1]
-        if latents.shape[0] != channels or tokens.shape[1] != text_dim:
-            raise ValueError(f"sample {sid!r}: every sample needs {channels} latent channels and {text_dim}-dim tokens")
-        shard[f"{sid}.latents"] = latents
-        shard[f"{sid}.text_tokens"] = tokens
-        shard[f"{sid}.text_mask"] = s["text_mask"].detach().cpu().bool().contiguous()
-        pending.append({"id": sid, "shape": list(latents.shape), "caption": s.get("caption", "")})
-        if len(pending) >= shard_size:
-            write_shard()
-    if pending:
-        write_shard()
-    if not entries:
-        raise ValueError("write_latent_cache got no samples")
-    null_name = None
-    if null_text is not None:
-        null_name = "null.safetensors"
-        with atomic_path(root / null_name) as tmp:
-            save_file({"text_tokens": null_text[0].detach().cpu().contiguous(),
-                       "text_mask": null_text[1].detach().cpu().bool().contiguous()}, str(tmp))
-    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "latent_channels": channels, "text_dim": text_dim,
-                "null_text": null_name, "info": info or {},
-                "samples": [{"id": e["id"], "shard": e["shard"], "shape": e["shape"], "caption": e["caption"]} for e in entries]}
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
-    return root

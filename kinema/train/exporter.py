@@ -17,6 +17,7 @@ from kinema.config import ModelConfig
 from kinema.train.build import build_models
 from kinema.train.checkpoint import dcp_load, read_meta
 from kinema.train.config import TrainError, load_config
+from kinema.train.logging import print0
 from kinema.train.lora import file_tensors, save_lora
 
 
@@ -57,4 +58,7 @@ def export(checkpoint_dir: str | Path, out: str | Path) -> Path:
     models.network.load_state_dict(ema, strict=False)
     if cfg.model == "vae":
         return save_model(out, model_cfg, vae=models.network.eval())
+    if models.random_vae and cfg.data.kind == "latents":
+        print0(f"note: {out} gets a freshly initialised VAE (the run had no vae_from / init_from); generating "
+               "needs the VAE the cached latents came from: replace its vae.safetensors")
     return save_model(out, model_cfg, dit=models.network.eval(), vae=models.vae)

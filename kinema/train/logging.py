@@ -54,8 +54,7 @@ class MetricsLogger:
             try:
                 import wandb
 
-                self.wandb = wandb.init(project=wandb_project, config=config, dir=str(out_dir), resume="allow",
-                                        id=Path(out_dir).resolve().name)
+                self.wandb = wandb.init(project=wandb_project, config=config, dir=str(out_dir))
             except ImportError:
                 print0(f"log.wandb_project={wandb_project!r} but wandb is not installed (pip install wandb); skipping W&B")
 

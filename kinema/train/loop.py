@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from kinema.common.io import atomic_write_text
 from kinema.train.buckets import BucketSampler, SamplerState, bucket_grids
-from kinema.train.build import build_models
+from kinema.train.build import build_models, model_config
 from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kinema.train.config import OptimConfig, TrainConfig, TrainError, load_config
 from kinema.train.data import Item, build_dataset
@@ -50,6 +50,11 @@ def train(config: str | Path | dict | TrainConfig | None = None, overrides: list
           resume: bool = False) -> TrainResult:
     """Run a training recipe (file, dict or TrainConfig) with ``--key value`` overrides; ``resume`` continues OUT."""
     cfg = load_config(config, overrides)
+    bucket_grids(cfg.data.buckets, model_config(cfg))  # sizes the model cannot take fail here, before any set-up
+    latest = latest_checkpoint(Path(cfg.out_dir) / "checkpoints")
+    if latest is not None and not resume:  # refuse before any set-up cost
+        raise TrainError(f"{cfg.out_dir} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
+                         "that run, or set out_dir to a new folder")
     d = init_distributed(cfg.device, cfg.parallel)
     try:
         return Trainer(cfg, d).run(resume)
@@ -116,6 +121,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # fresh weights are identical on every rank
         needs_vae = cfg.model == "dit" and (cfg.data.kind != "latents" or cfg.sample.every > 0)
         self.models = build_models(cfg, d.device, needs_vae)
+        if self.models.random_vae:
+            print0("note: no vae_from / init_from, so clips are encoded (and samples decoded) by a randomly "
+                   "initialised VAE; train one with `model: vae` and pass its exported folder as vae_from")
         self.model_cfg = self.models.model_cfg
         self.net = self.models.network
         self.num_params = sum(p.numel() for p in self.net.parameters())
@@ -148,10 +156,7 @@ class Trainer:
 
     def run(self, resume: bool) -> TrainResult:
         cfg, d = self.cfg, self.d
-        latest = latest_checkpoint(self.ckpt_root)
-        if latest is not None and not resume:
-            raise TrainError(f"{self.out} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
-                             "that run, or set out_dir to a new folder")
+        latest = latest_checkpoint(self.ckpt_root) if resume else None
         if latest is not None:
             self._load(latest)
             print0(f"resumed from {latest} at step {self.step}")
@@ -207,17 +212,19 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------
 
     def _train_step(self, step: int, batches) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics, summed over ranks."""
         cfg, d = self.cfg, self.d
         accum, bins = cfg.optim.grad_accum, cfg.flow.loss_bins
         self.optimizer.zero_grad(set_to_none=True)
-        local = torch.zeros(6 + 2 * bins, dtype=torch.float64)  # see `names` below
-        parts_sum: dict[str, float] = {}
+        # [weighted loss, weight, tokens, samples, flops, bad samples, loss per t-bin..., weight per t-bin...]
+        local = torch.zeros(6 + 2 * bins, dtype=torch.float64)
+        parts_sum: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             self.data_state, items = next(batches)
             batch = self._prepare(items, step)
             with gradient_sync(self.train_model, micro == accum - 1):
                 with autocast(d):
-                    losses, parts = self._losses(batch, step)
+                    losses, parts = self._losses(batch, step)  # (B,) per sample
                 weighted = losses * batch.weights
                 (weighted.sum() / (len(items) * accum)).backward()
             weighted, w = weighted.detach().double().cpu(), batch.weights.double().cpu()
@@ -228,38 +235,45 @@ class Trainer:
                 local[6:6 + bins].index_add_(0, which, weighted)
                 local[6 + bins:].index_add_(0, which, w)
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float((v.double().cpu() * w).sum())
-        totals = all_reduce_sum(local.to(d.device)).cpu().tolist()
-        names = ["loss_sum", "weight", "tokens", "samples", "flops", "bad"]
-        values = dict(zip(names, totals[:6]))
-        for i in range(bins):
-            values[f"bin_loss_{i}"], values[f"bin_weight_{i}"] = totals[6 + i], totals[6 + bins + i]
-        if parts_sum:
-            part_totals = all_reduce_sum(torch.tensor(list(parts_sum.values()), dtype=torch.float64, device=d.device))
-            values.update({f"part_{k}": v for k, v in zip(parts_sum, part_totals.cpu().tolist())})
-
-        loss = values["loss_sum"] / values["weight"] if values["weight"] > 0 else float("nan")
-        grad_norm = clip_grad_norm(self.params, cfg.optim.grad_clip)
+                parts_sum[k] = parts_sum.get(k, 0.0) + (v.double().cpu() * w).sum()
+        values = self._reduce(local, parts_sum)
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        values["grad_norm"] = grad_norm
-        if math.isfinite(loss) and math.isfinite(grad_norm):
+        values["grad_norm"] = clip_grad_norm(self.params, cfg.optim.grad_clip)
+        loss = values["loss_sum"] / values["weight"] if values["weight"] > 0 else float("nan")
+        if math.isfinite(loss) and math.isfinite(values["grad_norm"]):
             self.optimizer.step()
             self.ema.update(step)
             self.nan_streak = 0
         else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nan_streak += 1
-            self.nan_total += 1
+            self._skip(step, loss, values["grad_norm"])
             values["skipped"] = 1.0
-            print0(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; step skipped "
-                   f"({self.nan_streak} in a row, stopping at {cfg.max_nan_steps})")
-            if self.nan_streak >= cfg.max_nan_steps:
-                raise TrainError(f"training stopped at step {step}: {self.nan_streak} steps in a row had a non-finite loss "
-                                 f"or gradient (max_nan_steps={cfg.max_nan_steps}). Lower optim.lr (now {cfg.optim.lr}), "
-                                 f"keep optim.grad_clip > 0, or check the data; the last good checkpoint is in "
-                                 f"{self.ckpt_root}")
         self.scheduler.step()
         return values
+
+    def _reduce(self, local: torch.Tensor, parts_sum: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Sum the step's counters over ranks and name them."""
+        bins = self.cfg.flow.loss_bins
+        totals = all_reduce_sum(torch.cat([local, torch.stack(list(parts_sum.values())) if parts_sum else local[:0]])
+                                .to(self.d.device)).cpu().tolist()
+        values = dict(zip(["loss_sum", "weight", "tokens", "samples", "flops", "bad"], totals[:6]))
+        for i in range(bins):
+            values[f"bin_loss_{i}"], values[f"bin_weight_{i}"] = totals[6 + i], totals[6 + bins + i]
+        values.update({f"part_{k}": v for k, v in zip(parts_sum, totals[6 + 2 * bins:])})
+        return values
+
+    def _skip(self, step: int, loss: float, grad_norm: float) -> None:
+        """Drop a step whose loss or gradient is not finite; stop after ``max_nan_steps`` in a row."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nan_streak += 1
+        self.nan_total += 1
+        print0(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; step skipped "
+               f"({self.nan_streak} in a row, stopping at {cfg.max_nan_steps})")
+        if self.nan_streak >= cfg.max_nan_steps:
+            raise TrainError(f"training stopped at step {step}: {self.nan_streak} steps in a row had a non-finite loss "
+                             f"or gradient (max_nan_steps={cfg.max_nan_steps}). Lower optim.lr (now {cfg.optim.lr}), "
+                             f"keep optim.grad_clip > 0, or check the data; the last good checkpoint is in "
+                             f"{self.ckpt_root}")
 
     def _losses(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.cfg.model == "vae":
@@ -350,7 +364,8 @@ class Trainer:
         s, cfg = window.sums, self.cfg
         out = {"loss": s["loss_sum"] / s["weight"] if s["weight"] > 0 else float("nan"),
                "lr": s["lr"] / window.steps, "grad_norm": s["grad_norm"] / window.steps,
-               "tokens_per_s": s["tokens"] / window.seconds, "samples_per_s": s["samples"] / window.seconds,
+               ("tokens_per_s" if cfg.model == "dit" else "pixels_per_s"): s["tokens"] / window.seconds,
+               "samples_per_s": s["samples"] / window.seconds,
                "step_time_s": window.seconds / window.steps, "epoch": self.data_state.epoch,
                "bad_samples": s["bad"], "skipped_steps": s.get("skipped", 0.0)}
         if cfg.model == "dit":

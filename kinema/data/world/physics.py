@@ -3,8 +3,7 @@
 Objects move in world pixels inside ``world_box(scene)``: walls reflect elastically, the floor
 reflects gravity objects with their restitution (0 = they land and stay) when their lowest point
 touches it, and objects collide as discs of their circumradius with an elastic impulse (mass ~
-area). Integration uses fixed
-substeps of at most 1/120 s, so the result depends on fps only through where it is sampled.
+area). Integration uses fixed substeps of at most 1/60 s.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 from kinema.data.world.scene import Scene, world_box
 from kinema.data.world.vocab import CIRCUMRADIUS, POLYGONS
 
-SUBSTEP_HZ = 120.0
+SUBSTEP_HZ = 60.0
 REST_SPEED = 0.05  # u/s: a bounce slower than this settles on the floor
 
 
@@ -29,6 +28,7 @@ class Tracks:
     radius: np.ndarray  # (F, N) equal-area radius
     angle: np.ndarray  # (F, N) rad
     times: np.ndarray  # (F,) s
+    collisions: int = 0  # object-object impacts during the clip
 
 
 def simulate(scene: Scene) -> Tracks:
@@ -54,6 +54,7 @@ def simulate(scene: Scene) -> Tracks:
 
     centres[0] = pos
     t = 0.0
+    impacts = 0
     for k in range(1, len(times)):
         for _ in range(substeps):
             t += dt
@@ -73,7 +74,9 @@ def simulate(scene: Scene) -> Tracks:
                     p[0], v[0] = 2 * (x1 - r) - p[0], -abs(v[0])
                 if p[1] < y0 + r:
                     p[1], v[1] = 2 * (y0 + r) - p[1], abs(v[1])
-                floor = y1 - size[i] * (floor_reach(o.shape, o.angle + o.spin * t) if o.spin else down[i])
+                floor = y1 - r  # the circumradius first: the exact lowest point only near the floor
+                if p[1] > floor or landed[i]:
+                    floor = y1 - size[i] * (floor_reach(o.shape, o.angle + o.spin * t) if o.spin else down[i])
                 if landed[i]:
                     p[1] = floor  # stays on the floor even while growing
                 elif p[1] > floor:
@@ -83,12 +86,12 @@ def simulate(scene: Scene) -> Tracks:
                         p[1], v[1], landed[i] = floor, 0.0, True
                 # keep inside even when a growing object outgrows its spot
                 p[0] = min(max(p[0], x0 + r), x1 - r) if x1 - x0 > 2 * r else (x0 + x1) / 2
-                p[1] = min(max(p[1], y0 + r), y1 - r) if y1 - y0 > 2 * r else (y0 + y1) / 2
+                p[1] = min(max(p[1], y0 + r), floor) if floor - y0 > r else (y0 + floor) / 2
             for i in range(n):
                 for j in range(i + 1, n):
-                    _collide(pos[i], vel[i], mass[i], reach[i], pos[j], vel[j], mass[j], reach[j], landed, i, j)
+                    impacts += _collide(pos[i], vel[i], mass[i], reach[i], pos[j], vel[j], mass[j], reach[j], landed, i, j)
         centres[k] = pos
-    return Tracks(centres=centres, radius=radius, angle=angle, times=times)
+    return Tracks(centres=centres, radius=radius, angle=angle, times=times, collisions=impacts)
 
 
 def floor_reach(shape: str, angle: float) -> float:
@@ -98,12 +101,13 @@ def floor_reach(shape: str, angle: float) -> float:
     return max(-math.hypot(x, y) * math.cos(math.atan2(x, -y) + angle) for x, y in POLYGONS[shape])
 
 
-def _collide(pi, vi, mi, ri, pj, vj, mj, rj, landed, i, j) -> None:
-    """Elastic collision of two discs, in place: impulse along the normal, then separate them."""
+def _collide(pi, vi, mi, ri, pj, vj, mj, rj, landed, i, j) -> bool:
+    """Elastic collision of two discs, in place: impulse along the normal, then separate them.
+    Returns whether they touched."""
     dx, dy = pi[0] - pj[0], pi[1] - pj[1]
     dist = math.hypot(dx, dy)
     if dist >= ri + rj or dist == 0.0:
-        return
+        return False
     nx, ny = dx / dist, dy / dist
     approach = (vi[0] - vj[0]) * nx + (vi[1] - vj[1]) * ny
     if approach < 0:
@@ -119,3 +123,4 @@ def _collide(pi, vi, mi, ri, pj, vj, mj, rj, landed, i, j) -> None:
     pi[1] += overlap * wi * ny
     pj[0] -= overlap * wj * nx
     pj[1] -= overlap * wj * ny
+    return True

@@ -226,10 +226,13 @@ def _place(spec: ObjectSpec, box, unit, duration, fps, rng, shrink, min_view_sca
 
 
 def _agreement(scene: Scene) -> int:
-    """How many objects' simulated tracks show their motion label cleanly."""
+    """How many objects' simulated tracks show their motion label cleanly (none when objects
+    collide: a knock changes a motion in ways no caption says)."""
     if scene.frames < 3:
         return len(scene.objects)
     tracks = simulate(scene)
+    if tracks.collisions:
+        return 0
     unit = scene.unit
     good = 0
     for i, o in enumerate(scene.objects):

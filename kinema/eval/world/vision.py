@@ -296,7 +296,7 @@ def estimate_camera(rgb: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np
     valid = ~masked
     ax, ay = camera_anchor(w, h)
     shift, sigma = np.zeros(f - 1), np.ones(f - 1)
-    finest = max(1, min(h, w) // 64)
+    finest = max(1, round(min(h, w) / 64))
     factors = [finest * 2**i for i in range(3) if min(h, w) // (finest * 2**i) >= 24]
     for k in reversed(factors):
         small, ok = _block_mean(lum, valid, k), _block_all(valid, k)
