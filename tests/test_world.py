@@ -16,6 +16,7 @@ from kinema.data.world import (
 from kinema.data.world.captions import (
     BACKGROUND_WORDS, CAMERA_WORDS, COLOUR_WORDS, MOTION_WORDS, SHAPE_WORDS, SIZE_WORDS,
 )  # fmt: skip
+from kinema.data.world.physics import floor_reach
 from kinema.data.world.vocab import CIRCUMRADIUS, COLOURS, SIZES
 
 
@@ -143,10 +144,11 @@ def test_any_size_renders_and_objects_stay_inside(size):
         x0, y0, x1, y1 = world_box(scene)
         tracks = simulate(scene)
         for i, obj in enumerate(scene.objects):
-            reach = CIRCUMRADIUS[obj.shape] * tracks.radius[:, i]
+            reach = CIRCUMRADIUS[obj.shape] * tracks.radius[:, i]  # walls hold the bounding circle
+            lowest = tracks.radius[:, i] * [floor_reach(obj.shape, a) for a in tracks.angle[:, i]]  # the floor the shape
             xy = tracks.centres[:, i]
             assert np.all(xy[:, 0] - reach >= x0 - 1e-6) and np.all(xy[:, 0] + reach <= x1 + 1e-6)
-            assert np.all(xy[:, 1] - reach >= y0 - 1e-6) and np.all(xy[:, 1] + reach <= y1 + 1e-6)
+            assert np.all(xy[:, 1] - reach >= y0 - 1e-6) and np.all(xy[:, 1] + lowest <= y1 + 1e-6)
         # the box is seen in every frame, so objects are always fully on screen
         pan, scale = camera_at(scene.camera, scene.camera_rate, tracks.times)
         left = width / 2 + scale * (x0 - pan - width / 2)

@@ -149,3 +149,11 @@ def test_temporal_metrics():
     assert temporal_flicker(still) == 1.0 and dynamic_degree(still)[0] is False
     moving = np.stack([np.roll(still[0], 3 * k, axis=1) for k in range(9)])
     assert temporal_flicker(moving) < 1.0 and dynamic_degree(moving)[0] is True
+
+
+def test_touching_objects_of_two_colours_are_two_objects():
+    red = WorldObject("circle", "red", "large", 16.0, "still", 40.0, 48.0)
+    blue = WorldObject("square", "blue", "small", 8.0, "still", 40.0 + 16.0 + 8.0 * 1.1, 48.0)  # touching
+    scene = Scene(96, 96, 9, 8, "white", (red, blue))
+    result = judge_video(vae_like(render(scene), np.random.default_rng(0)), scene.spec(), 8.0)
+    assert result["all_correct"], result["attributes"]

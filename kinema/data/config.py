@@ -38,9 +38,11 @@ class SplitConfig:
     """Scene detection (content changes between frames) and cutting scenes to clip durations."""
 
     # A cut needs a content change (mean abs HSV difference, 0-255) of at least `threshold`, and at least
-    # `ratio` times the mean change of the frames around it, so fast motion is not mistaken for a cut.
-    threshold: float = 15.0
-    ratio: float = 3.0
+    # `ratio` times the median change of the frames around it, so fast motion is not mistaken for a cut.
+    # Chosen on 32 world videos with 96 known cuts in H.264 / VP9 / MKV / MPEG-4 at 8-30 fps: 8 / 4 found
+    # 88 cuts with 2 false ones (MPEG-4 key-frame pumping), PySceneDetect's 15 / 3 found 84 with 4 false.
+    threshold: float = 8.0
+    ratio: float = 4.0
     window_seconds: float = 0.25  # the neighbourhood on each side
     min_scene_seconds: float = 0.3  # a cut closer than this to the previous one is ignored
     min_seconds: float = 1.0  # shorter scenes give no clip
@@ -66,7 +68,7 @@ class ScoreConfig:
     analysis_width: int = 160  # frames are measured at this width (so sharpness compares across sizes)
     sample_fps: float = 8.0  # motion and sharpness look at frames this far apart
     max_flow_pairs: int = 24  # optical flow on at most this many frame pairs per clip
-    black_level: float = 16.0  # a frame whose mean luma (0-255) is below this is black
+    black_level: float = 16.0  # a frame whose mean luma (0-255) and luma std are both below this is black
     # Two frames are the same (frozen) when fewer than this fraction of pixels changes by more than
     # 8 luma levels: compression noise stays under 8, and a small object moving a pixel is well over 1e-4.
     static_level: float = 1e-4

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from kinema.common.io import atomic_path
 from kinema.common.video import VideoDecodeError
@@ -76,6 +77,7 @@ def iter_frames(
             target = int((stream_start + start - 1.0) / stream.time_base)  # 1 s early: land before the key frame
             container.seek(target, stream=stream, backward=True, any_frame=False)
         index = 0
+        scaler = VideoReformatter()  # keeps its swscale context: a new one per frame costs 15x the scaling
         try:
             for frame in container.decode(stream):
                 t_abs = frame.time if frame.time is not None else index / rate
@@ -92,7 +94,7 @@ def iter_frames(
                 else:
                     turned = round(frame.rotation / 90) % 2
                     w, h = (size[1], size[0]) if turned else size
-                    pixels = frame.reformat(width=w, height=h, format=pix_fmt, interpolation="AREA").to_ndarray()
+                    pixels = scaler.reformat(frame, width=w, height=h, format=pix_fmt, interpolation="AREA").to_ndarray()
                 yield Frame(index - 1, t, upright(pixels, frame.rotation))
         except (av.FFmpegError, EOFError, OSError) as err:
             raise VideoDecodeError(path, f"decoding failed after {index} frame(s) ({err})") from None

@@ -6,7 +6,8 @@ Every measure is taken on frames scaled to one analysis width, so numbers compar
                      in frame widths per second (0.1: the content moves a tenth of the frame a second)
     motion_max       the largest per-pair mean of those
     sharpness        median Laplacian variance of the grey frames (blur and upscaling lower it)
-    black_fraction   frames whose mean luma is under black_level
+    black_fraction   frames whose mean luma and its spread are both under black_level (a night
+                     scene with lights in it is dark, not black)
     static_fraction  frame-to-frame steps where almost no pixel changes (static_level): a frozen picture
     flashes          frames brighter than both neighbours by flash_delta (strobes, glitches)
     luma, contrast   mean and spatial std of luma (0-255)
@@ -78,16 +79,16 @@ class ClipMeter:
             sharp.append(float(cv2.Laplacian(a, cv2.CV_64F).var()))
         if not sharp and self.gray:  # too short for a pair: sharpness from what there is
             sharp = [float(cv2.Laplacian(g, cv2.CV_64F).var()) for g in self.gray.values()]
-        luma = np.asarray(self.lumas)
+        luma, contrast = np.asarray(self.lumas), np.asarray(self.contrasts)
         flashes = 0
         if len(luma) >= 3:
             brighter = np.minimum(luma[1:-1] - luma[:-2], luma[1:-1] - luma[2:])
             flashes = int((brighter > self.cfg.flash_delta).sum())
         return dict(motion=float(np.mean(motions)) if motions else 0.0, motion_max=max(motions, default=0.0),
                     sharpness=float(np.median(sharp)) if sharp else 0.0,
-                    black_fraction=float((luma < self.cfg.black_level).mean()),
+                    black_fraction=float(((luma < self.cfg.black_level) & (contrast < self.cfg.black_level)).mean()),
                     static_fraction=self.static / max(1, self.count - 1), flashes=flashes,
-                    luma=float(luma.mean()), contrast=float(np.mean(self.contrasts)))
+                    luma=float(luma.mean()), contrast=float(contrast.mean()))
 
 
 def reasons(clip: dict, cfg: FilterConfig) -> list[str]:

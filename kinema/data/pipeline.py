@@ -76,5 +76,6 @@ def run_command(args: Namespace) -> int:
     else:
         run = encode(args.dataset, args.model, cfg.encode, out=args.out, device=args.device, dtype=DTYPES[args.dtype],
                      shard=shard, log=log)
-    print(run.summary() + ("" if run.complete else "; the merged tables are written when they finish"))
+    if log:
+        log(run.summary() + ("" if run.complete else "; the merged tables are written when they finish"))
     return 0

@@ -216,9 +216,9 @@ class BlockStreamer:
         cuda = self.device.type == "cuda"
         for slots in self.slots:
             for slot in slots:
-                t = _get(slot).to("cpu")
+                t = _get(slot).detach().to("cpu")
                 _set(slot, t.pin_memory() if cuda else t)
-        self.stored = [[_get(s) for s in slots] for slots in self.slots]
+        self.stored = [[_get(s).detach() for s in slots] for slots in self.slots]  # plain tensors, not the Parameters
         self.side = torch.cuda.Stream(self.device) if cuda else None
         self.pending: dict[int, tuple[list[torch.Tensor], object]] = {}
         self.loads = 0
@@ -354,6 +354,8 @@ def apply_memory_plan(pipe, plan: MemoryPlan) -> Offloader | None:
 
 GB = 1024**3
 _DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+# google/umt5-xxl's encoder as Wan 2.1 ships it (text_encoder/config.json), for configs without a folder.
+UMT5_XXL = {"params": 5_680_000_000, "d_model": 4096, "d_ff": 10240, "num_layers": 24, "vocab_size": 256384}
 # Fixed cost of a CUDA process (context, cuBLAS/cuDNN workspaces), measured at 0.4-0.6 GB on recent cards.
 CUDA_OVERHEAD = int(0.6 * GB)
 
@@ -391,21 +393,34 @@ def safetensors_numel(path: str | os.PathLike) -> int:
     return total
 
 
-def _text_params(cfg) -> tuple[int, int, int]:
-    """(parameters, hidden width, feed-forward width) of the text encoder ``cfg.text`` names."""
+def _text_shape(cfg) -> dict:
+    """Parameters, width, FFN width, layers and vocabulary of the text encoder ``cfg.text`` names."""
     if cfg.text.kind == "t5" and cfg.text.path:
         root = Path(cfg.text.path)
         folder = root / "text_encoder" if (root / "text_encoder").is_dir() else root
         for name in ("model.safetensors", "model.safetensors.index.json"):
-            if (folder / name).is_file():
-                conf = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-                return safetensors_numel(folder / name), conf.get("d_model", cfg.text.dim), conf.get("d_ff", 4 * cfg.text.dim)
-    return 23_000_000, cfg.text.dim, 4 * cfg.text.dim  # the bundled MiniLM-L6
+            if (folder / name).is_file() and (folder / "config.json").is_file():
+                conf = json.loads((folder / "config.json").read_text())
+                return {"params": safetensors_numel(folder / name), "d_model": conf["d_model"], "d_ff": conf["d_ff"],
+                        "num_layers": conf["num_layers"], "vocab_size": conf["vocab_size"]}
+    if cfg.text.kind == "t5" and cfg.text.dim == UMT5_XXL["d_model"]:  # no folder at hand: Wan's umT5-XXL
+        return UMT5_XXL
+    # the bundled MiniLM-L6: moved whole, never streamed by layer
+    return {"params": 23_000_000, "d_model": cfg.text.dim, "d_ff": 4 * cfg.text.dim, "num_layers": 0, "vocab_size": 0}
 
 
-def _count(module_fn) -> int:
+@functools.lru_cache(maxsize=16)
+def _parameter_counts(dit_cfg, vae_cfg) -> tuple[int, int, int, int]:
+    """(DiT parameters, parameters per block, linear weights per block, VAE parameters), counted on the meta device."""
+    from ..dit import DiT
+    from ..vae import VAE
     with torch.device("meta"):
-        return sum(p.numel() for p in module_fn().parameters())
+        block = DiT(dit_cfg.replace(num_layers=1)).blocks[0]
+        block_params = sum(p.numel() for p in block.parameters())
+        shell = sum(p.numel() for p in DiT(dit_cfg.replace(num_layers=1)).parameters()) - block_params
+        block_linear = sum(m.weight.numel() for m in block.modules() if type(m) is nn.Linear)  # what int8 stores
+        vae = sum(p.numel() for p in VAE(vae_cfg).parameters())
+    return shell + dit_cfg.num_layers * block_params, block_params, block_linear, vae
 
 
 def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtype = torch.bfloat16,
@@ -417,24 +432,17 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
     copies, the FFN hidden layer) and inside the VAE decoder's full-resolution stage; the constants are
     upper-side estimates, checked against measurements by ``benchmarks/memory.py``.
     """
-    from ..dit import DiT
-    from ..vae import VAE
-
     b = _DTYPE_BYTES[dtype]
     dit_cfg, vae_cfg = cfg.dit, cfg.vae
-    dit_params = _count(lambda: DiT(dit_cfg))
-    with torch.device("meta"):
-        block = DiT(dit_cfg.replace(num_layers=1)).blocks[0]
-    block_params = sum(p.numel() for p in block.parameters())
-    block_linear = sum(m.weight.numel() for m in block.modules() if type(m) is nn.Linear)  # what int8 stores
+    dit_params, block_params, block_linear, vae_params = _parameter_counts(dit_cfg, vae_cfg)
     blocks_bytes = dit_cfg.num_layers * (block_params * b if plan.quantize == "none"
                                          else block_linear + (block_params - block_linear) * b)
     dit_bytes = blocks_bytes + (dit_params - dit_cfg.num_layers * block_params) * b
     vb = 4 if dtype == torch.float16 else b  # the VAE runs fp32 under fp16 (see Pipeline.from_pretrained)
-    vae_bytes = _count(lambda: VAE(vae_cfg)) * vb
-    text_params, text_dim, text_ffn = _text_params(cfg)
+    vae_bytes = vae_params * vb
+    text = _text_shape(cfg)
     tb = 4 if cfg.text.kind != "t5" or dtype == torch.float32 else 2
-    text_bytes = text_params * tb
+    text_bytes = text["params"] * tb
 
     # activations
     sf, tf = vae_cfg.spatial_factor, vae_cfg.temporal_factor
@@ -448,7 +456,7 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
         batch = 1
     d, ffn = dit_cfg.dim, dit_cfg.ffn_dim
     dit_act = batch * tokens * (d * (3 * 4 + 4 * b + 2 * 4) + 2 * ffn * b)
-    text_act = 2 * cfg.text.max_length * (6 * text_dim + 2 * text_ffn) * tb
+    text_act = 2 * cfg.text.max_length * (6 * text["d_model"] + 2 * text["d_ff"]) * tb
     chunk = plan.vae_chunk or vae_cfg.chunk_latent_frames
     px_frames = chunk * tf
     tile_px = (height * width) if plan.vae_tile is None else min(height * width, (plan.vae_tile * sf) ** 2)
@@ -464,9 +472,8 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
     if plan.offload == "model":
         stages = {"text": (text_bytes, text_act), "dit": (dit_bytes, dit_act), "vae": (vae_bytes, vae_act + out_video)}
     else:
-        text_layers = _text_layers(cfg)
-        text_block = text_bytes / max(text_layers, 1)
-        text_shell = text_bytes - text_layers * text_block if text_layers else text_bytes
+        text_shell = text["vocab_size"] * text["d_model"] * tb if text["num_layers"] else text_bytes  # + embeddings
+        text_block = (text_bytes - text_shell) / max(text["num_layers"], 1)
         dit_shell = dit_bytes - blocks_bytes
         dit_block = blocks_bytes / dit_cfg.num_layers
         stages = {"text": (int(text_shell + 2 * text_block), text_act),
@@ -474,15 +481,6 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
                   "vae": (vae_bytes, vae_act + out_video)}
     stage = max(stages, key=lambda k: sum(stages[k]))
     return MemoryEstimate(plan.offload, int(stages[stage][0]), int(stages[stage][1]), stage)
-
-
-def _text_layers(cfg) -> int:
-    """Layers of a T5 text encoder (0 when it cannot be streamed by layer)."""
-    if cfg.text.kind != "t5" or not cfg.text.path:
-        return 0
-    root = Path(cfg.text.path)
-    conf = root / "text_encoder" / "config.json" if (root / "text_encoder").is_dir() else root / "config.json"
-    return json.loads(conf.read_text()).get("num_layers", 0) if conf.is_file() else 0
 
 
 def available_memory(device: torch.device | str) -> int:

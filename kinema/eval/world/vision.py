@@ -128,8 +128,8 @@ def _tracks(rgb: np.ndarray, objects: np.ndarray, unit: float) -> tuple[dict[str
     frame = idx[0]
     ys, xs = idx[1] + 0.5, idx[2] + 0.5
     # Two touching objects make one component whose pixels split between two hues, each part with
-    # its own centre; a hue-shifted single object splits too, but with both parts centred alike.
-    # Split the first kind, give the second its majority colour.
+    # its own centre; a hue-shifted single object splits too, but with its parts centred alike or
+    # inside one another. Split the first kind, give the second its majority colour.
     n = len(PALETTE)
     group = comp_id * n + pix_colour
     ng = (ncomp + 1) * n
@@ -141,9 +141,11 @@ def _tracks(rgb: np.ndarray, objects: np.ndarray, unit: float) -> tuple[dict[str
     main = np.arange(ncomp + 1) * n + majority  # (C,) group id of each component's majority
     main_of = np.repeat(main, n)  # (G,)
     gap = np.hypot(gx - gx[main_of], gy - gy[main_of])
-    radii = np.sqrt(votes / np.pi) + np.sqrt(votes[main_of] / np.pi)
+    r_own, r_main = np.sqrt(votes / np.pi), np.sqrt(votes[main_of] / np.pi)
     min_area = max(MIN_AREA * unit * unit, MIN_AREA_PX)
-    own = (votes >= min_area) & (gap >= 0.6 * radii)
+    # a touching object is centred outside the main blob; an edge sliver of shifted hue (blur over
+    # a coloured background) is centred inside it
+    own = (votes >= min_area) & (gap >= r_main + 0.5 * r_own) & (votes >= 0.1 * votes[main_of])
     blob = np.where(own[group], group, main_of[group])  # blob id per object pixel
 
     nb = ng

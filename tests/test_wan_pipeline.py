@@ -1,0 +1,151 @@
+"""A diffusers-format Wan 2.1 folder (``WanPipeline.save_pretrained``, tiny random umT5/DiT/VAE built here):
+it loads with its preset's defaults, generates through the Python API and the CLI, and the whole pipeline
+(text encoding, guidance, UniPC, decode) matches diffusers' own ``WanPipeline`` from the same noise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.config import preset
+from kinema.infer import Pipeline
+from kinema.weights import read_config
+from kinema.weights.folder import dit_config_to_diffusers, vae_config_to_diffusers
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+WORDS = ["a red fox runs through deep snow at dawn", "the camera pans over a city at night", "blurry low quality"]
+Z = 4
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(WORDS, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+def _randomize(module, std: float, seed: int):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, std)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    """``WanPipeline(...).save_pretrained(root)`` with tiny random components and the Wan 2.1 flow-UniPC scheduler."""
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1)).eval()
+    transformer = _randomize(diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=Z, out_channels=Z, text_dim=32,
+        freq_dim=32, ffn_dim=48, num_layers=2, rope_max_seq_len=64), 0.08, seed=1)
+    g = torch.Generator().manual_seed(2)
+    vae = _randomize(diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[False, True, True], latents_mean=torch.randn(Z, generator=g).tolist(),
+        latents_std=(torch.rand(Z, generator=g) + 0.5).tolist()), 0.1, seed=3)
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  num_train_timesteps=1000, flow_shift=3.0)
+    pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                 transformer=transformer)
+    root = tmp_path_factory.mktemp("wan") / "Wan2.1-T2V-tiny-Diffusers"
+    pipe.save_pretrained(root)
+    return root
+
+
+def test_folder_loads_as_a_wan_model(wan_folder):
+    cfg = read_config(wan_folder)
+    assert (cfg.text.kind, cfg.text.path, cfg.text.max_length, cfg.text.dim) == ("t5", str(wan_folder), 512, 32)
+    assert not cfg.text.use_mask  # Wan attends to the zero padding of its 512 text tokens
+    assert (cfg.dit.num_layers, cfg.dit.dim, cfg.vae.z_dim) == (2, 24, Z)
+    pipe = Pipeline.from_pretrained(wan_folder)
+    video = pipe.generate("a red fox runs", width=32, height=32, frames=5, steps=2, seed=1)
+    assert video.frames.shape == (5, 32, 32, 3) and video.frames.std() > 0
+
+
+@pytest.mark.parametrize("name", ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b"])
+def test_real_wan_folders_get_their_preset_defaults(tmp_path, name):
+    """A folder shaped like the released checkpoint (configs only) gets the preset's size, frames, shift, guidance."""
+    pre = preset(name)
+    root = tmp_path / name
+    for part, config in (("transformer", dit_config_to_diffusers(pre.dit)), ("vae", vae_config_to_diffusers(pre.vae))):
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(json.dumps(config))
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    cfg = read_config(root)
+    assert cfg.sampling == pre.sampling
+    s = cfg.sampling
+    assert (s.width, s.height, s.frames, s.fps, s.guidance) == (pre.sampling.width, pre.sampling.height, 81, 16, 5.0)
+    assert s.negative_prompt.startswith("Bright tones, overexposed")
+    assert cfg.text == pre.text.replace(path=str(root))
+
+
+def test_whole_pipeline_matches_diffusers_wan_pipeline(wan_folder, monkeypatch):
+    """Same noise, same schedule (diffusers' UniPC sigmas and integer timesteps): same latents and frames."""
+    ref = diffusers.WanPipeline.from_pretrained(wan_folder)
+    ref.set_progress_bar_config(disable=True)
+    steps, guidance = 4, 4.0
+    prompt, negative = "a red fox runs through deep snow", "blurry low quality"
+    ref.scheduler.set_timesteps(steps)
+    sigmas, timesteps = ref.scheduler.sigmas.double(), ref.scheduler.timesteps.double()
+
+    pipe = Pipeline.from_pretrained(wan_folder)
+    s = pipe.settings(prompt, negative_prompt=negative, width=32, height=48, frames=9, steps=steps, guidance=guidance,
+                      shift=3.0, sampler="unipc", seed=5)
+    # kinema's own schedule starts at t = 1 and feeds t * 1000 unrounded; diffusers (like Wan) steps from
+    # linspace(1, 1/1000) and feeds int(sigma * 1000): give kinema that schedule to compare everything else.
+    monkeypatch.setattr("kinema.infer.pipeline.sampling_schedule", lambda *a, **k: sigmas)
+
+    def integer_timesteps(module, args):
+        latents, t, *rest = args
+        nearest = (t.double()[..., None] - timesteps).abs().argmin(-1)
+        return (latents, timesteps[nearest].to(t.dtype), *rest)
+
+    pipe.dit.register_forward_pre_hook(integer_timesteps)
+    video = pipe.run(s)
+
+    noise = torch.randn(pipe.latent_shape(s), generator=torch.Generator("cpu").manual_seed(s.seed))
+    final = {}
+    out = ref(prompt=prompt, negative_prompt=negative, height=48, width=32, num_frames=9, num_inference_steps=steps,
+              guidance_scale=guidance, latents=noise.clone(), output_type="np",
+              callback_on_step_end=lambda p, i, t, kw: final.update(latents=kw["latents"]) or {})
+    torch.testing.assert_close(video.latents, final["latents"], rtol=0, atol=2e-5)
+    assert (video.latents - noise).abs().mean() > 0.1  # the sampler moved far from the noise
+    expected = np.round(out.frames[0] * 255).astype(np.int16)
+    assert video.frames.shape == expected.shape == (9, 48, 32, 3)
+    assert np.abs(video.frames.astype(np.int16) - expected).max() <= 1
+    assert expected.std() > 5  # a real picture, not a flat one
+
+
+def test_cli_generates_from_the_folder(wan_folder, tmp_path):
+    from kinema.cli import main
+    from kinema.common.video import probe_video, read_video_metadata
+    out = tmp_path / "fox.mp4"
+    assert main(["generate", "a red fox runs", "--model", str(wan_folder), "--size", "32x32", "--frames", "5",
+                 "--steps", "2", "--offload", "block", "-o", str(out), "-q"]) == 0
+    assert probe_video(out)["frames"] == 5
+    assert read_video_metadata(out)["model"] == wan_folder.name
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.mkdir(), "is not a model folder"),
+    (lambda p: (p.mkdir(), (p / "model_index.json").write_text("{}")), "missing config.json"),
+])
+def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys, make, match):
+    from kinema.cli import main
+    folder = tmp_path / "not-a-model"
+    make(folder)
+    assert main(["generate", "a fox", "--model", str(folder)]) == 2
+    assert match in capsys.readouterr().err
