@@ -29,6 +29,20 @@ def timeit(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def compare(fn_a, fn_b, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b``, run alternately so both see the same machine load."""
+    fn_a(), fn_b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn_a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fn_b()
+        tb.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 1024) -> float:
     """Measured matmul GFLOP/s of this machine for ``dtype``."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -74,8 +88,7 @@ def bench_dit(repeats: int, rows: list):
             text = torch.randn(batch, 64, 384, dtype=dtype)
             flops = dit_flops(cfg, 320, 64) * batch
             with torch.inference_mode():
-                a = timeit(lambda: ours(x, t, text), repeats)
-                b = timeit(lambda: ref(x, t, text, return_dict=False), repeats)
+                a, b = compare(lambda: ours(x, t, text), lambda: ref(x, t, text, return_dict=False), repeats)
             rows.append(_row(f"DiT forward b{batch} {_name(dtype)}", a, b, mfu=flops / a / 1e9 / peak))
 
             target = torch.randn_like(x)
@@ -88,8 +101,8 @@ def bench_dit(repeats: int, rows: list):
                 loss.backward()
                 opt.step()
 
-            a = timeit(lambda: step(ours, opt_a, lambda m: m(x, t, text)), repeats)
-            b = timeit(lambda: step(ref, opt_b, lambda m: m(x, t, text, return_dict=False)[0]), repeats)
+            a, b = compare(lambda: step(ours, opt_a, lambda m: m(x, t, text)),
+                           lambda: step(ref, opt_b, lambda m: m(x, t, text, return_dict=False)[0]), repeats)
             rows.append(_row(f"DiT train step b{batch} {_name(dtype)}", a, b, mfu=3 * flops / a / 1e9 / peak))
 
 
@@ -106,11 +119,9 @@ def bench_vae(repeats: int, rows: list):
     video = torch.rand(1, 3, 17, 128, 128) * 2 - 1
     z = torch.randn(1, 16, 5, 16, 16)
     with torch.inference_mode():
-        a = timeit(lambda: ours.encode_moments(video), repeats)
-        b = timeit(lambda: ref.encode(video), repeats)
+        a, b = compare(lambda: ours.encode_moments(video), lambda: ref.encode(video), repeats)
         rows.append(_row("VAE encode 17x128x128", a, b))
-        a = timeit(lambda: ours.decode(z, normalized=False), repeats)
-        b = timeit(lambda: ref.decode(z), repeats)
+        a, b = compare(lambda: ours.decode(z, normalized=False), lambda: ref.decode(z), repeats)
         rows.append(_row("VAE decode 17x128x128", a, b))
 
 

@@ -1,10 +1,12 @@
 """kinema data through the command line: captions from a mapping or a plugged-in captioner (and what
-happens when it fails), templates, inspect's statistics and contact sheet, and the CLI's errors."""
+happens when it fails), templates, clips exported as files, inspect's statistics and contact sheet, and
+the CLI's errors."""
 
 from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -109,3 +111,20 @@ def test_the_cli_names_the_stage_to_run_first(tmp_path, capsys):
     assert "shard must be i/n" in capsys.readouterr().err
     assert main(["data", "score", str(tmp_path / "ds"), "-q"]) == 2
     assert "run `kinema data split" in capsys.readouterr().err
+
+
+def test_split_export_writes_each_clip_as_a_file_with_its_frames(tmp_path):
+    from kinema.common.video import read_video
+
+    frames, _, _ = world_shots([7, 8, 9], SHOTS, 96, 64, 12)
+    write_test_video(tmp_path / "videos" / "walk.mp4", frames, 12)
+    root = tmp_path / "ds"
+    assert main(["data", "ingest", str(root), str(tmp_path / "videos"), "-q"]) == 0
+    assert main(["data", "split", str(root), "--export", "-q"]) == 0
+    rows = clips(root)
+    assert [r["frames"] for r in rows] == SHOTS
+    for row, start in zip(rows, [0, SHOTS[0], SHOTS[0] + SHOTS[1]]):
+        assert row["clip_path"] == str(root / "clips" / f"{row['clip_id']}.mp4")
+        video, fps = read_video(row["clip_path"])
+        assert video.shape == (row["frames"], 64, 96, 3) and fps == pytest.approx(12)
+        assert np.abs(video[0].astype(int) - frames[start]).mean() < 6  # the shot's own first frame

@@ -147,6 +147,7 @@ def test_temporal_metrics():
 
     still = render(sample_scene(0, 64, 64, 9, 8))[:1].repeat(9, axis=0)
     assert temporal_flicker(still) == 1.0 and dynamic_degree(still)[0] is False
+    assert dynamic_degree(vae_like(still, rng))[0] is False  # pixel noise is not motion
     moving = np.stack([np.roll(still[0], 3 * k, axis=1) for k in range(9)])
     assert temporal_flicker(moving) < 1.0 and dynamic_degree(moving)[0] is True
 

@@ -41,7 +41,8 @@ def upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(pixels, k=turns)) if turns else pixels
 
 
-def _open(path: str | Path) -> av.container.InputContainer:
+def open_video(path: str | Path) -> av.container.InputContainer:
+    """An open PyAV container with a video stream; VideoDecodeError (with the reason) otherwise."""
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -67,7 +68,7 @@ def iter_frames(
     ingest) to seek straight to ``start`` instead of decoding from the beginning.
     """
     pix_fmt = "gray" if gray else "rgb24"
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 0) or (fps or 25.0)

@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 
 from kinema.common.video import VideoDecodeError
-from kinema.data.decode import _open
+from kinema.data.decode import open_video
 from kinema.data.manifest import REJECT_SCHEMA, SOURCE_SCHEMA, Dataset, reject
 from kinema.data.shards import DataError, Shard, StageRun, fingerprint, run_units, unit_of, write_parquet
 
@@ -59,7 +59,7 @@ def probe(path: str) -> dict:
     """A sources-table row for one file (without id and unit); raises VideoDecodeError with the reason."""
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "no such file")
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         try:
             first = next(container.decode(stream), None)
@@ -92,7 +92,7 @@ def probe(path: str) -> dict:
 
 def _demux(path: str) -> tuple[int, float | None]:
     """(video packets, the latest presentation time) by reading the file without decoding."""
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         count, last = 0, None
         try:

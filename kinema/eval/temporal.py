@@ -105,7 +105,7 @@ def _lk_update(a: np.ndarray, b: np.ndarray, flow: np.ndarray, window: float) ->
 
     sxx, sxy, syy = smooth(gx * gx), smooth(gx * gy), smooth(gy * gy)
     sxt, syt = smooth(gx * it), smooth(gy * it)
-    reg = 1e-2 + 1e-3 * (sxx + syy)  # keeps flat regions at zero flow
+    reg = 5.0 + 0.01 * (sxx + syy)  # noise-level damping (0-255 units): flat, noisy regions stay at zero flow
     det = (sxx + reg) * (syy + reg) - sxy * sxy
     du = -((syy + reg) * sxt - sxy * syt) / det
     dv = -((sxx + reg) * syt - sxy * sxt) / det

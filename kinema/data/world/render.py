@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from kinema.data.world.physics import simulate
-from kinema.data.world.scene import Scene, camera_anchor, camera_at
+from kinema.data.world.scene import Scene, camera_anchor, camera_at, to_screen
 from kinema.data.world.vocab import CIRCUMRADIUS, COLOURS, POLYGONS, SYMMETRY
 
 # Background colours (0-255). All low chroma (max - min <= 52) so objects stand out by colour alone.
@@ -38,11 +38,10 @@ def render(scene: Scene) -> np.ndarray:
     tracks = simulate(scene)
     pan, scale = camera_at(scene.camera, scene.camera_rate, tracks.times)  # (F,), (F,)
     canvas = render_background(scene, pan, scale)  # (F, H, W, 3) float32 in [0, 1]
-    ax, ay = camera_anchor(scene.width, scene.height)
     for i, obj in enumerate(scene.objects):
-        cx = ax + scale * (tracks.centres[:, i, 0] - pan - ax)  # (F,) screen px
-        cy = ay + scale * (tracks.centres[:, i, 1] - ay)
-        _draw(canvas, obj.shape, COLOURS[obj.colour], cx, cy, tracks.radius[:, i] * scale, tracks.angle[:, i])
+        screen, _ = to_screen(scene, tracks.centres[:, i], tracks.times)  # (F, 2) px
+        _draw(canvas, obj.shape, COLOURS[obj.colour], screen[:, 0], screen[:, 1], tracks.radius[:, i] * scale,
+              tracks.angle[:, i])
     return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -3,9 +3,11 @@ background, and the camera motion, all from pixels.
 
 Objects are the only saturated pixels in the world (chroma >= 160 against <= 52 for every
 background), so segmentation is a chroma threshold, then connected components per frame, each
-named by the palette hue nearest to its mean hue. Shape is read from angular harmonics of the mask
-(|sum r^2 e^{ik theta}| / sum r^2): a square rings at k = 4, a triangle at 3, a star at 5, a circle
-at none; the phase of that harmonic is the orientation, which is how spins are seen.
+named by the palette hue most of its pixels are nearest to (one colour = one object per scene).
+Shape is read from angular harmonics of the mask (|sum r^2 e^{ik theta}| / sum r^2): a square
+rings at k = 4, a triangle at 3, a star at 5, a circle at none; the phase of that harmonic is the
+orientation, which is how spins are seen. The camera is a global pan/zoom fit on the background
+(``estimate_camera``), so object tracks can be read in world coordinates.
 """
 
 from __future__ import annotations
