@@ -78,8 +78,16 @@ def dit_flops(cfg, tokens: int, text_len: int) -> float:
     return cfg.num_layers * per_block
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    return torch.cuda.is_available() or torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+
+
 def bench_dit(repeats: int, rows: list):
-    for dtype in (torch.float32, torch.bfloat16):
+    dtypes = (torch.float32, torch.bfloat16) if native_bf16() else (torch.float32,)
+    if not native_bf16():
+        print(f"bf16: skipped, this CPU has no native bf16 (capability {torch.backends.cpu.get_cpu_capability()})")
+    for dtype in dtypes:
         ours, ref, cfg = dit_pair(dtype)
         peak = matmul_peak(dtype)
         for batch in (1, 4):
@@ -145,8 +153,9 @@ def main():
     ap.add_argument("--only", choices=("dit", "vae"))
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"matmul peak fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
+    bf16 = f", bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s" if native_bf16() else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}; "
+          f"matmul peak fp32 {matmul_peak(torch.float32):.0f} GFLOP/s{bf16}")
     rows: list = []
     if args.only in (None, "vae"):
         bench_vae(args.repeats, rows)

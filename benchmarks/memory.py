@@ -34,11 +34,11 @@ import torch
 
 GB = 1024**3
 SCALES = {
-    # DiT 384 wide x 8 layers, the Wan VAE at a third of its width, a small umT5; 17 frames at 192x192.
+    # DiT 384 wide x 8 layers, the Wan VAE at a third of its width, a small umT5; 9 frames at 128x128.
     "cpu": dict(dit=dict(num_attention_heads=6, attention_head_dim=64, ffn_dim=1536, num_layers=8, text_dim=256),
                 vae=dict(base_dim=32), text=dict(d_model=256, d_kv=64, d_ff=512, num_layers=2, num_heads=4,
                                                   vocab_size=1000),
-                width=192, height=192, frames=17, steps=2, missing_text_layers=0),
+                width=128, height=128, frames=9, steps=2, missing_text_layers=0),
     "wan1.3b": dict(dit=dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, text_dim=4096),
                     vae=dict(base_dim=96), text=dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=2, num_heads=64,
                                                       vocab_size=256384),

@@ -24,7 +24,7 @@ SHOTS = [14, 20, 16]  # at 12 fps: three clips
 def scored(tmp_path_factory):
     """A dataset of one three-shot video, ingested, split and scored through `kinema data`."""
     base = tmp_path_factory.mktemp("captions")
-    frames, _, _ = world_shots([7, 8, 9], SHOTS, 96, 64, 12)
+    frames, _, _ = world_shots([7, 8, 9], SHOTS, 96, 64, 12, distinct=True)
     write_test_video(base / "videos" / "walk.mp4", frames, 12)
     (base / "videos" / "walk.txt").write_text("a short caption")
     config = base / "data.toml"
@@ -116,7 +116,7 @@ def test_the_cli_names_the_stage_to_run_first(tmp_path, capsys):
 def test_split_export_writes_each_clip_as_a_file_with_its_frames(tmp_path):
     from kinema.common.video import read_video
 
-    frames, _, _ = world_shots([7, 8, 9], SHOTS, 96, 64, 12)
+    frames, _, _ = world_shots([7, 8, 9], SHOTS, 96, 64, 12, distinct=True)
     write_test_video(tmp_path / "videos" / "walk.mp4", frames, 12)
     root = tmp_path / "ds"
     assert main(["data", "ingest", str(root), str(tmp_path / "videos"), "-q"]) == 0

@@ -43,7 +43,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     truth = {}
     for i, (name, (w, h, fps, lengths, rotation)) in enumerate(VIDEOS.items()):
-        frames, cuts, _ = world_shots([10 * i + k for k in range(len(lengths))], lengths, w, h, fps)
+        frames, cuts, _ = world_shots([10 * i + k for k in range(len(lengths))], lengths, w, h, fps, distinct=True)
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         write_test_video(root / name, frames, fps, rotation=rotation)
         truth[name] = (cuts, frames[0])

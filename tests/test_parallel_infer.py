@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -158,3 +159,20 @@ def test_world_size_that_does_not_divide_the_heads_is_refused_with_the_sizes_tha
         plan_parallel(5, heads=12)
     with pytest.raises(ParallelError, match="cfg 1 or 2"):
         ParallelPlan(sequence=1, cfg=3)
+
+
+@pytest.mark.slow
+def test_cli_gpus_relaunches_under_torchrun_and_writes_the_single_process_video(tiny_model_dir, tmp_path):
+    """`kinema generate --gpus 2` (here on CPU ranks): one file, from rank 0, equal to the one-process video."""
+    from kinema.common.video import read_video
+    args = ["generate", "a red ball", "--model", str(tiny_model_dir), "--steps", "2", "--frames", "5", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    one = subprocess.run([sys.executable, "-m", "kinema.cli", *args, "-o", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)  # PNG folders: lossless
+    two = subprocess.run([sys.executable, "-m", "kinema.cli", *args, "--gpus", "2", "-o", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    a, b = read_video(tmp_path / "one")[0].astype(int), read_video(tmp_path / "two")[0].astype(int)
+    assert a.shape == b.shape == (5, 64, 64, 3) and np.abs(a - b).max() <= 1

@@ -97,6 +97,7 @@ class Mapping:
                 self.by[key][str(value)] = caption
 
     def lookup(self, clip: dict) -> str | None:
+        """The mapped caption of a clip (by clip id, then source path, then file name), or None."""
         source = Path(clip["path"])
         for key, value in (("clip_id", clip["clip_id"]), ("path", str(source)), ("name", source.name),
                            ("name", source.stem)):

@@ -147,6 +147,7 @@ class Bucket:
 
     @property
     def name(self) -> str:
+        """"FRAMESxHEIGHTxWIDTH"."""
         return f"{self.frames}x{self.height}x{self.width}"
 
     @classmethod

@@ -25,6 +25,8 @@ from kinema.common.video import VideoDecodeError
 
 @dataclass
 class Frame:
+    """One decoded frame and when it is shown."""
+
     index: int  # in decode order from where decoding started (from 0 when not seeking)
     time: float  # seconds from the stream's first frame
     pixels: np.ndarray  # (H, W, 3) uint8 RGB or (H, W) uint8 gray, upright
@@ -129,6 +131,7 @@ class ClipWriter:
         self._open = False
 
     def write(self, pixels: np.ndarray) -> None:
+        """Append one uint8 RGB frame (H, W, 3)."""
         if not self._open:  # x264 in yuv420p needs even sizes: crop a trailing odd row/column
             h, w = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
             self._stream.width, self._stream.height, self._open = w, h, True

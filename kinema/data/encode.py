@@ -140,6 +140,44 @@ class Encoders:
         return out
 
 
+def encode_clips(clips: list[dict], cfg: EncodeConfig, encoders: Encoders) -> tuple[list[dict], list[dict], list[dict]]:
+    """(cache samples, samples-table rows, rejects) for clips: each read at its bucket, VAE- and text-encoded
+    in batches of one bucket."""
+    groups: dict[Bucket, list[dict]] = {}
+    samples, rows, rejects = [], [], []
+    for clip in clips:
+        bucket = assign_bucket(clip, cfg.buckets, cfg.fps)
+        if bucket is None:
+            reason = (f"fits no bucket: {clip['duration']:.2f} s at {cfg.fps:g} fps, {clip['width']}x{clip['height']}; "
+                      f"buckets: {' '.join(b.name for b in cfg.buckets)}")
+            rejects.append(reject("encode", clip["path"], reason, clip["source_id"], clip["clip_id"]))
+        else:
+            groups.setdefault(bucket, []).append(clip)
+    for bucket in cfg.buckets:
+        members = groups.get(bucket, [])
+        for i in range(0, len(members), cfg.batch_size):
+            batch, windows = [], []
+            for clip in members[i:i + cfg.batch_size]:
+                try:
+                    windows.append(read_window(clip, bucket, cfg.fps))
+                    batch.append(clip)
+                except VideoDecodeError as err:
+                    rejects.append(reject("encode", clip["path"], err.reason, clip["source_id"], clip["clip_id"]))
+            if not batch:
+                continue
+            latents = encoders.video(np.stack([frames for frames, _ in windows]))  # (B, C, f, h, w)
+            texts = encoders.text([c["caption"] or "" for c in batch])
+            for clip, (_, start), z, (tokens, mask) in zip(batch, windows, latents, texts):
+                caption = clip["caption"] or ""
+                samples.append({"id": clip["clip_id"], "latents": z, "text_tokens": tokens, "text_mask": mask,
+                                "caption": caption})
+                rows.append({"sample_id": clip["clip_id"], "clip_id": clip["clip_id"], "source_id": clip["source_id"],
+                             "path": clip["path"], "bucket": bucket.name, "shard": None, "shape": list(z.shape),
+                             "fps": cfg.fps, "window_start": start, "window_end": start + bucket.frames / cfg.fps,
+                             "caption": caption})
+    return samples, rows, rejects
+
+
 def encode(root: str | os.PathLike, model: str | os.PathLike, cfg: EncodeConfig = EncodeConfig(),
            out: str | os.PathLike | None = None, device: str = "auto", dtype: torch.dtype = torch.float32,
            shard: Shard = Shard(), log: Callable[[str], None] | None = print) -> StageRun:
@@ -157,52 +195,19 @@ def encode(root: str | os.PathLike, model: str | os.PathLike, cfg: EncodeConfig 
         return fingerprint(*settings, ds.upstream_fingerprint("encode", unit, shard.owns(unit)))
 
     def work(unit: int, fp: str) -> None:
-        groups: dict[Bucket, list[dict]] = {}
-        rejects, samples, rows = [], [], []
-        for clip in sorted((c for c in upstream.read(unit, "clips") if c["keep"]), key=lambda c: c["clip_id"]):
-            bucket = assign_bucket(clip, cfg.buckets, cfg.fps)
-            if bucket is None:
-                reason = (f"fits no bucket: {clip['duration']:.2f} s at {cfg.fps:g} fps, {clip['width']}x{clip['height']}; "
-                          f"buckets: {' '.join(b.name for b in cfg.buckets)}")
-                rejects.append(reject("encode", clip["path"], reason, clip["source_id"], clip["clip_id"]))
-            else:
-                groups.setdefault(bucket, []).append(clip)
-        for bucket in cfg.buckets:
-            clips = groups.get(bucket, [])
-            for i in range(0, len(clips), cfg.batch_size):
-                batch, windows = [], []
-                for clip in clips[i:i + cfg.batch_size]:
-                    try:
-                        frames, start = read_window(clip, bucket, cfg.fps)
-                    except VideoDecodeError as err:
-                        rejects.append(reject("encode", clip["path"], err.reason, clip["source_id"], clip["clip_id"]))
-                        continue
-                    batch.append(clip)
-                    windows.append((frames, start))
-                if not batch:
-                    continue
-                latents = encoders.video(np.stack([f for f, _ in windows]))
-                texts = encoders.text([c["caption"] or "" for c in batch])
-                for clip, (_, start), z, (tokens, mask) in zip(batch, windows, latents, texts):
-                    samples.append({"id": clip["clip_id"], "latents": z, "text_tokens": tokens, "text_mask": mask,
-                                    "caption": clip["caption"] or ""})
-                    rows.append({"sample_id": clip["clip_id"], "clip_id": clip["clip_id"], "source_id": clip["source_id"],
-                                 "path": clip["path"], "bucket": bucket.name, "shard": None, "shape": list(z.shape),
-                                 "fps": cfg.fps, "window_start": start, "window_end": start + bucket.frames / cfg.fps,
-                                 "caption": clip["caption"] or ""})
+        clips = sorted((c for c in upstream.read(unit, "clips") if c["keep"]), key=lambda c: c["clip_id"])
+        samples, rows, rejects = encode_clips(clips, cfg, encoders)
         names = []
         for part in range(0, len(samples), cfg.shard_size):
             name = f"shard-{unit:05d}-{part // cfg.shard_size:03d}.safetensors"
-            for entry, row in zip(write_shard(cache / name, samples[part:part + cfg.shard_size]),
-                                  rows[part:part + cfg.shard_size]):
-                row["shard"] = entry["shard"]
+            write_shard(cache / name, samples[part:part + cfg.shard_size])
+            for row in rows[part:part + cfg.shard_size]:
+                row["shard"] = name
             names.append(name)
         for stale in cache.glob(f"shard-{unit:05d}-*.safetensors"):  # a redone unit may write fewer parts
             if stale.name not in names:
                 stale.unlink()
-        text_dim = samples[0]["text_tokens"].shape[1] if samples else None
-        store.write(unit, fp, {"samples": (rows, SAMPLE_SCHEMA), "rejects": (rejects, REJECT_SCHEMA)},
-                    {"text_dim": text_dim})
+        store.write(unit, fp, {"samples": (rows, SAMPLE_SCHEMA), "rejects": (rejects, REJECT_SCHEMA)})
 
     run = run_units(store, ds.units, shard, fp_of, work, log)
     if run.complete:
@@ -217,7 +222,7 @@ def _finish(ds: Dataset, cache: Path, encoders: Encoders, cfg: EncodeConfig, new
     ds.write_rejects("encode")
     if not rows:
         raise DataError(f"encode kept no sample: every clip of {ds.root} was filtered out or fits no bucket "
-                          f"(see {ds.root / 'rejects.parquet'} and report.txt)")
+                        f"(see {ds.root / 'rejects.parquet'} and report.txt)")
     text_dim = encoders.cfg.text.dim
     if new_null or not (cache / NULL_TEXT).is_file():
         write_null_text(cache, *encoders.text([""])[0])

@@ -134,7 +134,7 @@ def ingest(root: str | os.PathLike, inputs: list[str] | None = None, units: int 
     for path in listing:
         members[unit_of(source_id(path), ds.units)].append(path)
     store = ds.store("ingest")
-    fps = {u: fingerprint("ingest", INGEST_VERSION, [_file_state(p) for p in paths]) for u, paths in members.items()}
+    prints = {u: fingerprint("ingest", INGEST_VERSION, [_file_state(p) for p in paths]) for u, paths in members.items()}
 
     def work(unit: int, fp: str) -> None:
         rows, rejects = [], []
@@ -144,10 +144,12 @@ def ingest(root: str | os.PathLike, inputs: list[str] | None = None, units: int 
                 rows.append({"source_id": sid, "path": path, "unit": unit, **probe(path)})
             except VideoDecodeError as err:
                 rejects.append(reject("ingest", path, err.reason, source_id=sid))
+            except (av.FFmpegError, OSError, ValueError, EOFError) as err:  # what a strange file makes PyAV raise
+                rejects.append(reject("ingest", path, f"{type(err).__name__}: {err}", source_id=sid))
         store.write(unit, fp, {"sources": (rows, SOURCE_SCHEMA), "rejects": (rejects, REJECT_SCHEMA)},
                     {"sources": len(members[unit])})
 
-    run = run_units(store, ds.units, shard, fps.__getitem__, work, log)
+    run = run_units(store, ds.units, shard, prints.__getitem__, work, log)
     if run.complete:
         write_parquet(ds.root / "sources.parquet", ds.gather("ingest", "sources", ("path",)), SOURCE_SCHEMA)
         ds.write_rejects("ingest")

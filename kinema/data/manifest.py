@@ -116,6 +116,7 @@ class Dataset:
         return ds
 
     def save(self) -> None:
+        """Write dataset.json (atomically)."""
         meta = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "units": self.units, "inputs": self.inputs}
         atomic_write_text(self.root / DATASET_FILE, json.dumps(meta, indent=1) + "\n")
 

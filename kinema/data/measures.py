@@ -50,6 +50,7 @@ class ClipMeter:
         self._prev: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
+        """Take the next frame (H, W, 3) uint8."""
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         self.lumas.append(float(gray.mean()))
         self.contrasts.append(float(gray.std()))

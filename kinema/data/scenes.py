@@ -43,6 +43,7 @@ class ChangeSeries:
         self._prev2: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
+        """Take the next frame (H, W, 3) uint8 RGB."""
         hsv = to_hsv(rgb)
         self.changes.append(content_change(hsv, self._prev) if self._prev is not None else 0.0)
         self.skips.append(content_change(hsv, self._prev2) if self._prev2 is not None else 0.0)

@@ -46,6 +46,7 @@ class Shard:
             raise DataError(f"shard must be i/n with 0 <= i < n, got {self.index}/{self.count}")
 
     def owns(self, unit: int) -> bool:
+        """True when ``unit`` is this shard's work."""
         return unit % self.count == self.index
 
     def __str__(self) -> str:
@@ -103,9 +104,11 @@ class UnitStore:
         self.dir = Path(root) / "units" / stage
 
     def table_path(self, unit: int, table: str) -> Path:
+        """Where one table of a unit lives."""
         return self.dir / f"u{unit:05d}.{table}.parquet"
 
     def marker_path(self, unit: int) -> Path:
+        """Where a unit's done marker lives."""
         return self.dir / f"u{unit:05d}.done.json"
 
     def marker(self, unit: int) -> dict | None:
@@ -121,6 +124,7 @@ class UnitStore:
         return marker["fingerprint"] if marker else None
 
     def is_done(self, unit: int, fp: str) -> bool:
+        """True when the unit finished with fingerprint ``fp``."""
         return self.fingerprint(unit) == fp
 
     def read(self, unit: int, table: str) -> list[dict]:
@@ -154,6 +158,7 @@ class StageRun:
         return not self.others
 
     def summary(self) -> str:
+        """One line: what was done, skipped and left."""
         line = (f"{self.stage}: {len(self.done)} unit(s) done in {self.seconds:.1f}s, "
                 f"{len(self.skipped)} already done")
         if self.others:

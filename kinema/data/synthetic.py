@@ -20,16 +20,25 @@ CODECS = {".mp4": ("mp4", "libx264"), ".mkv": ("matroska", "libx264"), ".webm": 
           ".avi": ("avi", "mpeg4")}
 
 
-def world_shots(seeds: list[int], lengths: list[int], width: int, height: int, fps: float
-                ) -> tuple[np.ndarray, list[int], list[str]]:
-    """(frames (F, H, W, 3) uint8, the frames where shots 2.. start, one caption per shot)."""
+def world_shots(seeds: list[int], lengths: list[int], width: int, height: int, fps: float,
+                distinct: bool = False) -> tuple[np.ndarray, list[int], list[str]]:
+    """(frames (F, H, W, 3) uint8, the frames where shots 2.. start, one caption per shot).
+
+    With ``distinct``, a shot on the same background as the one before it is redrawn from the next
+    seeds (+1000, +2000, ...) until it is not: a cut between two shots of one plain backdrop that differ
+    only in a few small objects is a hard case of its own (benchmarks/data.py keeps those).
+    """
     if len(seeds) != len(lengths):
         raise ValueError(f"one length per seed: got {len(seeds)} seeds, {len(lengths)} lengths")
-    shots, captions = [], []
+    shots, captions, background = [], [], None
     for seed, length in zip(seeds, lengths):
-        frames, caption, _ = make_clip(seed, width, height, length, fps)
+        frames, caption, scene = make_clip(seed, width, height, length, fps)
+        while distinct and scene.background == background:
+            seed += 1000
+            frames, caption, scene = make_clip(seed, width, height, length, fps)
         shots.append(frames)
         captions.append(caption)
+        background = scene.background
     cuts = np.cumsum(lengths)[:-1].tolist()
     return np.concatenate(shots), cuts, captions
 

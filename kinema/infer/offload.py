@@ -19,9 +19,11 @@ naming the mode that would.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -356,7 +358,7 @@ GB = 1024**3
 _DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 # google/umt5-xxl's encoder as Wan 2.1 ships it (text_encoder/config.json), for configs without a folder.
 UMT5_XXL = {"params": 5_680_000_000, "d_model": 4096, "d_ff": 10240, "num_layers": 24, "vocab_size": 256384}
-# Fixed cost of a CUDA process (context, cuBLAS/cuDNN workspaces), measured at 0.4-0.6 GB on recent cards.
+# Fixed cost of a CUDA process outside the allocator (context, cuBLAS/cuDNN workspaces): typically 0.3-0.6 GB.
 CUDA_OVERHEAD = int(0.6 * GB)
 
 
@@ -381,16 +383,9 @@ def safetensors_numel(path: str | os.PathLike) -> int:
         shards = set(json.loads(path.read_text())["weight_map"].values())
         return sum(safetensors_numel(path.parent / s) for s in shards)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+        (n,) = struct.unpack("<Q", f.read(8))  # the format: an 8-byte header length, then a JSON header
         header = json.loads(f.read(n))
-    total = 0
-    for name, info in header.items():
-        if name != "__metadata__":
-            count = 1
-            for d in info["shape"]:
-                count *= d
-            total += count
-    return total
+    return sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
 
 
 def _text_shape(cfg) -> dict:
@@ -429,8 +424,8 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
     """Predicted peak bytes on the compute device for one request under ``plan`` (configs only, no weights read).
 
     Activations follow the tensors alive inside one DiT block (fp32 residual stream, q/k/v, the fp32 RoPE
-    copies, the FFN hidden layer) and inside the VAE decoder's full-resolution stage; the constants are
-    upper-side estimates, checked against measurements by ``benchmarks/memory.py``.
+    copies, the FFN hidden layer; within 10% of measured CPU peaks) and inside the VAE decoder's
+    full-resolution stage (fit to measured peaks); ``benchmarks/memory.py`` prints estimate and measurement.
     """
     b = _DTYPE_BYTES[dtype]
     dit_cfg, vae_cfg = cfg.dit, cfg.vae
@@ -461,7 +456,9 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
     px_frames = chunk * tf
     tile_px = (height * width) if plan.vae_tile is None else min(height * width, (plan.vae_tile * sf) ** 2)
     c_full = (vae_cfg.decoder_base_dim or vae_cfg.base_dim) * vae_cfg.dim_mult[0]
-    vae_act = 6 * px_frames * tile_px * c_full * vb
+    # Fit to measured decode peaks (CPU RSS, Wan-layout VAE): ~12 full-resolution tensors per frame in flight,
+    # plus ~60 frames' worth for the carried causal-conv caches and the upsampling stages.
+    vae_act = (12 * px_frames + 60) * tile_px * c_full * vb
     out_video = 3 * frames * height * width * 4 if plan.vae_tile is None else 0  # tiles stitch on the host
 
     if plan.offload == "none":
@@ -505,15 +502,15 @@ def check_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtype, 
                  device: torch.device | str, guidance: float = 5.0, available: int | None = None, **parallel) -> MemoryEstimate:
     """The estimate for ``plan``, or MemoryFitError when it exceeds the free memory, naming the mode that fits."""
     device = torch.device(device)
+    cuda = device.type == "cuda"
     free = available_memory(device) if available is None else available
-    overhead = CUDA_OVERHEAD if device.type == "cuda" else 0
-    est = estimate_memory(cfg, width, height, frames, dtype, plan, guidance, **parallel)
+    overhead = CUDA_OVERHEAD if cuda else 0
+    # On the CPU the "device" is host memory: offloading keeps every weight resident, only storage shrinks.
+    est = estimate_memory(cfg, width, height, frames, dtype, plan if cuda else dataclasses.replace(plan, offload="none"),
+                          guidance, **parallel)
     if est.total + overhead <= free:
         return est
-    if device.type != "cuda":  # on the CPU, offloading to host memory saves nothing: only storage shrinks
-        options = [(o, q) for o in ("none",) for q in QUANTIZE]
-    else:
-        options = [(o, q) for q in QUANTIZE for o in MEMORY_MODES]
+    options = [(o, q) for q in QUANTIZE for o in (MEMORY_MODES if cuda else ("none",))]
     what = f"{cfg.name} at {width}x{height}x{frames} in {str(dtype).removeprefix('torch.')}"
     need = f"needs about {est.total / GB:.1f} GB ({est.weights / GB:.1f} GB weights + {est.activations / GB:.1f} GB " \
            f"activations at the {est.stage} stage) with --offload {plan.offload}" + \
@@ -526,7 +523,7 @@ def check_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtype, 
             flags = f"--offload {offload}" + (f" --quantize {quantize}" if quantize != "none" else "")
             raise MemoryFitError(f"{what} {need}, {have}; {flags} needs about {alt.total / GB:.1f} GB and fits")
     smaller = "a smaller --size or fewer --frames"
-    if device.type != "cuda" and dtype == torch.float32:
+    if not cuda and dtype == torch.float32:
         smaller = "--dtype bf16, " + smaller
     raise MemoryFitError(f"{what} {need}, {have}; no memory mode fits: try {smaller}"
-                       + (", or several GPUs (kinema generate --gpus N)" if device.type == "cuda" else ""))
+                         + (", or several GPUs (kinema generate --gpus N)" if cuda else ""))
