@@ -62,6 +62,9 @@ def cmd_generate(args) -> int:
         return relaunched
     if task != "text":
         return _generate_task(args, cfg, model_path, task)
+    from .infer.i2v_wan import is_wan_i2v
+    if is_wan_i2v(cfg):
+        raise CLIError(f"{model_path} is a Wan 2.1 image-to-video model: give the first frame with --image PATH")
     rank, world, device = _distributed(args)
     extended = _extend_prompt(args, args.prompt, rank, world)
     fps = args.fps or cfg.sampling.fps
@@ -275,6 +278,11 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
         raise CLIError(f"a .png holds one frame; write {task} to .mp4, .webm, .gif or a folder")
 
     inputs = _task_inputs(args, task, settings, cfg)  # every input read and checked before the model loads
+    from .infer.i2v_wan import is_wan_i2v
+    wan_i2v = is_wan_i2v(cfg)
+    if wan_i2v and (task != "image-to-video" or inputs["frame"] != 0):
+        raise CLIError(f"{model_path} is a Wan 2.1 image-to-video model: it takes --image as the first frame "
+                       f"(no --image-frame, no {_TASK_FLAGS.get(task, task)})")
     if args.prompt_extend:
         raise CLIError(f"--prompt-extend goes with text-to-video, not {task}")
     if task == "long" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -296,6 +304,9 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
         return 0
     run = {"image": tasks.image, "image-to-video": tasks.image_to_video, "keyframes": tasks.keyframes,
            "extend": tasks.extend, "connect": tasks.connect, "loop": tasks.loop, "edit": tasks.edit}[task]
+    if wan_i2v:  # Wan 2.1 I2V: the image enters through the DiT's own channels and CLIP tokens
+        from .infer import i2v_wan
+        run = lambda pipe, prompt, image, frame, resize, **kw: i2v_wan.image_to_video(pipe, image, prompt, **kw)  # noqa: E731
     if not sets_length:
         kw["frames"] = frames
     if task != "image":  # every other task fits its inputs by the --resize policy

@@ -5,6 +5,7 @@ it loads with its preset's defaults, generates through the Python API and the CL
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -149,3 +150,90 @@ def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys, make, match)
     make(folder)
     assert main(["generate", "a fox", "--model", str(folder)]) == 2
     assert match in capsys.readouterr().err
+
+
+# -- Wan 2.1 image-to-video (CLIP image tokens + mask and image latents as extra DiT channels) ----------------
+
+@pytest.fixture(scope="module")
+def wan_i2v_folder(tmp_path_factory):
+    """``WanImageToVideoPipeline.save_pretrained`` with tiny random components, a tiny CLIP vision tower included."""
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1)).eval()
+    image_encoder = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=32,
+        patch_size=8)).eval()
+    processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    image_processor = processor_cls(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    transformer = _randomize(diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=2 * Z + 4, out_channels=Z,
+        text_dim=32, freq_dim=32, ffn_dim=48, num_layers=2, image_dim=16, added_kv_proj_dim=24, rope_max_seq_len=64),
+        0.08, seed=1)
+    vae = _randomize(diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0]),
+        0.1, seed=3)
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  num_train_timesteps=1000, flow_shift=3.0)
+    pipe = diffusers.WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                                             scheduler=scheduler, image_processor=image_processor,
+                                             image_encoder=image_encoder, transformer=transformer)
+    root = tmp_path_factory.mktemp("wan-i2v") / "Wan2.1-I2V-tiny-Diffusers"
+    pipe.save_pretrained(root)
+    return root
+
+
+def _picture(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, (x + y) % 64 * 4], axis=-1).astype(np.uint8)
+
+
+def test_i2v_matches_diffusers_wan_image_to_video_pipeline(wan_i2v_folder, monkeypatch):
+    from PIL import Image
+
+    from kinema.infer.i2v_wan import image_to_video, is_wan_i2v
+    import diffusers.pipelines.wan.pipeline_wan_i2v as reference_module
+    if not hasattr(reference_module, "ftfy"):  # it calls ftfy.fix_text unconditionally: the identity on ASCII
+        monkeypatch.setattr(reference_module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+    ref = diffusers.WanImageToVideoPipeline.from_pretrained(wan_i2v_folder)
+    ref.set_progress_bar_config(disable=True)
+    steps, guidance, image = 3, 4.0, _picture(48, 32)
+    ref.scheduler.set_timesteps(steps)
+    sigmas, timesteps = ref.scheduler.sigmas.double(), ref.scheduler.timesteps.double()
+
+    pipe = Pipeline.from_pretrained(wan_i2v_folder)
+    assert is_wan_i2v(pipe.cfg)
+    monkeypatch.setattr("kinema.infer.pipeline.sampling_schedule", lambda *a, **k: sigmas)
+    pipe.dit.register_forward_pre_hook(  # diffusers' integer timesteps, as in the text-to-video parity test
+        lambda m, args: (args[0], timesteps[(args[1].double()[..., None] - timesteps).abs().argmin(-1)].float(), *args[2:]))
+    settings = dict(negative_prompt="blurry low quality", width=32, height=48, frames=9, steps=steps,
+                    guidance=guidance, shift=3.0, sampler="unipc", seed=4)
+    video = image_to_video(pipe, image, "a red fox runs", **settings)
+    noise = torch.randn(pipe.latent_shape(pipe.settings("x", **settings)), generator=torch.Generator().manual_seed(4))
+    final = {}
+    out = ref(image=Image.fromarray(image), prompt="a red fox runs", negative_prompt="blurry low quality", height=48,
+              width=32, num_frames=9, num_inference_steps=steps, guidance_scale=guidance, latents=noise.clone(),
+              output_type="np", callback_on_step_end=lambda p, i, t, kw: final.update(latents=kw["latents"]) or {})
+    torch.testing.assert_close(video.latents, final["latents"], rtol=0, atol=2e-5)
+    expected = np.round(out.frames[0] * 255).astype(np.int16)
+    assert np.abs(video.frames.astype(np.int16) - expected).max() <= 1
+    # the image matters: another picture, another video; and the hooks are gone afterwards
+    other = image_to_video(pipe, 255 - image, "a red fox runs", **settings)
+    assert (other.latents - video.latents).abs().max() > 1e-3
+    assert not pipe.dit._forward_pre_hooks_with_kwargs
+
+
+def test_cli_i2v_needs_an_image_and_generates_from_one(wan_i2v_folder, tmp_path, capsys):
+    from PIL import Image
+
+    from kinema.cli import main
+    assert main(["generate", "a fox", "--model", str(wan_i2v_folder), "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "image-to-video model: give the first frame with --image" in capsys.readouterr().err
+    Image.fromarray(_picture(64, 64)).save(tmp_path / "first.png")
+    out = tmp_path / "fox.mp4"
+    assert main(["generate", "a fox", "--model", str(wan_i2v_folder), "--image", str(tmp_path / "first.png"),
+                 "--size", "32x32", "--frames", "5", "--steps", "2", "-o", str(out), "-q"]) == 0
+    from kinema.common.video import probe_video
+    assert probe_video(out)["frames"] == 5

@@ -28,12 +28,12 @@ Stream = dict  # per-module carried state for one encode/decode pass: {id(module
 _MKLDNN = torch.backends.mkldnn.is_available()
 
 
-def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride) -> torch.Tensor:
-    """conv3d without padding. On CPU, oneDNN directly: PyTorch's dispatcher sends batch-1 inputs with few
-    channels x frames to a slow reference kernel (2x slower, measured), which is most of a small VAE."""
-    if _MKLDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype:
-        return torch.mkldnn_convolution(x, weight, bias, [0, 0, 0], list(stride), [1, 1, 1], 1)
-    return F.conv3d(x, weight, bias, stride)
+def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
+    """conv3d with symmetric ``padding`` (t, h, w). On CPU, oneDNN directly: PyTorch's dispatcher sends batch-1
+    inputs with few channels x frames to a slow reference kernel (2x slower, measured), most of a small VAE."""
+    if _MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == x.dtype:
+        return torch.mkldnn_convolution(x, weight, bias, list(padding), list(stride), [1, 1, 1], 1)
+    return F.conv3d(x, weight, bias, stride, padding)
 
 
 class CausalConv3d(nn.Conv3d):
@@ -44,7 +44,7 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(c_in, c_out, kernel, stride=stride, padding=0)
         pad = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
         self.time_pad = 2 * pad[0]
-        self.space_pad = (pad[2], pad[2], pad[1], pad[1])
+        self.space_pad = (0, pad[1], pad[2])  # symmetric in space, handed to the convolution itself
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
         """``(B, C, T, H, W) -> (B, C_out, T, H, W)``; with ``stream``, continues from the previous chunk."""
@@ -55,9 +55,7 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat([past, x], dim=2)
             if stream is not None:
                 stream[id(self)] = x[:, :, -self.time_pad:]
-        if any(self.space_pad):
-            x = F.pad(x, self.space_pad)
-        return _conv3d(x, self.weight, self.bias, self.stride)
+        return _conv3d(x, self.weight, self.bias, self.stride, self.space_pad)
 
 
 class ResidualBlock(nn.Module):
