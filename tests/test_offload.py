@@ -16,6 +16,13 @@ from kinema.infer.offload import (GB, BlockStreamer, Int8Linear, MemoryFitError,
 from kinema.infer.tiling import decode_tiled, tile_starts
 from kinema.vae import VAE
 
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from test_wan_pipeline import build_wan_folder
+    return build_wan_folder(tmp_path_factory.mktemp("wan") / "wan")
+
+
 REQUEST = dict(prompt="a red ball bounces", seed=2, steps=3, width=48, height=32, frames=9)
 
 
@@ -232,6 +239,3 @@ def test_cli_refuses_a_request_too_large_for_this_machine(tiny_model_dir, monkey
     err = capsys.readouterr().err
     assert "needs about" in err and "0.0 GB free" in err and "no memory mode fits" in err
     assert not list(tmp_path.iterdir())
-
-
-from test_wan_pipeline import wan_folder  # noqa: E402,F401  (the tiny diffusers Wan folder fixture)

@@ -43,6 +43,10 @@ def _randomize(module, std: float, seed: int):
 
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
+    return build_wan_folder(tmp_path_factory.mktemp("wan") / "Wan2.1-T2V-tiny-Diffusers")
+
+
+def build_wan_folder(root):
     """``WanPipeline(...).save_pretrained(root)`` with tiny random components and the Wan 2.1 flow-UniPC scheduler."""
     tokenizer = _tokenizer()
     torch.manual_seed(0)
@@ -61,7 +65,6 @@ def wan_folder(tmp_path_factory):
                                                   num_train_timesteps=1000, flow_shift=3.0)
     pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                                  transformer=transformer)
-    root = tmp_path_factory.mktemp("wan") / "Wan2.1-T2V-tiny-Diffusers"
     pipe.save_pretrained(root)
     return root
 
