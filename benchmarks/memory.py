@@ -179,7 +179,9 @@ def measure(scale_name: str, device: str, dtype: str, steps: int | None) -> list
         base = dict(folder=str(folder), device=device, dtype=dtype, width=scale["width"], height=scale["height"],
                     frames=scale["frames"], steps=steps or scale["steps"])
         cases = [dict(base, engine="kinema", mode=m, quantize=q) for m, q in KINEMA_CASES]
-        cases += [dict(base, engine="diffusers", mode=m, quantize="none") for m in DIFFUSERS_CASES]
+        # diffusers' offload hooks need an accelerator: on the CPU only its plain pipeline is comparable
+        cases += [dict(base, engine="diffusers", mode=m, quantize="none")
+                  for m in (DIFFUSERS_CASES if device == "cuda" else ["none"])]
         for spec in cases:
             row = _child(spec)
             row.update(scale=scale_name, device=device, dtype=dtype)

@@ -31,7 +31,8 @@ _MKLDNN = torch.backends.mkldnn.is_available()
 def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
     """conv3d with symmetric ``padding`` (t, h, w). On CPU, oneDNN directly: PyTorch's dispatcher sends batch-1
     inputs with few channels x frames to a slow reference kernel (2x slower, measured), most of a small VAE."""
-    if _MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == x.dtype:
+    if (_MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == x.dtype
+            and not torch.compiler.is_compiling()):
         return torch.mkldnn_convolution(x, weight, bias, list(padding), list(stride), [1, 1, 1], 1)
     return F.conv3d(x, weight, bias, stride, padding)
 
