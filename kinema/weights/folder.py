@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..common.io import atomic_path, atomic_write_text
@@ -40,19 +41,30 @@ class WeightsError(ValueError):
 
 # -- reading tensors -------------------------------------------------------------------------------------
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one safetensors file, or of a sharded set named by a ``*.safetensors.index.json``."""
+def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file, or of a sharded set named by a ``*.safetensors.index.json``.
+
+    With ``dtype``, floating-point tensors are cast one at a time as they are read, so peak memory is the
+    weights in ``dtype`` plus one tensor (a 14B fp32 checkpoint loads into bf16 without 56 GB of RAM).
+    """
     path = Path(path)
     if path.name.endswith(".index.json"):
         index = json.loads(path.read_text())
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            state.update(read_safetensors(path.parent / shard))
+            state.update(read_safetensors(path.parent / shard, dtype))
         return state
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        return load_file(str(path))
+        if dtype is None:
+            return load_file(str(path))
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                out[key] = t.to(dtype) if t.is_floating_point() else t
+        return out
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"cannot read {path}: {e} (truncated or not a safetensors file?)") from e
 
@@ -69,7 +81,7 @@ def _component_weights(folder: Path) -> Path:
                        f"with `kinema convert`.")
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
     """Load ``state`` strictly, naming missing/unexpected keys and shape mismatches."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -85,7 +97,7 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
             k, got, want = wrong[0]
             parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: file has {got}, model expects {want}")
         raise WeightsError(f"weights in {source} do not fit the model config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 # -- diffusers configs -----------------------------------------------------------------------------------
@@ -186,18 +198,16 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype = torch.float32, weight
     p = Path(path)
     kind = folder_kind(p)
     if kind == "kinema":
-        cfg, state, src = read_config(p).dit, read_safetensors(p / weights), p / weights
+        cfg, src = read_config(p).dit, p / weights
     else:
         comp = p / "transformer" if kind == "diffusers" else p
         if kind == "diffusers-vae":
             raise WeightsError(f"{p} is a VAE folder, not a transformer")
         cfg = dit_config_from_diffusers(_read_json(comp / "config.json"))
         src = _component_weights(comp)
-        state = read_safetensors(src)
-    with torch.device("meta"):
+    with torch.device("meta"):  # no memory until the weights arrive, already in their final dtype
         model = DiT(cfg)
-    model.to_empty(device="cpu")
-    load_into(model, {k: v for k, v in state.items()}, str(src))
+    load_into(model, read_safetensors(src, dtype), str(src), assign=True)
     return model.to(dtype).eval()
 
 
@@ -213,7 +223,7 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VAE
         comp = p / "vae" if kind == "diffusers" else p
         cfg, src = vae_config_from_diffusers(_read_json(comp / "config.json")), _component_weights(comp)
     model = VAE(cfg)
-    load_into(model, read_safetensors(src), str(src))
+    load_into(model, read_safetensors(src, dtype), str(src))
     return model.to(dtype).eval()
 
 
