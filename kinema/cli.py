@@ -627,6 +627,8 @@ def _train_error():
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+    warnings.formatwarning = lambda message, *args, **kwargs: f"kinema: warning: {message}\n"
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun

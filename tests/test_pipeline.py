@@ -111,3 +111,14 @@ def test_cli_missing_model(capsys, tmp_path):
 def test_cli_size_syntax():
     r = subprocess.run([sys.executable, "-m", "kinema.cli", "generate", "x", "--size", "big"], capture_output=True, text=True)
     assert r.returncode == 2 and "WIDTHxHEIGHT" in r.stderr
+
+
+def test_bf16_on_a_cpu_without_it_falls_back_with_a_message(tiny_model_dir, monkeypatch):
+    from kinema.infer.pipeline import usable_dtype
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with pytest.warns(UserWarning, match="no native support.*using float32"):
+        pipe = Pipeline.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    assert pipe.dtype == torch.float32 and next(pipe.dit.parameters()).dtype == torch.float32
+    assert pipe.generate("a ball", steps=1).frames.shape == (9, 64, 64, 3)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert usable_dtype("cpu", torch.bfloat16) == torch.bfloat16

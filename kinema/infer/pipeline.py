@@ -149,7 +149,7 @@ class Pipeline:
         from ..text import build_text_encoder
         from ..weights import load_dit, load_vae, read_config
         path = Path(path) if path is not None else bundled_model_path()
-        dtype = dtype or torch.float32
+        dtype = usable_dtype(device, dtype or torch.float32)
         plan = MemoryPlan.for_mode(memory) if isinstance(memory, str) else memory
         home = "cpu" if plan.offload != "none" else device  # offloaded components move on first use
         cfg = read_config(path)
@@ -268,6 +268,20 @@ def _progress(progress, steps):
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
     return (lambda i, n: bar.update(1)), bar
+
+
+def usable_dtype(device: str | torch.device, dtype: torch.dtype) -> torch.dtype:
+    """``dtype``, or float32 with a warning where the CPU would only emulate it (no AVX-512 BF16 / AMX / FP16)."""
+    if torch.device(device).type != "cpu" or dtype == torch.float32:
+        return dtype
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = {torch.bfloat16: ("AVX512_BF16", "AMX"), torch.float16: ("AMX",)}.get(dtype, ())
+    if capability in native:
+        return dtype
+    import warnings
+    warnings.warn(f"{str(dtype).removeprefix('torch.')} requested, but this CPU (capability {capability}) has no "
+                  f"native support and would emulate it, slower than float32: using float32", stacklevel=3)
+    return torch.float32
 
 
 def bundled_model_path() -> Path:
