@@ -262,6 +262,16 @@ PRESETS: dict[str, ModelConfig] = {
         sampling=SamplingDefaults(width=832, height=480, frames=81, fps=16, steps=50, guidance=5.0, shift=3.0,
                                   negative_prompt=_WAN_NEGATIVE),
     ),
+    # Image-to-video at 480p: CLIP ViT-H image tokens (1280-d) enter cross-attention; 36 input channels.
+    "wan2.1-i2v-14b-480p": ModelConfig(
+        name="wan2.1-i2v-14b-480p",
+        vae=VAEConfig(),
+        dit=DiTConfig(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096,
+                      in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
+        text=TextConfig(kind="t5", max_length=512, dim=4096, use_mask=False),
+        sampling=SamplingDefaults(width=832, height=480, frames=81, fps=16, steps=40, guidance=5.0, shift=3.0,
+                                  negative_prompt=_WAN_NEGATIVE),
+    ),
     "wan2.1-t2v-14b": ModelConfig(
         name="wan2.1-t2v-14b",
         vae=VAEConfig(),

@@ -99,3 +99,22 @@ def test_unknown_config_key_is_named(tmp_path, tiny_model_dir):
     (tmp_path / "m" / "kinema.json").write_text(json.dumps(cfg))
     with pytest.raises(WeightsError, match="num_layerz"):
         read_config(tmp_path / "m")
+
+
+def test_diffusers_folder_takes_its_preset_and_scheduler_shift(tmp_path):
+    """Sampling defaults come from the matching Wan preset (matched on depth, width and image input), and a
+    scheduler_config.json flow_shift overrides the preset's shift."""
+    from kinema.config import preset
+    from kinema.weights.folder import dit_config_to_diffusers, vae_config_to_diffusers
+
+    root = tmp_path / "wan"
+    for name, cfg in (("transformer", dit_config_to_diffusers(preset("wan2.1-i2v-14b-480p").dit)),
+                      ("vae", vae_config_to_diffusers(preset("wan2.1-i2v-14b-480p").vae))):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text(json.dumps(cfg))
+    (root / "model_index.json").write_text("{}")
+    got = read_config(root).sampling
+    assert (got.width, got.height, got.shift) == (832, 480, 3.0)
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"flow_shift": 5.0}))
+    assert read_config(root).sampling.shift == 5.0

@@ -188,8 +188,14 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     from ..config import PRESETS  # sampling defaults of the matching Wan preset, if any
     sampling = SamplingDefaults()
     for pre in PRESETS.values():
-        if pre.dit.num_layers == dit.num_layers and pre.dit.dim == dit.dim and pre.text.kind == "t5":
+        if (pre.text.kind == "t5" and pre.dit.num_layers == dit.num_layers and pre.dit.dim == dit.dim
+                and pre.dit.image_dim == dit.image_dim):
             sampling = pre.sampling
+    scheduler = p / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():  # the folder's own recommended shift wins over the preset's
+        shift = _read_json(scheduler).get("flow_shift") or _read_json(scheduler).get("shift")
+        if isinstance(shift, (int, float)) and shift > 0:
+            sampling = sampling.replace(shift=float(shift))
     return ModelConfig(name=p.name, vae=vae, dit=dit, text=text, sampling=sampling)
 
 
