@@ -27,3 +27,19 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny"
     save_model(path, cfg, dit, vae)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine spin far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    """A Pipeline on the tiny random model (module tests may override this fixture)."""
+    from kinema.infer import Pipeline
+    return Pipeline.from_pretrained(tiny_model_dir)

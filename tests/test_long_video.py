@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kinema.common.video import probe_video, read_video, read_video_metadata
-from kinema.infer import InputError, Pipeline
+from kinema.infer import InputError
 from kinema.infer.long import (VideoWriter, check_timed_prompts, long_video, prompt_at, read_prompts_file,
                                window_count)
 
@@ -19,18 +19,7 @@ KW = dict(width=32, height=32, steps=2)  # 9-frame windows (3 latent frames) at 
 FPS, WINDOW, SPAN = 8, 9, 5  # overlap 2 latent frames = 5 pixel frames re-created per later window
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine spin far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    return Pipeline.from_pretrained(tiny_model_dir)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seconds_for(windows: int) -> float:

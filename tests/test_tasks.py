@@ -10,7 +10,7 @@ import torch
 
 from kinema.cli import main
 from kinema.common.video import read_video, resize_video, to_model, write_video
-from kinema.infer import InputError, Pipeline
+from kinema.infer import InputError
 from kinema.infer import tasks
 from kinema.tasks.builders import place
 from kinema.tasks.frames import (frame_mask, grid_count, latent_count, latent_index, masked_pixel_frames, pad_frames,
@@ -20,18 +20,7 @@ KW = dict(width=32, height=32, steps=2)  # 9-frame clips (3 latent frames) at th
 TF = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine spin far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    return Pipeline.from_pretrained(tiny_model_dir)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -253,7 +253,8 @@ def _require_exists(path: Path) -> None:
         raise VideoDecodeError(path, "no such file or folder")
 
 
-def _open_av(path: Path) -> av.container.InputContainer:
+def open_video(path: str | os.PathLike) -> av.container.InputContainer:
+    """An open PyAV container with a video stream; VideoDecodeError (with the reason) otherwise."""
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -291,7 +292,7 @@ def read_video_metadata(path: str | os.PathLike) -> dict[str, str]:
         if isinstance(comment, bytes):
             comment = comment.decode("utf-8", errors="replace")
         return _parse_comment(comment) or dict(text)
-    with _open_av(path) as container:
+    with open_video(path) as container:
         tags = {k.lower(): v for k, v in container.metadata.items()}
     return _parse_comment(tags.get("comment")) or {k: v for k, v in tags.items() if k not in _MUXER_TAGS}
 
@@ -364,7 +365,7 @@ def read_video(
 
 def _read_av(path: Path, max_frames: int | None, fps: float | None) -> tuple[np.ndarray, float]:
     frames: list[np.ndarray] = []
-    with _open_av(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         src_fps = _stream_fps(stream)
@@ -445,7 +446,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def _count_packets(path: Path) -> int:
     """Frames by demuxing (no decoding), for containers whose index does not list a count."""
-    with _open_av(path) as container:
+    with open_video(path) as container:
         try:
             return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
         except (av.FFmpegError, EOFError, OSError) as err:
@@ -466,7 +467,7 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
         height, width, _ = read_image(path).shape
         return dict(frames=1, fps=1.0, width=width, height=height, duration=1.0,
                     codec=path.suffix.lower().lstrip("."), rotation=0)
-    with _open_av(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
         try:

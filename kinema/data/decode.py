@@ -20,7 +20,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from kinema.common.io import atomic_path
-from kinema.common.video import VideoDecodeError
+from kinema.common.video import VideoDecodeError, open_video  # noqa: F401  (open_video: re-exported for ingest)
 
 
 @dataclass
@@ -41,18 +41,6 @@ def upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
     """A frame turned by its display rotation (degrees counter-clockwise, FFmpeg's convention)."""
     turns = round(rotation / 90) % 4
     return np.ascontiguousarray(np.rot90(pixels, k=turns)) if turns else pixels
-
-
-def open_video(path: str | Path) -> av.container.InputContainer:
-    """An open PyAV container with a video stream; VideoDecodeError (with the reason) otherwise."""
-    try:
-        container = av.open(str(path), mode="r")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
-        raise VideoDecodeError(path, f"not a readable video ({err})") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(path, "the container has no video stream")
-    return container
 
 
 def iter_frames(
