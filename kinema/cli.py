@@ -77,7 +77,7 @@ def cmd_generate(args) -> int:
     prompt = extended.prompt if extended is not None else args.prompt
     settings = make_settings(cfg, prompt, negative_prompt=args.negative, width=width, height=height,
                              frames=frames, fps=args.fps, steps=args.steps, guidance=args.guidance, shift=args.shift,
-                             sampler=args.sampler, seed=args.seed)
+                             sampler=args.sampler, seed=args.seed, cache_threshold=args.cache_threshold)
     out = Path(args.output) if args.output else _default_output(settings)
     _check_output(out)
     if args.threads:
@@ -101,6 +101,8 @@ def cmd_generate(args) -> int:
               f"{video.fps} fps; seed {settings.seed})")
         print(f"time: load {load_s:.2f}s, text {t['text']:.2f}s, sampling {t['sample']:.2f}s, decode {t['decode']:.2f}s "
               f"-> {t['total']:.2f}s for {video.seconds:.2f}s of video (real-time factor {video.seconds / t['total']:.2f})")
+        if "step_cache" in video.notes:
+            print(f"step cache (threshold {settings.cache_threshold}): {video.notes['step_cache']}")
     return 0
 
 
@@ -185,6 +187,8 @@ def _load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     layout = None
     try:
         if world > 1:
+            if settings.cache_threshold > 0:  # ranks holding token shards would decide to skip differently
+                raise CLIError(f"--cache-threshold {settings.cache_threshold} runs in one process; drop it or --gpus")
             layout = plan_parallel(world, cfg.dit.num_attention_heads, settings.guidance)
         check_memory(cfg, settings.width, settings.height, settings.frames, dtype, memory, device, settings.guidance,
                      sequence_parallel=layout.sequence if layout else 1, cfg_parallel=layout.cfg if layout else 1)
@@ -268,7 +272,8 @@ def _generate_task(args, cfg, model_path: Path, task: str) -> int:
     first_prompt = prompts[0][1] if isinstance(prompts, list) else prompts
     width, height = args.size if args.size else (None, None)
     overrides = dict(negative_prompt=args.negative, width=width, height=height, fps=args.fps, steps=args.steps,
-                     guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed)
+                     guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
+                     cache_threshold=args.cache_threshold)
     settings = make_settings(cfg, first_prompt, frames=None if sets_length else frames, **overrides)
     out = Path(args.output) if args.output else _default_output(settings, ".png" if task == "image" else ".mp4")
     _check_output(out)
@@ -573,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shift", type=float, help="timestep shift (higher = more steps at high noise)")
     g.add_argument("--sampler", help="euler | heun | unipc")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cache-threshold", type=float, metavar="X",
+                   help="step cache: reuse the DiT's later blocks on steps where its first block's output changed by "
+                        "less than X (relative; 0 = off, the default; ~0.05-0.2 trades quality for speed)")
     g.add_argument("--lora", type=_lora, action="append", metavar="FILE[:SCALE]", help="apply a LoRA (repeatable)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")

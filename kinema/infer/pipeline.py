@@ -22,6 +22,7 @@ from ..flow import get_sampler, guided, sampling_schedule
 from ..tasks import Condition, conditioned_velocity
 from ..vae import VAE
 from .offload import MemoryPlan, apply_memory_plan
+from .step_cache import check_threshold, step_cache
 from .tiling import decode_tiled
 
 
@@ -45,6 +46,7 @@ class Settings:
     sampler: str = "unipc"
     seed: int = 0
     strength: float = 1.0  # < 1: edit an input video (SDEdit), starting from t = strength
+    cache_threshold: float = 0.0  # > 0: skip the DiT's later blocks on steps where block 0 barely changed
 
 
 @dataclass
@@ -88,9 +90,10 @@ def make_settings(cfg: ModelConfig, prompt: str, **overrides) -> Settings:
     d = cfg.sampling
     base = dict(negative_prompt=d.negative_prompt, width=d.width, height=d.height, frames=d.frames, fps=d.fps,
                 steps=d.steps, guidance=d.guidance, shift=d.shift, sampler=d.sampler)
-    unknown = sorted(set(overrides) - set(base) - {"seed", "strength"})
+    extras = {"seed", "strength", "cache_threshold"}
+    unknown = sorted(set(overrides) - set(base) - extras)
     if unknown:
-        raise InputError(f"unknown setting(s) {unknown}; accepted: {sorted(set(base) | {'seed', 'strength'})}")
+        raise InputError(f"unknown setting(s) {unknown}; accepted: {sorted(set(base) | extras)}")
     base.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(prompt=prompt, **base)
     check_settings(cfg, s)
@@ -124,6 +127,10 @@ def check_settings(cfg: ModelConfig, s: Settings) -> None:
         raise InputError(f"seed must be an integer in [0, 2^63), got {s.seed}")
     if not (isinstance(s.strength, (int, float)) and 0 < s.strength <= 1):
         raise InputError(f"strength must be in (0, 1], got {s.strength}")
+    try:
+        check_threshold(s.cache_threshold)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 class Pipeline:
@@ -137,6 +144,7 @@ class Pipeline:
         self._prompt_cache: dict = {}
         self.vae_tiles: tuple[int, int] | None = None  # (tile, overlap) in latent pixels: decode in spatial tiles
         self.offloader = None  # set by offload.apply_memory_plan
+        self.cache_stats = None  # the step cache's CacheStats from the last sample(), None when it was off
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -224,7 +232,9 @@ class Pipeline:
         text, mask = self.encode_prompts([s.prompt, s.negative_prompt])
         velocity = conditioned_velocity(self.velocity_fn(text, mask, s.guidance), condition)
         step_cb = None if callback is None else (lambda i, n, _x: callback(i + 1, n))
-        x = get_sampler(s.sampler)(velocity, x, ts.to(self.device), callback=step_cb)
+        with step_cache(self.dit, s.cache_threshold) as cache:  # a fresh cache per generation; None when off
+            x = get_sampler(s.sampler)(velocity, x, ts.to(self.device), callback=step_cb)
+        self.cache_stats = None if cache is None else cache.stats
         return x if condition is None else condition.apply(x)
 
     @torch.inference_mode()
@@ -237,10 +247,11 @@ class Pipeline:
     def generate(self, prompt: str, *, negative_prompt: str | None = None, width: int | None = None,
                  height: int | None = None, frames: int | None = None, fps: int | None = None, steps: int | None = None,
                  guidance: float | None = None, shift: float | None = None, sampler: str | None = None, seed: int = 0,
-                 progress: bool | Callable[[int, int], None] = False) -> Video:
+                 cache_threshold: float | None = None, progress: bool | Callable[[int, int], None] = False) -> Video:
         """Text -> video with this model's defaults for anything not given."""
         s = self.settings(prompt, negative_prompt=negative_prompt, width=width, height=height, frames=frames, fps=fps,
-                          steps=steps, guidance=guidance, shift=shift, sampler=sampler, seed=seed)
+                          steps=steps, guidance=guidance, shift=shift, sampler=sampler, seed=seed,
+                          cache_threshold=cache_threshold)
         return self.run(s, progress=progress)
 
     def run(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
@@ -257,7 +268,9 @@ class Pipeline:
         frames = self.decode(latents)
         t3 = time.perf_counter()
         timings = {"text": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0}
-        return Video(frames=frames, fps=s.fps, settings=s, model=self.name, latents=latents, timings=timings)
+        notes = {} if self.cache_stats is None else {"step_cache": str(self.cache_stats)}
+        return Video(frames=frames, fps=s.fps, settings=s, model=self.name, latents=latents, timings=timings,
+                     notes=notes)
 
 
 def _progress(progress, steps):
