@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/engine.py
+	$(PYTHON) benchmarks/generate.py
 
 clean:
 	rm -rf .make build *.egg-info .pytest_cache

@@ -43,16 +43,45 @@ def compare(fn_a, fn_b, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024) -> float:
+def matmul_peak(dtype: torch.dtype, n: int = 1024, device: str = "cpu") -> float:
     """Measured matmul GFLOP/s of this machine for ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    secs = timeit(lambda: a @ b, repeats=5)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    secs = timeit(lambda: (a @ b, sync()), repeats=5)
     return 2 * n**3 / secs / 1e9
 
 
-def dit_pair(dtype: torch.dtype):
+def reference_dit(ours):
+    """diffusers' ``WanTransformer3DModel`` holding the weights of the kinema DiT ``ours``, in its dtype and device."""
     from diffusers import WanTransformer3DModel
 
+    from kinema.weights.folder import dit_config_to_diffusers
+
+    param = next(ours.parameters())
+    ref = WanTransformer3DModel.from_config(dit_config_to_diffusers(ours.cfg))
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return _cast(ref, param)
+
+
+def reference_vae(ours):
+    """diffusers' ``AutoencoderKLWan`` holding the weights of the kinema VAE ``ours``, in its dtype and device."""
+    from diffusers import AutoencoderKLWan
+
+    from kinema.weights.folder import vae_config_to_diffusers
+
+    param = next(ours.parameters())
+    ref = AutoencoderKLWan.from_config(vae_config_to_diffusers(ours.cfg))
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return _cast(ref, param)
+
+
+def _cast(ref, like: torch.Tensor):
+    # diffusers warns on any .to(dtype=...) of its models, even to float32; cast only when the dtype changes
+    ref = ref if like.dtype == torch.float32 else ref.to(dtype=like.dtype)
+    return ref.to(like.device).eval()
+
+
+def dit_pair(dtype: torch.dtype):
     from kinema.config import preset
     from kinema.dit import DiT
 
@@ -62,12 +91,8 @@ def dit_pair(dtype: torch.dtype):
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.02)
-    ref = WanTransformer3DModel(patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads,
-                                attention_head_dim=cfg.attention_head_dim, in_channels=cfg.in_channels,
-                                out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-                                ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm)
-    ref.load_state_dict(ours.state_dict(), strict=True)
-    return ours.to(dtype), ref.to(dtype), cfg
+    ours = ours.to(dtype)
+    return ours, reference_dit(ours), cfg
 
 
 def dit_flops(cfg, tokens: int, text_len: int) -> float:
