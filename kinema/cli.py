@@ -99,6 +99,8 @@ def cmd_generate(args) -> int:
         t = video.timings
         print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
               f"{video.fps} fps; seed {settings.seed})")
+        if "student" in video.notes:
+            print(f"sampled by the model's {settings.steps}-step student (guidance baked in; --no-student for the teacher)")
         print(f"time: load {load_s:.2f}s, text {t['text']:.2f}s, sampling {t['sample']:.2f}s, decode {t['decode']:.2f}s "
               f"-> {t['total']:.2f}s for {video.seconds:.2f}s of video (real-time factor {video.seconds / t['total']:.2f})")
         if "step_cache" in video.notes:
@@ -197,7 +199,8 @@ def _load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     if torch.device(device).type == "cpu" and args.offload != "none" and not args.quiet:
         print(f"note: --offload {args.offload} keeps weights in host memory and moves them to the accelerator only "
               f"while used; on the CPU that saves nothing (--quantize int8 and --dtype bf16 do)", file=sys.stderr)
-    pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory)
+    pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
+                                    student=not args.no_student)
     if layout is not None:
         parallelize(pipe.dit, init_mesh(layout))
     return pipe
@@ -578,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shift", type=float, help="timestep shift (higher = more steps at high noise)")
     g.add_argument("--sampler", help="euler | heun | unipc")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-student", action="store_true",
+                   help="sample with the teacher even when the model folder has a few-step student whose step count "
+                        "equals --steps (it is used automatically then)")
     g.add_argument("--cache-threshold", type=float, metavar="X",
                    help="step cache: reuse the DiT's later blocks on steps where its first block's output changed by "
                         "less than X (relative; 0 = off, the default; ~0.05-0.2 trades quality for speed)")

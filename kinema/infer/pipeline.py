@@ -3,10 +3,13 @@
 ``Pipeline.generate`` is the Python API behind ``kinema generate``; every task (text-to-video,
 image-to-video, extend, loop, connect, edit, keyframes) reaches the same ``sample`` loop, differing
 only in the ``Condition`` (given latent frames) and the starting point (noise, or a noised video for edits).
+A model folder with a few-step student (``kinema.weights.student``) is sampled by it, with the Euler
+times and guidance it was distilled for, whenever a request asks for exactly its number of steps.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +24,7 @@ from ..dit import DiT
 from ..flow import get_sampler, guided, sampling_schedule
 from ..tasks import Condition, conditioned_velocity
 from ..vae import VAE
+from ..weights.student import StudentInfo, load_student
 from .offload import MemoryPlan, apply_memory_plan
 from .step_cache import check_threshold, step_cache
 from .tiling import decode_tiled
@@ -144,13 +148,18 @@ class Pipeline:
         self._prompt_cache: dict = {}
         self.vae_tiles: tuple[int, int] | None = None  # (tile, overlap) in latent pixels: decode in spatial tiles
         self.offloader = None  # set by offload.apply_memory_plan
+        self.student: tuple[DiT, StudentInfo] | None = None  # few-step student, used when a request's steps match
         self.cache_stats = None  # the step cache's CacheStats from the last sample(), None when it was off
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                        lora: list[tuple[str, float]] | None = None, memory: str | MemoryPlan = "none") -> Pipeline:
+                        lora: list[tuple[str, float]] | None = None, memory: str | MemoryPlan = "none",
+                        student: bool = True) -> Pipeline:
         """Load a kinema or diffusers Wan folder (None = the bundled model) ready to generate.
+
+        ``student``: load the folder's few-step student, if it has one (not with LoRAs or a memory plan,
+        which apply to the teacher only); ``False`` always samples with the teacher.
 
         ``memory``: an offload mode ("none" | "model" | "block") or a full ``MemoryPlan`` (see ``offload.py``).
         """
@@ -170,6 +179,9 @@ class Pipeline:
         text_dtype = torch.bfloat16 if cfg.text.kind == "t5" and dtype != torch.float32 else torch.float32
         text = build_text_encoder(cfg.text, dtype=text_dtype).to(home)
         pipe = cls(cfg, dit, vae, text, device=device, dtype=dtype, name=cfg.name if path is None else str(cfg.name))
+        if student and not lora and plan == MemoryPlan():
+            found = load_student(path, dtype=dtype)
+            pipe.student = None if found is None else (found[0].to(device), found[1])
         if plan != MemoryPlan():
             pipe.offloader = apply_memory_plan(pipe, plan)
         return pipe
@@ -195,9 +207,9 @@ class Pipeline:
         tokens, mask = self._prompt_cache[key]
         return tokens, (mask if self.cfg.text.use_mask else None)
 
-    def velocity_fn(self, text: torch.Tensor, mask: torch.Tensor | None, guidance: float):
+    def velocity_fn(self, text: torch.Tensor, mask: torch.Tensor | None, guidance: float, dit: DiT | None = None):
         """A guided velocity ``(x, t_frames) -> v`` over a (cond, uncond) text pair (text is (2, L, D))."""
-        dit = self.dit
+        dit = self.dit if dit is None else dit
 
         def both(x: torch.Tensor, t_frames: torch.Tensor, need_uncond: bool):
             ts = t_frames * 1000.0
@@ -212,6 +224,19 @@ class Pipeline:
 
         return velocity
 
+    def uses_student(self, s: Settings) -> bool:
+        """True when ``s`` is sampled by the few-step student: there is one, and ``s`` asks for its steps from noise."""
+        return self.student is not None and s.steps == self.student[1].steps and s.strength == 1
+
+    def student_notes(self, s: Settings) -> dict[str, str]:
+        """Metadata saying that (and how) the student made a video: its times and the guidance baked into it."""
+        if not self.uses_student(s):
+            return {}
+        info = self.student[1]
+        return {"student": json.dumps({"steps": info.steps, "sampler": "euler", "times": list(info.times),
+                                       "guidance_baked": info.guidance, "negative_prompt_baked": info.negative_prompt,
+                                       "not_used": ["guidance", "shift", "sampler", "negative_prompt"]})}
+
     @torch.inference_mode()
     def sample(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
                callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -222,7 +247,9 @@ class Pipeline:
         shape = self.latent_shape(s)
         gen = torch.Generator("cpu").manual_seed(s.seed)
         noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
-        ts = sampling_schedule(s.steps, shift=s.shift, t_start=s.strength)
+        student = self.student if self.uses_student(s) else None  # (DiT, StudentInfo): one forward per step
+        ts = (sampling_schedule(s.steps, shift=s.shift, t_start=s.strength) if student is None
+              else torch.tensor(student[1].times, dtype=torch.float64))
         x = noise
         if init_latents is not None and s.strength < 1:
             t0 = float(ts[0])
@@ -230,10 +257,11 @@ class Pipeline:
         if condition is not None:
             x = condition.apply(x)
         text, mask = self.encode_prompts([s.prompt, s.negative_prompt])
-        velocity = conditioned_velocity(self.velocity_fn(text, mask, s.guidance), condition)
+        velocity = conditioned_velocity(self.velocity_fn(text, mask, s.guidance) if student is None else
+                                        self.velocity_fn(text, mask, 1.0, dit=student[0]), condition)
         step_cb = None if callback is None else (lambda i, n, _x: callback(i + 1, n))
-        with step_cache(self.dit, s.cache_threshold) as cache:  # a fresh cache per generation; None when off
-            x = get_sampler(s.sampler)(velocity, x, ts.to(self.device), callback=step_cb)
+        with step_cache(self.dit if student is None else student[0], s.cache_threshold) as cache:  # fresh per run
+            x = get_sampler(s.sampler if student is None else "euler")(velocity, x, ts.to(self.device), callback=step_cb)
         self.cache_stats = None if cache is None else cache.stats
         return x if condition is None else condition.apply(x)
 
@@ -269,6 +297,7 @@ class Pipeline:
         t3 = time.perf_counter()
         timings = {"text": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0}
         notes = {} if self.cache_stats is None else {"step_cache": str(self.cache_stats)}
+        notes.update(self.student_notes(s))
         return Video(frames=frames, fps=s.fps, settings=s, model=self.name, latents=latents, timings=timings,
                      notes=notes)
 

@@ -29,11 +29,11 @@ def _merge(base: dict, changes: dict, where: str = "model_config") -> dict:
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The ModelConfig of the run: ``init_from``'s, or the preset's with ``model_config`` overrides."""
-    if cfg.init_from:
+    """The ModelConfig of the run: its start folder's (``init_from`` / teacher), or the preset's with overrides."""
+    if cfg.init_source:
         from kinema.weights import read_config
 
-        return read_config(cfg.init_from)
+        return read_config(cfg.init_source)
     base = preset(cfg.preset)
     if not cfg.model_config:
         return base
@@ -63,15 +63,15 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
             vae = VAE(model_cfg.vae)
         return Models(model_cfg, vae.to(device).train(), None, None)
 
-    if cfg.init_from:
+    if cfg.init_source:
         from kinema.weights import load_dit
 
-        dit = load_dit(cfg.init_from)
+        dit = load_dit(cfg.init_source)
     else:
         dit = DiT(model_cfg.dit)
     vae, random_vae = None, False
     if needs_vae:
-        source = cfg.vae_from or cfg.init_from
+        source = cfg.vae_from or cfg.init_source
         if source:
             from kinema.weights import load_vae
 

@@ -225,6 +225,40 @@ class SampleConfig:
         _check(self.every >= 0 and self.steps >= 1, f"sample.every must be >= 0 and sample.steps >= 1, got {self.every}, {self.steps}")
 
 
+DISTILL_STATES = ("teacher", "noised")
+DISTILL_SAMPLERS = ("euler", "heun")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Few-step distillation (``kinema.train.distill``): the trained DiT becomes a K-step student of a frozen teacher.
+
+    A run with a ``[distill]`` section trains a student, initialised from ``init_from`` (else the teacher),
+    to reproduce in ``steps`` Euler steps, without guidance, what the teacher's guided sampler reaches in
+    ``steps * substeps``; the export is the teacher's model folder with the student beside it.
+    """
+
+    teacher: str | None = None  # model folder of the frozen teacher; None = init_from
+    steps: int = 4  # K: the student's sampling steps
+    substeps: int = 4  # M: teacher sub-steps per student step
+    sampler: str = "heun"  # how the teacher solves each segment: "euler" | "heun" (2 forwards per sub-step)
+    guidance: float | None = None  # CFG scale baked into the student; None = the teacher's sampling default
+    negative_prompt: str | None = None  # the teacher's unconditional text; None = the teacher's sampling default
+    shift: float | None = None  # time shift of the student's schedule; None = the teacher's sampling default
+    states: str = "teacher"  # where segments start: "teacher" (its own trajectory from noise) | "noised" (real latents)
+
+    def __post_init__(self):
+        _check(1 <= self.steps <= 64, f"distill.steps must be an integer in [1, 64], got {self.steps}")
+        _check(1 <= self.substeps <= 256, f"distill.substeps must be an integer in [1, 256], got {self.substeps}")
+        _check(self.sampler in DISTILL_SAMPLERS,
+               f"distill.sampler must be one of {DISTILL_SAMPLERS} (one-step methods), got {self.sampler!r}")
+        _check(self.guidance is None or 0 <= self.guidance <= 50,
+               f"distill.guidance must be in [0, 50] or null, got {self.guidance}")
+        _check(self.shift is None or 0 < self.shift <= 100, f"distill.shift must be in (0, 100] or null, got {self.shift}")
+        _check(self.states in DISTILL_STATES, f"distill.states must be one of {DISTILL_STATES}, got {self.states!r}")
+        _check(self.teacher is None or self.teacher.strip() != "", "distill.teacher must be a model folder or null, got ''")
+
+
 MODELS = ("dit", "vae")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -255,6 +289,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig | None = None  # set: distil the DiT into a few-step student of a frozen teacher
 
     def __post_init__(self):
         _check(self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}")
@@ -267,6 +302,24 @@ class TrainConfig:
                "model: vae trains on pixels; data.kind 'latents' holds none (use 'world' or 'clips')")
         _check(not (self.init_from and self.model_config),
                "model_config overrides a preset; a model loaded with init_from keeps its own config")
+        if self.distill is not None:
+            _check(self.model == "dit", f"distill applies to model: dit, got model: {self.model!r}")
+            _check(self.teacher is not None, "distill needs a teacher: set distill.teacher or init_from to a model folder")
+            _check(not self.lora.rank, f"distill trains every weight of the student; lora.rank must be 0, got {self.lora.rank}")
+            _check(not self.model_config, "distill: the student has its teacher's config; drop model_config")
+
+    @property
+    def init_source(self) -> str | None:
+        """The model folder the trained network starts from: ``init_from``, else (distillation) the teacher."""
+        return self.init_from or (self.distill.teacher if self.distill is not None else None)
+
+    @property
+    def teacher(self) -> str | None:
+        """The frozen teacher of a distillation run: ``distill.teacher``, else ``init_from``; None otherwise."""
+        if self.distill is None:
+            return None
+        return self.distill.teacher or self.init_from
+
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (what checkpoints store)."""

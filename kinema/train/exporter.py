@@ -2,8 +2,9 @@
 
 Runs in one process from the checkpoint files alone (DCP reads any sharding back as whole tensors):
 a full DiT run gives a model folder (``kinema generate --model OUT``) with the run's VAE beside it; a
-VAE run gives a folder holding the VAE (pass it as ``vae_from`` to DiT runs); a LoRA run gives a small
-safetensors file (``kinema generate --lora OUT[:scale]``).
+VAE run gives a folder holding the VAE (pass it as ``vae_from`` to DiT runs); a distillation run gives
+the teacher's model folder with the few-step student beside it (``kinema.weights.student``); a LoRA run
+gives a small safetensors file (``kinema generate --lora OUT[:scale]``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def export(checkpoint_dir: str | Path, out: str | Path) -> Path:
     models.network.load_state_dict(ema, strict=False)
     if cfg.model == "vae":
         return save_model(out, model_cfg, vae=models.network.eval())
+    if cfg.distill is not None:
+        from kinema.train.distill import export_student
+
+        return export_student(meta, cfg, models.network.eval(), models.vae, out)
     if models.random_vae and cfg.data.kind == "latents":
         print0(f"note: {out} gets a freshly initialised VAE (the run had no vae_from / init_from); generating "
                "needs the VAE the cached latents came from: replace its vae.safetensors")

@@ -8,6 +8,7 @@ Rank checks live in helpers (``print0``, ``write=d.is_main``), never in the loop
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -151,6 +152,11 @@ class Trainer:
         self.step, self.data_state = 0, SamplerState()
         self.nan_streak = self.nan_total = 0
         self._text_encoder = self._null_text = None
+        self.distiller = None  # few-step distillation: the frozen teacher and the student's schedule
+        if cfg.distill is not None:
+            from kinema.train.distill import Distiller
+
+            self.distiller = Distiller(cfg, self.model_cfg, d.device, self._prompt_text)
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -208,6 +214,10 @@ class Trainer:
                f"{d.world_size} rank(s), {d.mode}, {d.precision} on {d.device.type} | "
                f"{len(self.dataset)} samples ({cfg.data.kind}), {len(self.sampler)} steps/epoch, "
                f"{len(self.dataset.skipped)} skipped | matmul peak {peak / 1e9:.1f} GFLOP/s per rank | out: {self.out}")
+        if self.distiller is not None:
+            dc, info = cfg.distill, self.distiller.info
+            print0(f"distilling {cfg.teacher} into a {dc.steps}-step student: {dc.substeps} {dc.sampler} teacher "
+                   f"sub-steps per step, guidance {info.guidance} baked in, shift {info.shift}, {dc.states} states")
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -279,6 +289,9 @@ class Trainer:
         if self.cfg.model == "vae":
             g = torch.Generator(device=self.d.device).manual_seed(sample_seed(self.cfg.seed, step, self.d.rank))
             return vae_losses(self.train_model, batch.video, g, self.cfg.vae_loss)
+        if self.distiller is not None:
+            return self.distiller.losses(self.train_model, batch.latents, batch.noise, batch.frame_mask,
+                                         batch.text_tokens, batch.text_mask)
         mask = batch.text_mask if self.model_cfg.text.use_mask else None
         return flow_matching_losses(self.train_model, batch.latents, batch.noise, batch.t, batch.frame_mask,
                                     batch.text_tokens, mask), {}
@@ -323,9 +336,11 @@ class Trainer:
                                                 for it, dr in zip(items, draws)])
         per_sample = dit_tokens(mc.dit, items[0].key)
         flops = len(good) * dit_train_flops(mc.dit, self.num_params, per_sample, text_tokens.shape[1])
+        if self.distiller is not None:  # the teacher's forwards and the student's K passes; no training time t
+            flops *= self.distiller.flops_factor
         return Batch(weights, tokens=len(good) * per_sample, flops=flops, latents=latents,
                      noise=torch.stack([dr.noise for dr in draws]).to(d.device),
-                     t=torch.tensor([dr.t for dr in draws], device=d.device),
+                     t=None if self.distiller is not None else torch.tensor([dr.t for dr in draws], device=d.device),
                      frame_mask=torch.stack([dr.frame_mask for dr in draws]).to(d.device),
                      text_tokens=text_tokens.to(d.device), text_mask=text_mask.to(d.device))
 
@@ -357,6 +372,13 @@ class Trainer:
                 stored = tokens[0].cpu(), mask[0].cpu()
             self._null_text = stored
         return self._null_text
+
+    def _prompt_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (L, D), mask (L,)) of one prompt; "" is the null text (the latent cache's, when it has one)."""
+        if prompt == "":
+            return self.null_text
+        tokens, mask = self.text_encoder.null(1, prompt)
+        return tokens[0].cpu(), mask[0].cpu()
 
     # -- metrics ------------------------------------------------------------------------------------
 
@@ -417,6 +439,12 @@ class Trainer:
                 item = self.dataset[0]
                 if item.error is None:
                     render_reconstruction(self.net, item.video, self.model_cfg.sampling.fps, out_dir, self.step, d.is_main)
+            elif self.distiller is not None:  # the student as generation runs it: K Euler steps, no guidance
+                info = self.distiller.info
+                render_previews(self.net, self.models.vae, self.text_encoder,
+                                self.model_cfg.replace(sampling=self.model_cfg.sampling.replace(shift=info.shift)),
+                                dataclasses.replace(self.cfg.sample, steps=info.steps, guidance=1.0),
+                                d.device, out_dir, self.step, d.is_main)
             else:
                 render_previews(self.net, self.models.vae, self.text_encoder, self.model_cfg, self.cfg.sample,
                                 d.device, out_dir, self.step, d.is_main)

@@ -5,7 +5,7 @@ kinema folder::
     kinema.json               ModelConfig (vae, dit, text, sampling defaults) + format version
     transformer.safetensors   DiT weights (diffusers WanTransformer3DModel names)
     vae.safetensors           VAE weights (diffusers AutoencoderKLWan names)
-    student.safetensors       optional few-step student of the DiT
+    student.safetensors       optional few-step student of the DiT, with student.json (``kinema.weights.student``)
 
 diffusers folder (``WanPipeline.save_pretrained``): ``model_index.json``, ``transformer/``, ``vae/``,
 ``text_encoder/``, ``tokenizer/``; components may also be given alone (``.../transformer``).
