@@ -168,7 +168,8 @@ def test_pipeline_uses_the_student_for_its_step_count_and_the_teacher_otherwise(
     calls = {"teacher": [], "student": []}
     for name, dit in (("teacher", pipe.dit), ("student", pipe.student[0])):
         forward = dit.forward
-        monkeypatch.setattr(dit, "forward", lambda x, *a, _f=forward, _n=name, **k: calls[_n].append(x.shape[0]) or _f(x, *a, **k))
+        monkeypatch.setattr(dit, "forward",
+                            lambda x, *a, _f=forward, _n=name, **k: calls[_n].append(x.shape[0]) or _f(x, *a, **k))
 
     video = pipe.generate("a red ball bounces", steps=4, seed=1)
     assert calls == {"teacher": [], "student": [1, 1, 1, 1]}  # one unguided forward per step

@@ -114,12 +114,13 @@ class Distiller:
         times = self.times.tolist()
         with torch.no_grad():
             velocity = conditioned_velocity(self.teacher_velocity(text, text_mask), cond)
-            restart = None
-            if self.cfg.states == "noised":
-                def restart(k: int) -> torch.Tensor:
-                    return cond.apply(interpolate(latents, noise, times[k]))
+
+            def noised(k: int) -> torch.Tensor:  # segment k restarts from the real latent noised to t_k
+                return cond.apply(interpolate(latents, noise, times[k]))
+
             states, targets = segment_targets(velocity, cond.apply(noise), self.fine_times.to(latents.device),
-                                              self.cfg.substeps, self.cfg.sampler, restart)  # (K, B, C, F, H, W)
+                                              self.cfg.substeps, self.cfg.sampler,
+                                              noised if self.cfg.states == "noised" else None)  # (K, B, C, F, H, W)
         k = states.shape[0]
         t = torch.tensor(times[:k], device=latents.device, dtype=torch.float32).repeat_interleave(b)  # (K * B,)
         t_frames = t[:, None] * (~frame_mask).repeat(k, 1).float()  # (K * B, F): row k * B + i is sample i at t_k
