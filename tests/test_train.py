@@ -128,6 +128,26 @@ def test_a_bucket_that_cannot_fit_the_patch_grid_is_refused_with_the_rule():
         check_bucket(BucketConfig(8, 64, 64), cfg)
 
 
+def test_world_crops_keep_the_object_scale_of_the_larger_render():
+    from kinema.train.data import WorldDataset, render_world, _seed
+
+    bucket = BucketConfig(5, 32, 48, batch_size=2, crop_scale=2)
+    data = WorldDataset({(2, 4, 6): bucket}, num_clips=6, seed=3, fps=8.0)
+    for index in range(6):
+        item = data[index]
+        assert item.error is None and tuple(item.video.shape) == (3, 5, 32, 48)
+        full, _ = render_world(_seed(3, index), 96, 64, 5, 8.0)  # the 2x render the crop comes from
+        full = torch.from_numpy(full).permute(3, 0, 1, 2).float() / 127.5 - 1
+        windows = full.unfold(2, 32, 1).unfold(3, 48, 1)  # (3, F, top, left, 32, 48)
+        err = (windows - item.video[:, :, None, None]).abs().amax(dim=(0, 1, 4, 5))
+        assert err.min() < 1e-6, "the item is not a window of the larger render"
+    assert len({data[i].video.sum().item() for i in range(6)}) == 6
+    with pytest.raises(ConfigError, match=r"crop_scale must be an integer in \[1, 8\], got 0"):
+        BucketConfig(5, 32, 48, crop_scale=0)
+    with pytest.raises(ConfigError, match=r"crop_scale > 1 .* model: vae only"):
+        load_config({"model": "dit", "preset": "tiny", "data": {"buckets": [dict(frames=5, height=32, width=32, crop_scale=2)]}})
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 

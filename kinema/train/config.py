@@ -42,12 +42,16 @@ class BucketConfig:
     width: int
     batch_size: int = 1
     weight: float = 1.0  # procedural world data: how often this size is drawn (relative)
+    # World data for VAE runs: render scale x larger and train on a random crop of the bucket's size, so
+    # objects keep the pixel size they have in large frames at a fraction of the cost per step.
+    crop_scale: int = 1
 
     def __post_init__(self):
         _check(min(self.frames, self.height, self.width) >= 1,
                f"bucket {self.name}: frames, height and width must be >= 1")
         _check(self.batch_size >= 1, f"bucket {self.name}: batch_size must be >= 1, got {self.batch_size}")
         _check(self.weight >= 0, f"bucket {self.name}: weight must be >= 0, got {self.weight}")
+        _check(1 <= self.crop_scale <= 8, f"bucket {self.name}: crop_scale must be an integer in [1, 8], got {self.crop_scale}")
 
     @property
     def name(self) -> str:
@@ -300,6 +304,8 @@ class TrainConfig:
         _check(not (self.model == "vae" and self.lora.rank), "lora applies to model: dit, not model: vae")
         _check(not (self.model == "vae" and self.data.kind == "latents"),
                "model: vae trains on pixels; data.kind 'latents' holds none (use 'world' or 'clips')")
+        _check(self.model == "vae" or all(b.crop_scale == 1 for b in self.data.buckets),
+               "data.buckets: crop_scale > 1 (crops, whose captions no longer hold) is for model: vae only")
         _check(not (self.init_from and self.model_config),
                "model_config overrides a preset; a model loaded with init_from keeps its own config")
         if self.distill is not None:
@@ -319,7 +325,6 @@ class TrainConfig:
         if self.distill is None:
             return None
         return self.distill.teacher or self.init_from
-
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (what checkpoints store)."""

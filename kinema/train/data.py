@@ -95,7 +95,12 @@ class WorldDataset(TrainDataset):
 
     def load(self, index: int) -> Item:
         bucket = self.buckets[self.keys[index]]
-        frames, caption = render_world(_seed(self.seed, index), bucket.width, bucket.height, bucket.frames, self.fps)
+        s = bucket.crop_scale
+        frames, caption = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s, bucket.frames, self.fps)
+        if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
+            rng = np.random.default_rng(_seed(self.seed, index, 1))
+            top, left = rng.integers(0, frames.shape[1] - bucket.height + 1), rng.integers(0, frames.shape[2] - bucket.width + 1)
+            frames = np.ascontiguousarray(frames[:, top:top + bucket.height, left:left + bucket.width])
         return Item(index, self.keys[index], self.source(index), video=to_model(frames)[0], caption=caption)
 
 
