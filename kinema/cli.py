@@ -629,6 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write the report here as JSON")
     e.add_argument("--ground-truth", action="store_true", help="score rendered ground truth instead (validates the evaluator)")
+    e.add_argument("--reconstruct", action="store_true",
+                   help="score the model's VAE reconstructions of the ground truth (the ceiling for its DiT)")
     e.set_defaults(func=cmd_eval)
     _add_serve_parser(sub)
     _add_data_parser(sub)

@@ -158,3 +158,16 @@ def test_touching_objects_of_two_colours_are_two_objects():
     scene = Scene(96, 96, 9, 8, "white", (red, blue))
     result = judge_video(vae_like(render(scene), np.random.default_rng(0)), scene.spec(), 8.0)
     assert result["all_correct"], result["attributes"]
+
+
+def test_eval_reconstruct_scores_the_vae_round_trip_not_the_renders(tiny_model_dir, tmp_path, one_thread):
+    import json
+
+    from kinema.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["eval", "world", "--reconstruct", "--model", str(tiny_model_dir), "--n", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "VAE reconstructions" in report["model"] and report["table"]["overall"]["videos"] == 5
+    # a random VAE loses every object: the same prompts score near 100% when the renders are judged directly
+    assert report["table"]["overall"]["colour"] < 0.5 and report["table"]["overall"]["all_correct"] == 0.0

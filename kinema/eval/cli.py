@@ -27,6 +27,24 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def _round_trip(render_fn, model: str | None):
+    """``render_fn`` followed by encode + decode with the VAE of ``model`` (default: the bundled model)."""
+    import numpy as np
+    import torch
+
+    from ..common.video import from_model, to_model
+    from ..infer.pipeline import bundled_model_path
+    from ..weights import load_vae
+
+    vae = load_vae(model or bundled_model_path()).eval()
+
+    @torch.inference_mode()
+    def generate(prompt: str, seed: int) -> np.ndarray:
+        video = to_model(render_fn(prompt, seed))
+        return from_model(vae.decode(vae.encode(video)))
+    return generate
+
+
 def run_eval(args) -> int:
     """Run the world benchmark on a model (or on rendered ground truth); print and optionally save the report."""
     from .world import run_world_eval
@@ -34,12 +52,14 @@ def run_eval(args) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     width, height, frames, fps = 128, 128, 17, 8
-    if args.ground_truth:
+    if args.ground_truth or args.reconstruct:
         from ..data.world import render, scene_from_prompt
 
         def generate(prompt: str, seed: int):
             return render(scene_from_prompt(prompt, width, height, frames, fps, seed))
         label = "ground truth (rendered)"
+        if args.reconstruct:  # the model's VAE round trip: the ceiling for any DiT trained on its latents
+            generate, label = _round_trip(generate, args.model), f"{args.model or 'bundled model'} VAE reconstructions"
     else:
         from ..infer import Pipeline
         pipe = Pipeline.from_pretrained(args.model)
