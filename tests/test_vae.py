@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kinema.config import VAEConfig
+from kinema.config import ConfigError, VAEConfig
 from kinema.vae import VAE
 
 diffusers = pytest.importorskip("diffusers")
@@ -70,8 +70,9 @@ def test_latent_normalisation_follows_config(pair):
     assert torch.allclose(vae.normalize(z)[:, 1], (z[:, 1] + 0.2) / 0.5, atol=1e-6)
 
 
-def test_first_frame_is_encoded_on_its_own():
-    vae = _random_vae()
+@pytest.mark.parametrize("norm", ["rms", "frame"])
+def test_first_frame_is_encoded_on_its_own(norm):
+    vae = _random_vae(norm=norm)
     x = torch.rand(1, 3, 17, 16, 16) * 2 - 1
     with torch.no_grad():
         whole = vae.encode(x)
@@ -82,8 +83,9 @@ def test_first_frame_is_encoded_on_its_own():
     assert torch.allclose(prefix, whole[:, :, :3], atol=1e-5)  # causal: the future never changes the past
 
 
-def test_decode_is_causal_and_streams():
-    vae = _random_vae(chunk=2)
+@pytest.mark.parametrize("norm", ["rms", "frame"])
+def test_decode_is_causal_and_streams(norm):
+    vae = _random_vae(chunk=2, norm=norm)
     z = torch.randn(1, 4, 5, 2, 2)
     with torch.no_grad():
         whole = vae.decode(z)
@@ -93,6 +95,23 @@ def test_decode_is_causal_and_streams():
     assert torch.allclose(head, whole[:, :, :5], atol=1e-5)
     assert [c.shape[2] for c in chunks] == [5, 8, 4]  # 2 latent frames, 2, then 1
     assert torch.equal(torch.cat(chunks, dim=2), whole)
+
+
+def test_frame_norm_normalises_each_frame_alone_and_keeps_the_parameter_layout():
+    from kinema.nn import FrameNorm
+
+    norm = FrameNorm(4)
+    x = torch.randn(2, 4, 3, 5, 6) * torch.tensor([1.0, 3.0, 10.0]).view(1, 1, 3, 1, 1) + 7.0
+    y = norm(x)
+    assert torch.allclose(y.mean(dim=(1, 3, 4)), torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(y.var(dim=(1, 3, 4), correction=0), torch.ones(2, 3), atol=1e-4)
+    assert torch.allclose(norm(x[:, :, 1:2]), y[:, :, 1:2], atol=1e-6)  # a frame's output ignores the others
+    frames = x.transpose(1, 2).reshape(6, 4, 5, 6)  # the attention block's (B*T, C, H, W) view
+    assert torch.allclose(FrameNorm(4, spatial_dims=2)(frames), y.transpose(1, 2).reshape(6, 4, 5, 6), atol=1e-5)
+    rms, frame = _random_vae(norm="rms"), _random_vae(norm="frame")
+    assert {k: v.shape for k, v in rms.state_dict().items()} == {k: v.shape for k, v in frame.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"norm must be 'rms' or 'frame', got 'group'"):
+        VAEConfig(norm="group")
 
 
 def test_streaming_bounds_memory_by_the_chunk():

@@ -9,6 +9,8 @@ limited view of each tile would otherwise leave. A tile as large as the frame is
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -56,6 +58,9 @@ def decode_tiled(vae, latents: torch.Tensor, tile: int = 32, overlap: int = 8, n
     b, _, f, h, w = latents.shape
     sf, tf = vae.cfg.spatial_factor, vae.cfg.temporal_factor
     frames = (f - 1) * tf + 1
+    if vae.cfg.norm == "frame" and (h > tile or w > tile):
+        warnings.warn("this VAE normalises whole frames (VAEConfig.norm='frame'): each tile sees its own statistics, "
+                      "so a tiled decode can differ in tone from tile to tile; decode without tiling if memory allows")
     canvas = torch.zeros(b, 3, frames, h * sf, w * sf)
     weight_sum = torch.zeros(1, 1, 1, h * sf, w * sf)
     for y0, y1, y_lead, y_trail in _axis(h, tile, overlap):

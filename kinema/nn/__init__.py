@@ -2,6 +2,6 @@
 
 from .attention import attention
 from .embeddings import apply_rope, rope_3d, rope_split, timestep_features
-from .norms import ChannelRMSNorm, FP32LayerNorm
+from .norms import ChannelRMSNorm, FP32LayerNorm, FrameNorm
 
-__all__ = ["attention", "apply_rope", "rope_3d", "rope_split", "timestep_features", "ChannelRMSNorm", "FP32LayerNorm"]
+__all__ = ["attention", "apply_rope", "rope_3d", "rope_split", "timestep_features", "ChannelRMSNorm", "FP32LayerNorm", "FrameNorm"]

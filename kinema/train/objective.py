@@ -64,7 +64,8 @@ def _edges(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg: VAELossConfig) -> tuple[torch.Tensor, dict]:
-    """Per-sample VAE loss (B,): L1 + kl_weight * KL + edge_weight * L1 of image gradients; and the parts."""
+    """Per-sample VAE loss (B,): L1 + kl_weight * KL + edge_weight * L1 of image gradients + mse_weight * MSE;
+    and the parts."""
     recon, mean, logvar = vae(video, generator)
     recon, mean, logvar, video = recon.float(), mean.float(), logvar.float(), video.float()
     dims = tuple(range(1, video.ndim))
@@ -72,8 +73,9 @@ def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg:
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean(dims)
     (rx, ry), (vx, vy) = _edges(recon), _edges(video)
     edge = 0.5 * ((rx - vx).abs().mean(dims) + (ry - vy).abs().mean(dims))
-    total = l1 + cfg.kl_weight * kl + cfg.edge_weight * edge
-    return total, {"l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach()}
+    mse = (recon - video).square().mean(dims)
+    total = l1 + cfg.kl_weight * kl + cfg.edge_weight * edge + cfg.mse_weight * mse
+    return total, {"l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach(), "mse": mse.detach()}
 
 
 def timestep_bins(t: torch.Tensor, bins: int) -> torch.Tensor:

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VAEConfig
-from ..nn import ChannelRMSNorm
+from ..nn import ChannelRMSNorm, FrameNorm
 
 Stream = dict  # per-module carried state for one encode/decode pass: {id(module): tensor}
 
 _MKLDNN = torch.backends.mkldnn.is_available()
+NORMS = {"rms": ChannelRMSNorm, "frame": FrameNorm}  # VAEConfig.norm: Wan's per-pixel RMS norm | per-frame layer norm
 
 
 def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
@@ -62,11 +63,11 @@ class CausalConv3d(nn.Conv3d):
 class ResidualBlock(nn.Module):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1 conv) shortcut."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: str = "rms"):
         super().__init__()
-        self.norm1 = ChannelRMSNorm(c_in)
+        self.norm1 = NORMS[norm](c_in)
         self.conv1 = CausalConv3d(c_in, c_out, 3, padding=1)
-        self.norm2 = ChannelRMSNorm(c_out)
+        self.norm2 = NORMS[norm](c_out)
         self.conv2 = CausalConv3d(c_out, c_out, 3, padding=1)
         self.conv_shortcut = CausalConv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -79,9 +80,9 @@ class ResidualBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Single-head self-attention within each frame (never across time, so causality holds)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, norm: str = "rms"):
         super().__init__()
-        self.norm = ChannelRMSNorm(dim, spatial_dims=2)
+        self.norm = NORMS[norm](dim, spatial_dims=2)
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.proj = nn.Conv2d(dim, dim, 1)
 
@@ -147,10 +148,10 @@ class Resample(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, norm: str = "rms"):
         super().__init__()
-        self.resnets = nn.ModuleList([ResidualBlock(dim, dim), ResidualBlock(dim, dim)])
-        self.attentions = nn.ModuleList([AttentionBlock(dim)])
+        self.resnets = nn.ModuleList([ResidualBlock(dim, dim, norm), ResidualBlock(dim, dim, norm)])
+        self.attentions = nn.ModuleList([AttentionBlock(dim, norm)])
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
         x = self.resnets[0](x, stream)
@@ -165,16 +166,16 @@ class Encoder(nn.Module):
         layers, scale = [], 1.0
         for i, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResidualBlock(c_in, c_out))
+                layers.append(ResidualBlock(c_in, c_out, cfg.norm))
                 if scale in cfg.attn_scales:
-                    layers.append(AttentionBlock(c_out))
+                    layers.append(AttentionBlock(c_out, cfg.norm))
                 c_in = c_out
             if i != len(cfg.dim_mult) - 1:
                 layers.append(Resample(c_out, "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"))
                 scale /= 2.0
         self.down_blocks = nn.ModuleList(layers)
-        self.mid_block = MidBlock(dims[-1])
-        self.norm_out = ChannelRMSNorm(dims[-1])
+        self.mid_block = MidBlock(dims[-1], cfg.norm)
+        self.norm_out = NORMS[cfg.norm](dims[-1])
         self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
@@ -186,9 +187,10 @@ class Encoder(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, num_res_blocks: int, mode: str | None):
+    def __init__(self, c_in: int, c_out: int, num_res_blocks: int, mode: str | None, norm: str = "rms"):
         super().__init__()
-        self.resnets = nn.ModuleList([ResidualBlock(c_in if i == 0 else c_out, c_out) for i in range(num_res_blocks + 1)])
+        self.resnets = nn.ModuleList([ResidualBlock(c_in if i == 0 else c_out, c_out, norm)
+                                      for i in range(num_res_blocks + 1)])
         self.upsamplers = nn.ModuleList([Resample(c_out, mode)]) if mode else None
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
@@ -204,14 +206,14 @@ class Decoder(nn.Module):
         dims = [base * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
         temporal_up = cfg.temporal_downsample[::-1]
         self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
-        self.mid_block = MidBlock(dims[0])
+        self.mid_block = MidBlock(dims[0], cfg.norm)
         blocks = []
         for i, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
             c_in = c_in // 2 if i > 0 else c_in  # the previous upsampler halved the channels
             mode = None if i == len(cfg.dim_mult) - 1 else ("upsample3d" if temporal_up[i] else "upsample2d")
-            blocks.append(UpBlock(c_in, c_out, cfg.num_res_blocks, mode))
+            blocks.append(UpBlock(c_in, c_out, cfg.num_res_blocks, mode, cfg.norm))
         self.up_blocks = nn.ModuleList(blocks)
-        self.norm_out = ChannelRMSNorm(dims[-1])
+        self.norm_out = NORMS[cfg.norm](dims[-1])
         self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
