@@ -273,11 +273,23 @@ def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):
                         data=dict(kind="clips", path=str(clips), buckets=buckets),
                         log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=2)))
     line = json.loads(result.metrics.read_text().splitlines()[-1])
-    assert {"l1", "kl", "edge"} <= set(line) and math.isfinite(line["loss"])
+    assert {"l1", "kl", "edge", "mse"} <= set(line) and math.isfinite(line["loss"])
     assert (tmp_path / "vae" / "samples" / "step-00000002" / "recon.mp4").is_file()
     assert "broken.mp4" in (tmp_path / "vae" / "bad_samples.jsonl").read_text()
     vae = load_vae(result.exported)
-    assert vae.cfg == preset("tiny").vae
+    assert vae.cfg.replace(latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4) == preset("tiny").vae.replace(
+        latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4)
+    # the export measured the latent statistics of the run's clips: normalised, they have mean 0 and std 1
+    from kinema.train import load_config
+    from kinema.train.data import build_dataset
+
+    cfg = load_config(json.loads((tmp_path / "vae" / "train_config.json").read_text()))
+    data = build_dataset(cfg.data, preset("tiny"), cfg.seed + 1)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(data[i].video[None]).flatten(2) for i in range(len(data)) if data[i].video is not None], 2)
+    assert torch.allclose(z.mean(dim=(0, 2)), torch.zeros(4), atol=1e-3)
+    assert torch.allclose(z.std(dim=(0, 2), correction=0), torch.ones(4), atol=1e-3)
+    assert vae.cfg.latents_std != (1.0,) * 4
 
 
 def test_dit_on_the_procedural_world_writes_previews_and_a_model_folder(tmp_path):

@@ -34,8 +34,33 @@ def ema_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
     return ema
 
 
-def export(checkpoint_dir: str | Path, out: str | Path) -> Path:
-    """Write the EMA weights of ``checkpoint_dir`` to ``out`` (a model folder, or a .safetensors file for LoRA runs)."""
+@torch.inference_mode()
+def latent_statistics(vae, cfg, model_cfg: ModelConfig, clips: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the raw posterior means of ``clips`` clips of the run's own data."""
+    from kinema.train.data import build_dataset
+
+    data = build_dataset(cfg.data, model_cfg, cfg.seed + 1)  # another seed: clips the run did not start on
+    total = total_sq = count = 0
+    for index in range(min(clips, len(data))):
+        item = data[index]
+        if item.video is None:
+            continue
+        z = vae.encode(item.video[None], normalize=False).double()  # (1, C, f, h, w)
+        total = total + z.sum(dim=(0, 2, 3, 4))
+        total_sq = total_sq + z.square().sum(dim=(0, 2, 3, 4))
+        count += z[0, 0].numel()
+    if not count:
+        raise TrainError("no clip of the run's data could be loaded to measure latent statistics")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-8).sqrt()
+    return [round(float(m), 5) for m in mean], [round(float(s), 5) for s in std]
+
+
+def export(checkpoint_dir: str | Path, out: str | Path, latent_clips: int = 64) -> Path:
+    """Write the EMA weights of ``checkpoint_dir`` to ``out`` (a model folder, or a .safetensors file for LoRA runs).
+
+    A VAE run's folder also gets the latent statistics (per-channel mean/std, Wan's ``latents_mean/std``)
+    measured on ``latent_clips`` clips of its data, so DiTs trained on it see unit-variance latents."""
     checkpoint_dir, out = Path(checkpoint_dir), Path(out)
     meta = read_meta(checkpoint_dir)
     cfg = load_config(meta["config"])
@@ -58,7 +83,16 @@ def export(checkpoint_dir: str | Path, out: str | Path) -> Path:
         raise TrainError(f"{checkpoint_dir}: the EMA lacks {missing[:5]}; the checkpoint does not match its config")
     models.network.load_state_dict(ema, strict=False)
     if cfg.model == "vae":
-        return save_model(out, model_cfg, vae=models.network.eval())
+        vae = models.network.eval()
+        if latent_clips:
+            mean, std = latent_statistics(vae, cfg, model_cfg, latent_clips)
+            vae_cfg = model_cfg.vae.replace(latents_mean=tuple(mean), latents_std=tuple(std))
+            model_cfg = model_cfg.replace(vae=vae_cfg)
+            vae = type(vae)(vae_cfg)
+            vae.load_state_dict(ema, strict=False)
+            print0(f"latent statistics from {latent_clips} training clips: mean {min(mean):+.2f}..{max(mean):+.2f}, "
+                   f"std {min(std):.2f}..{max(std):.2f} (stored in the VAE config: DiT runs see unit-variance latents)")
+        return save_model(out, model_cfg, vae=vae.eval())
     if cfg.distill is not None:
         from kinema.train.distill import export_student
 
