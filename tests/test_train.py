@@ -292,6 +292,22 @@ def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):
     assert vae.cfg.latents_std != (1.0,) * 4
 
 
+def test_decoder_only_vae_run_keeps_the_encoder_and_so_the_latents(tmp_path):
+    from kinema.weights import load_vae
+
+    world = dict(kind="world", num_clips=8, buckets=[dict(frames=5, height=32, width=32, batch_size=2)])
+    common = dict(model="vae", max_steps=2, data=world, optim=dict(lr=1e-2, warmup_steps=0),
+                  log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=0))
+    first = train(dict(common, preset="tiny", out_dir=str(tmp_path / "a")))
+    tuned = train(dict(common, init_from=str(first.exported), out_dir=str(tmp_path / "b"),
+                       vae_loss=dict(decoder_only=True)))
+    before, after = load_vae(first.exported).state_dict(), load_vae(tuned.exported).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(ConfigError, match=r"decoder_only .* needs model: vae and init_from"):
+        load_config(dict(common, preset="tiny", vae_loss=dict(decoder_only=True)))
+
+
 def test_dit_on_the_procedural_world_writes_previews_and_a_model_folder(tmp_path):
     from kinema.weights import load_dit, load_vae
 

@@ -61,6 +61,9 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
             vae = load_vae(cfg.init_from)
         else:
             vae = VAE(model_cfg.vae)
+        if cfg.vae_loss.decoder_only:  # the latents stay fixed: no gradient (nor backward pass) for the encoder
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
         return Models(model_cfg, vae.to(device).train(), None, None)
 
     if cfg.init_source:

@@ -118,6 +118,9 @@ class VAELossConfig:
     # Squared error weighs a few big misses (a small object left out) above the many small ones of textures,
     # which a plain L1 treats alike: on the world, objects appear in a few hundred steps instead of thousands.
     mse_weight: float = 0.0
+    # Train the decoder only: the encoder, hence the latents, stay as init_from left them, so the decoder can
+    # keep improving while (or after) a DiT trains on those latents.
+    decoder_only: bool = False
 
     def __post_init__(self):
         _check(self.kl_weight >= 0 and self.edge_weight >= 0 and self.mse_weight >= 0,
@@ -309,6 +312,8 @@ class TrainConfig:
                "model: vae trains on pixels; data.kind 'latents' holds none (use 'world' or 'clips')")
         _check(self.model == "vae" or all(b.crop_scale == 1 for b in self.data.buckets),
                "data.buckets: crop_scale > 1 (crops, whose captions no longer hold) is for model: vae only")
+        _check(not (self.vae_loss.decoder_only and not (self.model == "vae" and self.init_from)),
+               "vae_loss.decoder_only fine-tunes the decoder of a trained VAE: it needs model: vae and init_from")
         _check(not (self.init_from and self.model_config),
                "model_config overrides a preset; a model loaded with init_from keeps its own config")
         if self.distill is not None:

@@ -78,7 +78,8 @@ def export(checkpoint_dir: str | Path, out: str | Path, latent_clips: int = 64) 
 
     torch.manual_seed(cfg.seed)  # rebuilds the run's VAE exactly, even a freshly initialised one
     models = build_models(cfg, torch.device("cpu"), needs_vae=cfg.model == "dit")
-    missing = sorted(set(dict(models.network.named_parameters())) - set(ema))
+    trained = {name for name, p in models.network.named_parameters() if p.requires_grad}  # frozen ones: init_from's
+    missing = sorted(trained - set(ema))
     if missing:
         raise TrainError(f"{checkpoint_dir}: the EMA lacks {missing[:5]}; the checkpoint does not match its config")
     models.network.load_state_dict(ema, strict=False)
@@ -88,8 +89,9 @@ def export(checkpoint_dir: str | Path, out: str | Path, latent_clips: int = 64) 
             mean, std = latent_statistics(vae, cfg, model_cfg, latent_clips)
             vae_cfg = model_cfg.vae.replace(latents_mean=tuple(mean), latents_std=tuple(std))
             model_cfg = model_cfg.replace(vae=vae_cfg)
+            weights = vae.state_dict()
             vae = type(vae)(vae_cfg)
-            vae.load_state_dict(ema, strict=False)
+            vae.load_state_dict(weights)
             print0(f"latent statistics from {latent_clips} training clips: mean {min(mean):+.2f}..{max(mean):+.2f}, "
                    f"std {min(std):.2f}..{max(std):.2f} (stored in the VAE config: DiT runs see unit-variance latents)")
         return save_model(out, model_cfg, vae=vae.eval())
