@@ -3,8 +3,9 @@
     python benchmarks/engine.py [--repeats 5] [--json results.json]
 
 Prints one row per case with both times and the ratio diffusers / kinema (> 1 means kinema is faster).
-Shapes follow the bundled model: DiT dim 384 / 8 layers / 6 heads / ffn 1536 on 17x128x128 clips
-(latent 5x16x16 -> 320 tokens), VAE base_dim 32 on 17x128x128.
+Shapes: DiT dim 384 / 8 layers / 6 heads / ffn 1536 (the engine issue's; ``--dit bundled``: the bundled
+world-small DiT, dim 256 / 6 layers / 4 heads) on 17x128x128 clips (latent 5x16x16 -> 320 tokens), VAE
+base_dim 32 on 17x128x128.
 """
 
 from __future__ import annotations
@@ -81,11 +82,20 @@ def _cast(ref, like: torch.Tensor):
     return ref.to(like.device).eval()
 
 
-def dit_pair(dtype: torch.dtype):
-    from kinema.config import preset
+def dit_shape(name: str):
+    """The DiTConfig a benchmark runs: "issue" (dim 384 / 8 layers / 6 heads / ffn 1536) or "bundled" (world-small)."""
+    from kinema.config import DiTConfig, preset
+
+    if name == "bundled":
+        return preset("world-small").dit
+    return DiTConfig(num_attention_heads=6, attention_head_dim=64, in_channels=16, out_channels=16, text_dim=384,
+                     freq_dim=256, ffn_dim=1536, num_layers=8)
+
+
+def dit_pair(dtype: torch.dtype, shape: str = "issue"):
     from kinema.dit import DiT
 
-    cfg = preset("world-small").dit
+    cfg = dit_shape(shape)
     torch.manual_seed(0)
     ours = DiT(cfg)
     with torch.no_grad():
@@ -108,12 +118,12 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() or torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
 
 
-def bench_dit(repeats: int, rows: list):
+def bench_dit(repeats: int, rows: list, shape: str = "issue"):
     dtypes = (torch.float32, torch.bfloat16) if native_bf16() else (torch.float32,)
     if not native_bf16():
         print(f"bf16: skipped, this CPU has no native bf16 (capability {torch.backends.cpu.get_cpu_capability()})")
     for dtype in dtypes:
-        ours, ref, cfg = dit_pair(dtype)
+        ours, ref, cfg = dit_pair(dtype, shape)
         peak = matmul_peak(dtype)
         for batch in (1, 4):
             x = torch.randn(batch, 16, 5, 16, 16, dtype=dtype)
@@ -176,6 +186,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", choices=("dit", "vae"))
+    ap.add_argument("--dit", choices=("issue", "bundled"), default="issue",
+                    help="DiT shape: the engine issue's dim 384 / 8 layers (default) or the bundled model's")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     bf16 = f", bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s" if native_bf16() else ""
@@ -185,7 +197,7 @@ def main():
     if args.only in (None, "vae"):
         bench_vae(args.repeats, rows)
     if args.only in (None, "dit"):
-        bench_dit(args.repeats, rows)
+        bench_dit(args.repeats, rows, args.dit)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -3,7 +3,7 @@
     python benchmarks/train.py [--repeats 5] [--batches 1 4] [--threads N] [--json results.json]
 
 One training step = flow-matching interpolation, forward, MSE to the velocity target, backward, AdamW
-step. Shapes follow the bundled model: dim 384 / 8 layers / 6 heads / ffn 1536, 17x128x128 clips
+step. Shapes: dim 384 / 8 layers / 6 heads / ffn 1536 (``--dit bundled``: the bundled model's), 17x128x128 clips
 (latent 5x16x16 -> 320 tokens), text 64 x 384. Prints tokens/s and MFU (against this machine's measured
 matmul peak, kinema.train.throughput) for both and the ratio kinema / diffusers (> 1: kinema is faster).
 fp32 on CPU; bf16 autocast on CUDA. Steps of the two are timed alternately, so a machine whose load
@@ -20,14 +20,15 @@ import time
 import torch
 
 
-def build_pair(device: torch.device):
+def build_pair(device: torch.device, shape: str = "issue"):
     """(kinema DiT, diffusers WanTransformer3DModel, cfg) holding identical weights."""
     from diffusers import WanTransformer3DModel
 
-    from kinema.config import preset
+    from engine import dit_shape
+
     from kinema.dit.model import DiT
 
-    cfg = preset("world-small").dit
+    cfg = dit_shape(shape)
     torch.manual_seed(0)
     ours = DiT(cfg)
     with torch.no_grad():  # non-zero everywhere, so no branch is trivially cheap
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--dit", choices=("issue", "bundled"), default="issue",
+                        help="DiT shape: the engine issue's dim 384 / 8 layers (default) or the bundled model's")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -99,7 +102,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak = measure_matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32, seconds=1.0)
-    ours, ref, cfg = build_pair(device)
+    ours, ref, cfg = build_pair(device, args.dit)
     params = sum(p.numel() for p in ours.parameters())
     grid, text_len = (5, 16, 16), 64  # 17x128x128 pixels -> latent 5x16x16
     tokens = dit_tokens(cfg, grid)
