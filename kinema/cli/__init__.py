@@ -1,0 +1,63 @@
+"""The ``kinema`` command: the only place that parses arguments.
+
+    kinema generate "a red ball bounces on the floor" -o ball.mp4
+    kinema generate "the ball rolls on" --extend ball.mp4 --seconds 2 -o longer.mp4   (also --image, --loop,
+        --connect A B, --edit VIDEO --strength S, --keyframe T:PATH, --long SECONDS; -o still.png for an image)
+    kinema train configs/world-small-dit.toml [--resume] [--key value ...]
+    kinema convert WAN_CHECKPOINT OUT_FOLDER
+    kinema eval world --model PATH
+    kinema serve [--model PATH] [--workers N]   (or `serve api`, `serve worker`, `serve keys create|list|revoke`)
+    kinema data ingest DATASET VIDEOS/ && kinema data split DATASET && ... (see kinema.data.pipeline)
+
+One module per command family (generate.py + tasks.py, train.py, convert.py, serve.py, data.py), each with an
+``add_parser(sub)``; every import of torch and the models waits until a command runs, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class CLIError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kinema`` parser with every command (in the order ``--help`` lists them)."""
+    from . import convert, data, generate, serve, train
+    p = argparse.ArgumentParser(prog="kinema", description="Text, image or video in; video out.")
+    p.add_argument("--version", action="version", version=f"kinema {__import__('kinema').__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for family in (generate, convert, train, serve, data):
+        family.add_parser(sub)
+    return p
+
+
+def _train_error():
+    from ..train.config import TrainError
+    return TrainError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names (default: sys.argv); its exit status."""
+    import warnings
+    warnings.formatwarning = lambda message, *args, **kwargs: f"kinema: warning: {message}\n"
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from ..config import ConfigError
+    from ..infer import InputError
+    from ..weights import WeightsError
+    try:
+        if getattr(args, "takes_extra", False):
+            return args.func(args, extra)
+        return args.func(args)
+    except (CLIError, InputError, ConfigError, WeightsError, FileNotFoundError, _train_error()) as e:
+        print(f"kinema {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kinema {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,89 @@
+"""``kinema serve``: the OpenAI-compatible video API, its workers and web page (issue 6)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import CLIError
+
+
+def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """The deployment flags, on ``serve`` and again on each role (there with no defaults, so either place works)."""
+    d = {} if top else {"default": argparse.SUPPRESS}
+    csv = lambda text: tuple(v.strip() for v in text.split(",") if v.strip())  # noqa: E731
+    p.add_argument("--data", dest="data_dir", help="data folder: results, uploads, SQLite store (default ~/.kinema/serve)", **d)
+    p.add_argument("--db", help="job store URL: sqlite:///PATH or postgresql://USER@HOST/DB (shared by several hosts)", **d)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)", **d)
+    p.add_argument("--port", type=int, help="default 8000", **d)
+    p.add_argument("--model", dest="models", action="append", help="model folder to serve (repeatable; default: bundled)", **d)
+    p.add_argument("--sizes", type=csv, help="accepted sizes, e.g. 128x128,176x96 (default: from each model)", **d)
+    p.add_argument("--seconds", type=csv, help="accepted durations, e.g. 2,4 (default: from each model)", **d)
+    p.add_argument("--workers", type=int, help="worker processes started by `kinema serve` (default 1)", **d)
+    p.add_argument("--device", help="worker device, e.g. cuda (default cpu)", **d)
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), **d)
+    p.add_argument("--threads", type=int, help="CPU threads per worker", **d)
+    p.add_argument("--no-auth", dest="auth", action="store_const", const=False,
+                   help="no API keys (development; refused unless --host is loopback)", **d)
+    p.add_argument("--lease-seconds", dest="lease_s", type=float, help="retry a job after its worker is silent this long (60)", **d)
+    p.add_argument("--max-attempts", type=int, help="tries per job before it fails (3)", **d)
+    p.add_argument("--ttl-hours", dest="ttl_s", type=lambda h: float(h) * 3600, help="keep results this long (168)", **d)
+    p.add_argument("--poll-ms", type=int, help="poll interval hinted to clients and used by idle workers (1000)", **d)
+    p.add_argument("--rate", dest="rate_per_min", type=int, help="default videos per minute per key (30)", **d)
+    p.add_argument("--queue", dest="max_queue", type=int, help="default unfinished videos per key (16)", **d)
+
+
+def add_parser(sub) -> None:
+    """The ``serve`` command, its roles (api, worker, keys) and their flags."""
+    s = sub.add_parser("serve", help="run the OpenAI-compatible /v1/videos API, its workers and web page",
+                       description="kinema serve: API + workers; `serve api` / `serve worker` run one side; "
+                                   "`serve keys create|list|revoke` manage API keys.")
+    _serve_options(s, top=True)
+    roles = s.add_subparsers(dest="serve_role", metavar="ROLE")
+    _serve_options(roles.add_parser("api", help="the HTTP API only"), top=False)
+    w = roles.add_parser("worker", help="one worker only (any host that reaches the store and data folder)")
+    _serve_options(w, top=False)
+    w.add_argument("--slot", type=int, default=0, help="this worker's number on its host (distinct per process)")
+    keys = roles.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_action", required=True,
+                                                                           metavar="ACTION")
+    kc = keys.add_parser("create", help="make a key (its secret is printed once)")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--key-rate", type=int, help="videos per minute for this key (default: the server's)")
+    kc.add_argument("--key-queue", type=int, help="unfinished videos for this key (default: the server's)")
+    kr = keys.add_parser("revoke", help="revoke a key by id or name")
+    kr.add_argument("key")
+    for k in (kc, kr, keys.add_parser("list", help="list keys (never their secrets)")):
+        _serve_options(k, top=False)
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import dataclasses
+
+    from ..serve import ServeConfig
+    from ..serve import run
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)
+             if getattr(args, f.name, None) is not None}
+    cfg = ServeConfig(**{k: tuple(v) if k == "models" else v for k, v in given.items()})
+    role, action = args.serve_role, getattr(args, "keys_action", None)
+    if role == "keys" and action == "create":
+        print(run.create_key(cfg, args.name, args.key_rate, args.key_queue))
+        print("(store this key now: only its hash is kept)", file=sys.stderr)
+    elif role == "keys" and action == "list":
+        rows = run.key_table(cfg)
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        if not rows:
+            print("no keys; create one with `kinema serve keys create --name NAME`", file=sys.stderr)
+    elif role == "keys":
+        if not run.revoke_key(cfg, args.key):
+            raise CLIError(f"no live key with id or name {args.key!r}; see `kinema serve keys list`")
+        print(f"revoked {args.key}")
+    elif role == "api":
+        return run.serve_api(cfg)
+    elif role == "worker":
+        return run.serve_worker(cfg, slot=args.slot)
+    else:
+        return run.serve_all(cfg)
+    return 0
+

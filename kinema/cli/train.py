@@ -1,0 +1,34 @@
+"""``kinema train`` (python or torchrun) and ``kinema eval``."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    """The ``train`` and ``eval`` commands."""
+    t = sub.add_parser("train", help="train or fine-tune (python or torchrun)")
+    t.add_argument("config", help="training config file (configs/*.toml)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.set_defaults(func=cmd_train, takes_extra=True)
+
+    e = sub.add_parser("eval", help="measure quality")
+    e.add_argument("suite", choices=("world",), help="world: prompt following and physics on the procedural world")
+    e.add_argument("--model", help="model folder; default: the bundled model")
+    e.add_argument("--n", type=int, default=100, help="prompts per row")
+    e.add_argument("--steps", type=int)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", help="write the report here as JSON")
+    e.add_argument("--ground-truth", action="store_true", help="score rendered ground truth instead (validates the evaluator)")
+    e.add_argument("--reconstruct", action="store_true",
+                   help="score the model's VAE reconstructions of the ground truth (the ceiling for its DiT)")
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    from ..train import train
+    train(args.config, overrides=extra, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..eval.cli import run_eval
+    return run_eval(args)
