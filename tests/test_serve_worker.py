@@ -1,15 +1,21 @@
-"""The serve worker in-process (one tiny model, SQLite): results, progress, stop, delete, failures; and the CLI."""
+"""The serve worker in-process (one tiny model, SQLite): results, progress, stop, delete, failures, memory modes;
+and the CLI."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+import numpy as np
 import pytest
+import torch
 
 from kinema import cli
+from kinema.config import ConfigError
 from kinema.infer import make_settings
+from kinema.infer.offload import MemoryFitError, MemoryPlan, estimate_memory
 from kinema.serve import ServeConfig
 from kinema.serve.media import VARIANTS, job_dir
+from kinema.serve.run import WONT_FIT, Supervisor, supervised_worker
 from kinema.serve.store import Job
 from kinema.serve.worker import Worker
 
@@ -20,11 +26,14 @@ def worker(tiny_model_dir, tmp_path_factory):
     return Worker(cfg, "test-w0")
 
 
-def queue(worker, n: int, **settings) -> Job:
+def new_job(worker, n: int, **settings) -> Job:
     s = make_settings(worker.catalog["tiny"].cfg, f"prompt {n}", **{"steps": 3, "seed": n, **settings})
-    job = Job(id=f"video_{n:032x}", owner="key_a", kind="create", model="tiny", prompt=s.prompt, seconds="1",
-              size=f"{s.width}x{s.height}", params={"settings": asdict(s)})
-    worker.store.submit(job, 1000, 1000)
+    return Job(id=f"video_{n:032x}", owner="key_a", kind="create", model="tiny", prompt=s.prompt, seconds="1",
+               size=f"{s.width}x{s.height}", params={"settings": asdict(s)})
+
+
+def queue(worker, n: int, **settings) -> Job:
+    worker.store.submit(new_job(worker, n, **settings), 1000, 1000)
     return worker.store.claim(worker.name)
 
 
@@ -108,3 +117,100 @@ def test_cli_manages_keys(tmp_path, capsys):
 def test_cli_refuses_no_auth_off_loopback(tmp_path, capsys):
     assert cli.main(["serve", "--no-auth", "--host", "0.0.0.0", "--data", str(tmp_path)]) == 2
     assert "only allowed on a loopback address" in capsys.readouterr().err
+
+
+# -- memory modes: --offload / --quantize, as `kinema generate` takes them ----------------------------------------
+
+def test_an_offloading_worker_makes_the_video_of_one_without(worker, tmp_path, monkeypatch):
+    """--offload model (fp32, CPU): the same latents; frames within one level (its VAE decodes frame by frame)."""
+    offloaded = Worker(replace(worker.cfg, data_dir=str(tmp_path), offload="model"), "test-offload")
+    videos = {}
+    for w in (worker, offloaded):
+        pipe = w.pipeline("tiny")
+
+        def keep(s, _run=pipe.run, _name=w.name, **kw):
+            videos[_name] = _run(s, **kw)
+            return videos[_name]
+        monkeypatch.setattr(pipe, "run", keep)
+    job = new_job(worker, 20, steps=3)
+    plain, plain_fps = worker._generate(job, lambda i, n: None)
+    frames, fps = offloaded._generate(job, lambda i, n: None)
+    assert worker.pipeline("tiny").offloader is None
+    assert offloaded.pipeline("tiny").offloader.loads == {"text": 1, "dit": 1, "vae": 1}  # each moved in once
+    torch.testing.assert_close(videos["test-offload"].latents, videos["test-w0"].latents, rtol=0, atol=1e-5)
+    diff = np.abs(frames.astype(int) - plain.astype(int))
+    assert frames.shape == plain.shape and fps == plain_fps and diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_an_int8_worker_stores_the_dit_blocks_in_8_bits(worker, tmp_path):
+    pipe = Worker(replace(worker.cfg, data_dir=str(tmp_path), quantize="int8"), "test-int8").pipeline("tiny")
+    kinds = {type(m).__name__ for m in pipe.dit.blocks.modules()}
+    assert "Int8Linear" in kinds and "Linear" not in kinds
+
+
+@pytest.mark.parametrize("flag, value, accepted", [("--offload", "blocks", "'none', 'model', 'block'"),
+                                                   ("--quantize", "int4", "'none', 'int8'")])
+def test_bad_memory_flags_are_refused_naming_the_value_and_the_choices(tmp_path, capsys, flag, value, accepted):
+    for role in ([], ["worker"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["serve", *role, flag, value, "--data", str(tmp_path)])
+        assert exit_.value.code == 2
+        assert f"argument {flag}: invalid choice: '{value}' (choose from {accepted})" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=rf"{flag[2:]} must be one of \({accepted}\), got '{value}'"):
+        ServeConfig(**{flag[2:]: value})
+
+
+def test_a_worker_refuses_a_model_too_large_for_its_mode_naming_one_that_fits(worker, monkeypatch):
+    spec = worker.catalog["tiny"]
+    assert spec.largest_request == (64, 64, 17)  # 64x64 beats 80x48; 2 s at 8 fps
+    plain, small = (estimate_memory(spec.cfg, 64, 64, 17, torch.float32, MemoryPlan.for_mode("none", q)).total
+                    for q in ("none", "int8"))
+    assert small < plain
+    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: (plain + small) // 2)
+    with pytest.raises(MemoryFitError, match=r"model 'tiny', at its largest offered size and duration: tiny at "
+                                             r"64x64x17 in float32 needs .* --offload none --quantize int8 needs .* fits"):
+        worker.check_memory()
+    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: plain)
+    worker.check_memory()
+
+
+def test_cli_worker_notes_that_offload_saves_nothing_on_the_cpu_and_refuses_what_cannot_fit(
+        tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The same note `kinema generate --offload model` prints on the CPU, then the same refusal, before any load."""
+    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: 1)
+    monkeypatch.setattr("kinema.serve.worker.Worker.pipeline", lambda *a: pytest.fail("loaded weights"))
+    assert cli.main(["serve", "worker", "--model", str(tiny_model_dir), "--data", str(tmp_path),
+                     "--offload", "model"]) == 2
+    err = capsys.readouterr().err
+    assert "note: --offload model keeps weights in host memory and moves them to the accelerator only while used; " \
+           "on the CPU that saves nothing (--quantize int8 and --dtype bf16 do)" in err
+    assert "kinema serve: error: model 'tiny', at its largest offered size and duration: tiny at 64x64x17" in err
+    assert "no memory mode fits: try --dtype bf16, smaller --sizes or fewer --seconds" in err
+
+
+def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, tmp_path, monkeypatch):
+    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: 1)
+    with pytest.raises(SystemExit) as exit_:
+        supervised_worker(replace(worker.cfg, data_dir=str(tmp_path)), slot=0)
+    assert exit_.value.code == WONT_FIT
+
+    class Exited:  # what the supervisor sees of that process
+        exitcode = WONT_FIT
+
+        def is_alive(self):
+            return False
+
+    supervisor = Supervisor(worker.cfg)
+    spawned = []
+    monkeypatch.setattr(supervisor, "_spawn", spawned.append)
+    supervisor.procs = {0: Exited()}
+    supervisor.thread.start()
+    try:
+        for _ in range(100):
+            if not supervisor.procs:
+                break
+            supervisor.stopping.wait(0.05)
+    finally:
+        supervisor.stopping.set()
+        supervisor.thread.join()
+    assert supervisor.procs == {} and spawned == []

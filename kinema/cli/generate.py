@@ -236,9 +236,9 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
                      sequence_parallel=layout.sequence if layout else 1, cfg_parallel=layout.cfg if layout else 1)
     except (ParallelError, MemoryFitError) as e:
         raise CLIError(str(e)) from e
-    if torch.device(device).type == "cpu" and args.offload != "none" and not args.quiet:
-        print(f"note: --offload {args.offload} keeps weights in host memory and moves them to the accelerator only "
-              f"while used; on the CPU that saves nothing (--quantize int8 and --dtype bf16 do)", file=sys.stderr)
+    note = memory.note_on(device)
+    if note and not args.quiet:
+        print(f"note: {note}", file=sys.stderr)
     pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
                                     student=not args.no_student)
     if layout is not None:

@@ -22,6 +22,10 @@ def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--workers", type=int, help="worker processes started by `kinema serve` (default 1)", **d)
     p.add_argument("--device", help="worker device, e.g. cuda (default cpu)", **d)
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), **d)
+    p.add_argument("--offload", choices=("none", "model", "block"),
+                   help="workers' memory mode, as `kinema generate --offload` (default none)", **d)
+    p.add_argument("--quantize", choices=("none", "int8"),
+                   help="int8: workers store DiT block weights in 8 bits, as `kinema generate --quantize`", **d)
     p.add_argument("--threads", type=int, help="CPU threads per worker", **d)
     p.add_argument("--no-auth", dest="auth", action="store_const", const=False,
                    help="no API keys (development; refused unless --host is loopback)", **d)
@@ -66,6 +70,10 @@ def cmd_serve(args) -> int:
              if getattr(args, f.name, None) is not None}
     cfg = ServeConfig(**{k: tuple(v) if k == "models" else v for k, v in given.items()})
     role, action = args.serve_role, getattr(args, "keys_action", None)
+    if role == "worker" or (role is None and cfg.workers > 0):
+        note = cfg.memory_plan().note_on(cfg.device)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if role == "keys" and action == "create":
         print(run.create_key(cfg, args.name, args.key_rate, args.key_queue))
         print("(store this key now: only its hash is kept)", file=sys.stderr)
@@ -82,7 +90,11 @@ def cmd_serve(args) -> int:
     elif role == "api":
         return run.serve_api(cfg)
     elif role == "worker":
-        return run.serve_worker(cfg, slot=args.slot)
+        from ..infer.offload import MemoryFitError
+        try:
+            return run.serve_worker(cfg, slot=args.slot)
+        except MemoryFitError as e:  # checked before any weights are read (``kinema serve`` logs it per worker)
+            raise CLIError(str(e)) from e
     else:
         return run.serve_all(cfg)
     return 0

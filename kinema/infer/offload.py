@@ -70,6 +70,13 @@ class MemoryPlan:
             return cls(offload, quantize, vae_chunk=1, vae_tile=32, vae_overlap=8)
         return cls(offload, quantize)
 
+    def note_on(self, device: torch.device | str) -> str | None:
+        """Why this plan's offloading saves nothing on ``device`` when that is the CPU; None where it helps."""
+        if self.offload == "none" or torch.device(device).type != "cpu":
+            return None
+        return (f"--offload {self.offload} keeps weights in host memory and moves them to the accelerator only while "
+                f"used; on the CPU that saves nothing (--quantize int8 and --dtype bf16 do)")
+
 
 # -- 8-bit weights ------------------------------------------------------------------------------------------
 
@@ -499,8 +506,13 @@ def available_memory(device: torch.device | str) -> int:
 
 
 def check_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtype, plan: MemoryPlan,
-                 device: torch.device | str, guidance: float = 5.0, available: int | None = None, **parallel) -> MemoryEstimate:
-    """The estimate for ``plan``, or MemoryFitError when it exceeds the free memory, naming the mode that fits."""
+                 device: torch.device | str, guidance: float = 5.0, available: int | None = None,
+                 smaller: str = "a smaller --size or fewer --frames", gpus: str | None = "kinema generate --gpus N",
+                 **parallel) -> MemoryEstimate:
+    """The estimate for ``plan``, or MemoryFitError when it exceeds the free memory, naming the mode that fits.
+
+    ``smaller`` and ``gpus`` are the caller's own ways out when no mode fits (its flags; ``gpus`` None: none).
+    """
     device = torch.device(device)
     cuda = device.type == "cuda"
     free = available_memory(device) if available is None else available
@@ -522,8 +534,7 @@ def check_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtype, 
         if alt.total + overhead <= free and (offload, quantize) != (plan.offload, plan.quantize):
             flags = f"--offload {offload}" + (f" --quantize {quantize}" if quantize != "none" else "")
             raise MemoryFitError(f"{what} {need}, {have}; {flags} needs about {alt.total / GB:.1f} GB and fits")
-    smaller = "a smaller --size or fewer --frames"
     if not cuda and dtype == torch.float32:
         smaller = "--dtype bf16, " + smaller
     raise MemoryFitError(f"{what} {need}, {have}; no memory mode fits: try {smaller}"
-                         + (", or several GPUs (kinema generate --gpus N)" if cuda else ""))
+                         + (f", or several GPUs ({gpus})" if cuda and gpus else ""))

@@ -70,6 +70,14 @@ class ModelSpec:
     def default_seconds(self) -> str:
         return self.seconds[0]
 
+    @property
+    def largest_request(self) -> tuple[int, int, int]:
+        """(width, height, frames) of the request that needs the most memory: largest size, longest duration."""
+        sizes = [tuple(int(v) for v in size.split("x")) for size in self.sizes]
+        width, height = max(sizes, key=lambda wh: wh[0] * wh[1])
+        seconds = max(float(s) for s in self.seconds)
+        return width, height, frames_for_seconds(seconds, self.cfg.sampling.fps, self.cfg.vae.temporal_factor)
+
     def describe(self, tasks: list[str]) -> dict:
         """The ``GET /v1/models`` entry: OpenAI's model fields plus what this model accepts."""
         s = self.cfg.sampling

@@ -39,6 +39,8 @@ class ServeConfig:
     workers: int = 1  # worker processes started by ``kinema serve`` (one per GPU is usual)
     device: str = "cpu"
     dtype: str = "fp32"
+    offload: str = "none"  # workers' memory mode, as ``kinema generate --offload``: "none" | "model" | "block"
+    quantize: str = "none"  # "int8": workers store the DiT blocks' linear weights in 8 bits
     threads: int | None = None  # CPU threads per worker
     auth: bool = True  # False (``--no-auth``) is only allowed on a loopback address
     lease_s: float = 60.0  # a job whose worker sent no heartbeat for this long is retried
@@ -63,6 +65,7 @@ class ServeConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
+        self.memory_plan()  # an unknown offload or quantize value is refused here, by name
         if not self.lease_s > 0 or self.max_attempts < 1:
             raise ConfigError(f"lease must be > 0 s and max attempts >= 1, got {self.lease_s} s / {self.max_attempts}")
         if not self.ttl_s > 0 or not self.poll_ms > 0:
@@ -71,6 +74,14 @@ class ServeConfig:
                      "max_request_bytes", "max_input_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def memory_plan(self):
+        """The ``MemoryPlan`` workers load their pipelines with (see ``kinema.infer.offload``)."""
+        from ..infer.offload import MemoryPlan  # here, not at the top: importing kinema.serve stays torch-free
+        try:
+            return MemoryPlan.for_mode(self.offload, self.quantize)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def data_path(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 import time
 
@@ -17,6 +18,7 @@ from .config import ServeConfig
 from .store import JobStore
 
 log = logging.getLogger("kinema.serve")
+WONT_FIT = 3  # exit status of a worker whose models cannot fit its device in its memory mode: not restarted
 
 
 def _logging() -> None:
@@ -57,6 +59,17 @@ def serve_worker(cfg: ServeConfig, slot: int = 0, max_jobs: int | None = None) -
     return 0
 
 
+def supervised_worker(cfg: ServeConfig, slot: int) -> None:
+    """A worker started by ``kinema serve``; exits with WONT_FIT, the reason logged, if its models cannot fit."""
+    from ..infer.offload import MemoryFitError
+    from .worker import run_worker
+    try:
+        run_worker(cfg, slot)
+    except MemoryFitError as e:
+        log.error("worker %d: %s", slot, e)
+        sys.exit(WONT_FIT)
+
+
 class Supervisor:
     """Keeps ``cfg.workers`` worker processes alive, restarting any that exit, with a growing back-off."""
 
@@ -71,8 +84,7 @@ class Supervisor:
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _spawn(self, slot: int) -> None:
-        from .worker import run_worker
-        proc = self.ctx.Process(target=run_worker, args=(self.cfg, slot), name=f"kinema-worker-{slot}")
+        proc = self.ctx.Process(target=supervised_worker, args=(self.cfg, slot), name=f"kinema-worker-{slot}")
         proc.start()
         self.procs[slot] = proc
         log.info("worker %d started (pid %d)", slot, proc.pid)
@@ -89,6 +101,10 @@ class Supervisor:
         while not self.stopping.wait(0.5):
             for slot, proc in list(self.procs.items()):
                 if proc.is_alive() or self.stopping.is_set():
+                    continue
+                if proc.exitcode == WONT_FIT:  # restarting cannot help; the API keeps queueing for other workers
+                    log.error("worker %d will not be restarted: its models do not fit (reason above)", slot)
+                    del self.procs[slot]
                     continue
                 quick = time.monotonic() - started[slot] < 30
                 backoff[slot] = min(60.0, backoff[slot] * 2) if quick else 0.5

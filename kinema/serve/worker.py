@@ -41,6 +41,11 @@ def task_overrides(s: Settings, *drop: str) -> dict:
     return {k: v for k, v in vars(s).items() if k not in ("prompt", "strength", *drop)}
 
 
+def _torch_dtype(name: str):
+    import torch
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def worker_name(slot: int) -> str:
     """A stable name for this host's worker ``slot`` (a restarted worker recognises its own jobs by it)."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
@@ -62,6 +67,7 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------------------------
     def run(self, max_jobs: int | None = None) -> int:
         """Process jobs until stopped (or ``max_jobs`` done); returns how many jobs it finished."""
+        self.check_memory()
         self._take_name()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,14 +118,30 @@ class Worker:
         for video_id in self.store.purge_expired():
             remove_job_files(self.data, video_id)
 
-    def pipeline(self, model: str):
-        """The loaded Pipeline for a model name (loaded once per process)."""
-        if model not in self.pipes:
-            import torch
+    def check_memory(self) -> None:
+        """Refuse (MemoryFitError, naming a mode that fits) a model whose largest request cannot fit the device.
 
+        ``kinema generate`` checks each request before loading; a worker checks once, before any weights are
+        read, the largest size and duration it offers, each model alone against the memory free now. Guidance
+        is taken as on (two rows), since a request may ask for it whatever the model's default.
+        """
+        from ..infer.offload import MemoryFitError, check_memory
+        plan = self.cfg.memory_plan()
+        for spec in self.catalog.values():
+            width, height, frames = spec.largest_request
+            try:
+                check_memory(spec.cfg, width, height, frames, _torch_dtype(self.cfg.dtype), plan, self.cfg.device,
+                             smaller="smaller --sizes or fewer --seconds", gpus=None)
+            except MemoryFitError as e:
+                raise MemoryFitError(f"model {spec.name!r}, at its largest offered size and duration: {e}") from None
+
+    def pipeline(self, model: str):
+        """The loaded Pipeline for a model name (loaded once per process, in the configured memory mode)."""
+        if model not in self.pipes:
             from ..infer import Pipeline
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.cfg.dtype]
-            self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device, dtype=dtype)
+            self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device,
+                                                         dtype=_torch_dtype(self.cfg.dtype),
+                                                         memory=self.cfg.memory_plan())
         return self.pipes[model]
 
     # -- one job -------------------------------------------------------------------------------------------
