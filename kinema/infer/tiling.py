@@ -58,7 +58,7 @@ def decode_tiled(vae, latents: torch.Tensor, tile: int = 32, overlap: int = 8, n
     b, _, f, h, w = latents.shape
     sf, tf = vae.cfg.spatial_factor, vae.cfg.temporal_factor
     frames = (f - 1) * tf + 1
-    if vae.cfg.norm == "frame" and (h > tile or w > tile):
+    if getattr(vae.cfg, "norm", "rms") == "frame" and (h > tile or w > tile):
         warnings.warn("this VAE normalises whole frames (VAEConfig.norm='frame'): each tile sees its own statistics, "
                       "so a tiled decode can differ in tone from tile to tile; decode without tiling if memory allows")
     canvas = torch.zeros(b, 3, frames, h * sf, w * sf)
