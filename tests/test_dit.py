@@ -122,3 +122,19 @@ def test_any_grid_runs_without_retraining():
     text = torch.randn(1, 3, 16)
     for shape in [(1, 4, 1, 2, 2), (1, 4, 5, 4, 8), (1, 4, 2, 10, 4)]:
         assert model(torch.randn(shape), torch.tensor([5.0]), text).shape == shape
+
+
+def test_fast_gelu_is_wan_tanh_gelu_with_and_without_autograd():
+    import torch.nn.functional as F
+
+    from kinema.nn import gelu_tanh
+
+    x = torch.randn(3, 50, 64) * 4
+    with torch.no_grad():
+        assert torch.allclose(gelu_tanh(x), F.gelu(x, approximate="tanh"), atol=2e-6)
+    leaf = x.clone().requires_grad_()
+    y = gelu_tanh(leaf)
+    y.sum().backward()
+    ref = x.clone().requires_grad_()
+    F.gelu(ref, approximate="tanh").sum().backward()
+    assert torch.equal(y.detach(), F.gelu(x, approximate="tanh")) and torch.allclose(leaf.grad, ref.grad)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DiTConfig
-from ..nn import FP32LayerNorm, apply_rope, attention, rope_3d, timestep_features
+from ..nn import FP32LayerNorm, apply_rope, attention, gelu_tanh, rope_3d, timestep_features
 from .patchify import patch_grid, patchify, unpatchify
 
 
@@ -66,7 +66,8 @@ class FeedForward(nn.Module):
         self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net[2](F.gelu(self.net[0].proj(x), approximate=self.approximate))
+        h = self.net[0].proj(x)
+        return self.net[2](gelu_tanh(h) if self.approximate == "tanh" else F.gelu(h, approximate=self.approximate))
 
 
 class TwoLayer(nn.Module):
@@ -80,7 +81,7 @@ class TwoLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear_1(x)
-        h = F.silu(h) if self.act == "silu" else F.gelu(h, approximate="tanh")
+        h = F.silu(h) if self.act == "silu" else gelu_tanh(h)
         return self.linear_2(h)
 
 
@@ -100,18 +101,17 @@ class ImageEmbedder(nn.Module):
 def _modulate(norm_x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``norm_x * (1 + scale) + shift`` in fp32; shift/scale are (B, 1, D) or per frame (B, f, 1, D)."""
     if shift.ndim == 4:  # per-frame modulation: view tokens as (B, f, h*w, D)
-        b, f = shift.shape[:2]
-        return (norm_x.unflatten(1, (f, -1)) * (1 + scale) + shift).flatten(1, 2)
-    return norm_x * (1 + scale) + shift
+        f = shift.shape[1]
+        return torch.addcmul(shift, norm_x.unflatten(1, (f, -1)), 1 + scale).flatten(1, 2)
+    return torch.addcmul(shift, norm_x, 1 + scale)  # one pass instead of two
 
 
 def _gate(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Residual ``x + y * gate`` in fp32, cast back to x's dtype."""
     if gate.ndim == 4:
-        y = (y.float().unflatten(1, (gate.shape[1], -1)) * gate).flatten(1, 2)
-    else:
-        y = y.float() * gate
-    return (x.float() + y).type_as(x)
+        f = gate.shape[1]
+        return torch.addcmul(x.float().unflatten(1, (f, -1)), y.float().unflatten(1, (f, -1)), gate).flatten(1, 2).type_as(x)
+    return torch.addcmul(x.float(), y.float(), gate).type_as(x)
 
 
 class Block(nn.Module):
