@@ -146,3 +146,18 @@ def test_training_pass_has_gradients():
     assert recon.shape == (1, 3, 5, 16, 16) and mean.shape == (1, 4, 2, 2, 2)
     (recon.square().mean() + mean.square().mean()).backward()
     assert vae.encoder.conv_in.weight.grad is not None and vae.decoder.conv_out.weight.grad is not None
+
+
+@pytest.mark.parametrize("norm", ["rms", "frame"])
+def test_norm_inference_path_equals_the_autograd_path(norm):
+    from kinema.nn import ChannelRMSNorm, FrameNorm
+
+    layer = {"rms": ChannelRMSNorm, "frame": FrameNorm}[norm](6)
+    with torch.no_grad():
+        layer.gamma.uniform_(0.5, 1.5)
+    x = torch.randn(2, 6, 3, 5, 7) * 3 + 2
+    x[1, :, 2] = 4.0  # a flat frame: zero variance (frame) / a constant vector (rms)
+    trained = layer(x.clone().requires_grad_())
+    with torch.no_grad():
+        fast = layer(x)
+    assert torch.allclose(fast, trained.detach(), atol=1e-5) and torch.equal(x[1, :, 2], torch.full_like(x[1, :, 2], 4.0))
