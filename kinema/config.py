@@ -182,9 +182,13 @@ class SamplingDefaults(_Config):
     shift: float = 3.0
     sampler: str = "unipc"
     negative_prompt: str = ""
+    # "kinema": the shifted even grid from t = 1 to 0, the DiT sees t * 1000; "wan": Wan's and diffusers'
+    # flow-UniPC grid (from 1 to 1/1000, then 0) and integer timesteps int(t * 1000), as Wan was sampled.
+    schedule: str = "kinema"
 
     def __post_init__(self):
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        _check(self.schedule in ("kinema", "wan"), f"schedule must be 'kinema' or 'wan', got {self.schedule!r}")
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _check(self.fps >= 1, f"fps must be >= 1, got {self.fps}")
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
@@ -266,7 +270,7 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, text_dim=4096),
         text=TextConfig(kind="t5", max_length=512, dim=4096, use_mask=False),
         sampling=SamplingDefaults(width=832, height=480, frames=81, fps=16, steps=50, guidance=5.0, shift=3.0,
-                                  negative_prompt=_WAN_NEGATIVE),
+                                  negative_prompt=_WAN_NEGATIVE, schedule="wan"),
     ),
     # Image-to-video at 480p: CLIP ViT-H image tokens (1280-d) enter cross-attention; 36 input channels.
     "wan2.1-i2v-14b-480p": ModelConfig(
@@ -276,7 +280,7 @@ PRESETS: dict[str, ModelConfig] = {
                       in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
         text=TextConfig(kind="t5", max_length=512, dim=4096, use_mask=False),
         sampling=SamplingDefaults(width=832, height=480, frames=81, fps=16, steps=40, guidance=5.0, shift=3.0,
-                                  negative_prompt=_WAN_NEGATIVE),
+                                  negative_prompt=_WAN_NEGATIVE, schedule="wan"),
     ),
     "wan2.1-t2v-14b": ModelConfig(
         name="wan2.1-t2v-14b",
@@ -284,7 +288,7 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096),
         text=TextConfig(kind="t5", max_length=512, dim=4096, use_mask=False),
         sampling=SamplingDefaults(width=1280, height=720, frames=81, fps=16, steps=50, guidance=5.0, shift=5.0,
-                                  negative_prompt=_WAN_NEGATIVE),
+                                  negative_prompt=_WAN_NEGATIVE, schedule="wan"),
     ),
 }
 

@@ -96,28 +96,21 @@ def test_real_wan_folders_get_their_preset_defaults(tmp_path, name):
     assert cfg.text == pre.text.replace(path=str(root))
 
 
-def test_whole_pipeline_matches_diffusers_wan_pipeline(wan_folder, monkeypatch):
-    """Same noise, same schedule (diffusers' UniPC sigmas and integer timesteps): same latents and frames."""
+def test_whole_pipeline_matches_diffusers_wan_pipeline(wan_folder):
+    """Same noise: same latents and frames. The folder samples on Wan's schedule (diffusers' flow-UniPC
+    sigmas, integer timesteps) without any help from the test."""
     ref = diffusers.WanPipeline.from_pretrained(wan_folder)
     ref.set_progress_bar_config(disable=True)
     steps, guidance = 4, 4.0
     prompt, negative = "a red fox runs through deep snow", "blurry low quality"
     ref.scheduler.set_timesteps(steps)
-    sigmas, timesteps = ref.scheduler.sigmas.double(), ref.scheduler.timesteps.double()
+    seen = []
 
     pipe = Pipeline.from_pretrained(wan_folder)
+    assert pipe.cfg.sampling.schedule == "wan"
     s = pipe.settings(prompt, negative_prompt=negative, width=32, height=48, frames=9, steps=steps, guidance=guidance,
                       shift=3.0, sampler="unipc", seed=5)
-    # kinema's own schedule starts at t = 1 and feeds t * 1000 unrounded; diffusers (like Wan) steps from
-    # linspace(1, 1/1000) and feeds int(sigma * 1000): give kinema that schedule to compare everything else.
-    monkeypatch.setattr("kinema.infer.pipeline.sampling_schedule", lambda *a, **k: sigmas)
-
-    def integer_timesteps(module, args):
-        latents, t, *rest = args
-        nearest = (t.double()[..., None] - timesteps).abs().argmin(-1)
-        return (latents, timesteps[nearest].to(t.dtype), *rest)
-
-    pipe.dit.register_forward_pre_hook(integer_timesteps)
+    pipe.dit.register_forward_pre_hook(lambda module, args: seen.append(args[1].flatten()[0].item()))
     video = pipe.run(s)
 
     noise = torch.randn(pipe.latent_shape(s), generator=torch.Generator("cpu").manual_seed(s.seed))
@@ -125,6 +118,7 @@ def test_whole_pipeline_matches_diffusers_wan_pipeline(wan_folder, monkeypatch):
     out = ref(prompt=prompt, negative_prompt=negative, height=48, width=32, num_frames=9, num_inference_steps=steps,
               guidance_scale=guidance, latents=noise.clone(), output_type="np",
               callback_on_step_end=lambda p, i, t, kw: final.update(latents=kw["latents"]) or {})
+    assert sorted(set(seen), reverse=True) == ref.scheduler.timesteps.tolist()  # int(sigma * 1000), as diffusers
     torch.testing.assert_close(video.latents, final["latents"], rtol=0, atol=2e-5)
     assert (video.latents - noise).abs().mean() > 0.1  # the sampler moved far from the noise
     expected = np.round(out.frames[0] * 255).astype(np.int16)
@@ -204,13 +198,11 @@ def test_i2v_matches_diffusers_wan_image_to_video_pipeline(wan_i2v_folder, monke
     ref.set_progress_bar_config(disable=True)
     steps, guidance, image = 3, 4.0, _picture(48, 32)
     ref.scheduler.set_timesteps(steps)
-    sigmas, timesteps = ref.scheduler.sigmas.double(), ref.scheduler.timesteps.double()
+    seen = []
 
     pipe = Pipeline.from_pretrained(wan_i2v_folder)
-    assert is_wan_i2v(pipe.cfg)
-    monkeypatch.setattr("kinema.infer.pipeline.sampling_schedule", lambda *a, **k: sigmas)
-    pipe.dit.register_forward_pre_hook(  # diffusers' integer timesteps, as in the text-to-video parity test
-        lambda m, args: (args[0], timesteps[(args[1].double()[..., None] - timesteps).abs().argmin(-1)].float(), *args[2:]))
+    assert is_wan_i2v(pipe.cfg) and pipe.cfg.sampling.schedule == "wan"  # Wan's grid and integer timesteps, unaided
+    spy = pipe.dit.register_forward_pre_hook(lambda m, args: seen.append(args[1].flatten()[0].item()))
     settings = dict(negative_prompt="blurry low quality", width=32, height=48, frames=9, steps=steps,
                     guidance=guidance, shift=3.0, sampler="unipc", seed=4)
     video = image_to_video(pipe, image, "a red fox runs", **settings)
@@ -219,6 +211,8 @@ def test_i2v_matches_diffusers_wan_image_to_video_pipeline(wan_i2v_folder, monke
     out = ref(image=Image.fromarray(image), prompt="a red fox runs", negative_prompt="blurry low quality", height=48,
               width=32, num_frames=9, num_inference_steps=steps, guidance_scale=guidance, latents=noise.clone(),
               output_type="np", callback_on_step_end=lambda p, i, t, kw: final.update(latents=kw["latents"]) or {})
+    assert sorted(set(seen), reverse=True) == ref.scheduler.timesteps.tolist()  # int(sigma * 1000), as diffusers
+    spy.remove()
     torch.testing.assert_close(video.latents, final["latents"], rtol=0, atol=2e-5)
     expected = np.round(out.frames[0] * 255).astype(np.int16)
     assert np.abs(video.frames.astype(np.int16) - expected).max() <= 1

@@ -81,18 +81,33 @@ def resolution_shift(
     return math.exp(math.log(base_shift) + frac * (math.log(max_shift) - math.log(base_shift)))
 
 
-def sampling_schedule(steps: int, shift: float = 1.0, t_start: float = 1.0) -> Tensor:
-    """Returns (steps + 1,) float64 times: shift_t of an even grid from t_start down to exactly 0.0.
+def sampling_schedule(steps: int, shift: float = 1.0, t_start: float = 1.0, kind: str = "kinema") -> Tensor:
+    """Returns (steps + 1,) float64 times from shift_t(t_start) down to exactly 0.0.
 
+    kind "kinema": shift_t of an even grid from t_start to 0. kind "wan": the grid Wan 2.1 and diffusers'
+    flow UniPC sample on, an even grid from t_start to t_start / 1000 (its last point dropped), shifted,
+    the first time nudged below 1 by 1e-6, then 0.
     t_start < 1 starts from a partly noised input (SDEdit: an edit of strength s starts at
     t = s, so the first time is shift_t(s, shift)).
     """
+    if kind == "wan":
+        _check_schedule(steps, shift, t_start)
+        grid = shift_t(torch.linspace(t_start, t_start / 1000, steps + 1, dtype=torch.float64)[:-1], shift)
+        if abs(float(grid[0]) - 1.0) < 1e-6:
+            grid[0] -= 1e-6  # as diffusers' UniPC does, so its log(alpha) stays finite at the first step
+        return torch.cat([grid, grid.new_zeros(1)])
+    if kind != "kinema":
+        raise ValueError(f"schedule kind must be 'kinema' or 'wan', got {kind!r}")
+    _check_schedule(steps, shift, t_start)
+    ts = shift_t(torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64), shift)
+    ts[-1] = 0.0  # linspace already ends at 0 and shift_t fixes 0; make it exact by construction
+    return ts
+
+
+def _check_schedule(steps: int, shift: float, t_start: float) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift}")
     if not 0 < t_start <= 1:
         raise ValueError(f"t_start must be in (0, 1], got {t_start}")
-    ts = shift_t(torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64), shift)
-    ts[-1] = 0.0  # linspace already ends at 0 and shift_t fixes 0; make it exact by construction
-    return ts

@@ -210,9 +210,12 @@ class Pipeline:
     def velocity_fn(self, text: torch.Tensor, mask: torch.Tensor | None, guidance: float, dit: DiT | None = None):
         """A guided velocity ``(x, t_frames) -> v`` over a (cond, uncond) text pair (text is (2, L, D))."""
         dit = self.dit if dit is None else dit
+        integer_timesteps = self.cfg.sampling.schedule == "wan" and dit is self.dit
 
         def both(x: torch.Tensor, t_frames: torch.Tensor, need_uncond: bool):
             ts = t_frames * 1000.0
+            if integer_timesteps:  # Wan was trained and sampled on int(t * 1000)
+                ts = ts.floor()
             if not need_uncond:
                 v = dit(x.to(self.dtype), ts, text[:1], None if mask is None else mask[:1])
                 return v.float(), None
@@ -248,7 +251,8 @@ class Pipeline:
         gen = torch.Generator("cpu").manual_seed(s.seed)
         noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
         student = self.student if self.uses_student(s) else None  # (DiT, StudentInfo): one forward per step
-        ts = (sampling_schedule(s.steps, shift=s.shift, t_start=s.strength) if student is None
+        ts = (sampling_schedule(s.steps, shift=s.shift, t_start=s.strength, kind=self.cfg.sampling.schedule)
+              if student is None
               else torch.tensor(student[1].times, dtype=torch.float64))
         x = noise
         if init_latents is not None and s.strength < 1:

@@ -186,7 +186,7 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     vae = vae_config_from_diffusers(_read_json(p / "vae" / "config.json"))
     text = TextConfig(kind="t5", path=str(p), max_length=512, dim=dit.text_dim, use_mask=False)
     from ..config import PRESETS  # sampling defaults of the matching Wan preset, if any
-    sampling = SamplingDefaults()
+    sampling = SamplingDefaults(schedule="wan")  # a diffusers Wan folder samples on Wan's grid and timesteps
     for pre in PRESETS.values():
         if (pre.text.kind == "t5" and pre.dit.num_layers == dit.num_layers and pre.dit.dim == dit.dim
                 and pre.dit.image_dim == dit.image_dim):
