@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "kinema" / "assets" / "world-small")
     ap.add_argument("--budget-mb", type=float, default=BUDGET_MB)
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     sizes = bundle(args.model, args.out, args.budget_mb)
-    smoke_test(args.out)
+    with torch.inference_mode():
+        smoke_test(args.out)
     print(f"bundled {args.model} -> {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
           + f"; total {sum(sizes.values()):.1f} MB")
     return 0

@@ -29,6 +29,7 @@ def test_bundle_casts_to_fp16_and_generates_like_the_original(bundler, tiny_mode
     out.mkdir(parents=True)
     (out / "stale.safetensors").write_bytes(b"old")  # a previous bundle is replaced whole
     assert bundler.main([str(tiny_model_dir), "--out", str(out)]) == 0
+    assert torch.is_grad_enabled()  # the script leaves the process as it found it
     assert sorted(p.name for p in out.iterdir()) == ["kinema.json", "transformer.safetensors", "vae.safetensors"]
     for name in ("transformer.safetensors", "vae.safetensors"):
         tensors = load_file(str(out / name))
