@@ -10,9 +10,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test that takes more than ~10 s")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A kinema folder with the 'tiny' preset and random (non-zero-init) weights."""
+def save_tiny_model(path, std: float = 0.05):
+    """Write a kinema folder with the 'tiny' preset, its DiT weights drawn from N(0, std) (seed 0)."""
     from kinema.config import preset
     from kinema.dit import DiT
     from kinema.vae import VAE
@@ -23,10 +22,15 @@ def tiny_model_dir(tmp_path_factory):
     dit, vae = DiT(cfg.dit), VAE(cfg.vae)
     with torch.no_grad():
         for p in dit.parameters():
-            p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("models") / "tiny"
+            p.normal_(0, std)
     save_model(path, cfg, dit, vae)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A kinema folder with the 'tiny' preset and random (non-zero-init) weights."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="module")

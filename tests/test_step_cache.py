@@ -25,20 +25,9 @@ def sensitive_pipe(tmp_path_factory, one_thread):
 
     The shared std-0.05 model barely reacts to t or x, so any cache looks harmless there.
     """
-    from kinema.config import preset
-    from kinema.dit import DiT
-    from kinema.vae import VAE
-    from kinema.weights import save_model
+    from conftest import save_tiny_model
 
-    torch.manual_seed(0)
-    cfg = preset("tiny")
-    dit, vae = DiT(cfg.dit), VAE(cfg.vae)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.normal_(0, 0.2)
-    path = tmp_path_factory.mktemp("models") / "tiny-sensitive"
-    save_model(path, cfg, dit, vae)
-    return Pipeline.from_pretrained(path)
+    return Pipeline.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sensitive", std=0.2))
 
 
 def count_full_rows(monkeypatch, dit) -> list[int]:
