@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bundle_model.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bundler():
-    spec = importlib.util.spec_from_file_location("bundle_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bundle_model")
 
 
 def test_bundle_casts_to_fp16_and_generates_like_the_original(bundler, tiny_model_dir, tmp_path, one_thread):
@@ -52,3 +47,27 @@ def test_bundle_refuses_an_incomplete_folder_or_an_oversized_one(bundler, tiny_m
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match=r"not a kinema model folder"):
         bundler.bundle(tmp_path, tmp_path / "out")
+
+
+def test_the_bundled_model_generates_square_wide_and_tall_clips_offline(tmp_path, one_thread):
+    """The weights shipped in kinema/assets/world-small load with no --model and no network, at the
+    bundled model's default size and at wide and tall sizes; the CLI writes its default clip."""
+    from kinema.cli import main
+    from kinema.common.video import read_video
+    from kinema.infer import Pipeline
+    from kinema.infer.pipeline import bundled_model_path
+
+    assert (bundled_model_path() / "transformer.safetensors").is_file()
+    sizes = sum(p.stat().st_size for p in bundled_model_path().glob("*.safetensors")) / 2 ** 20
+    assert sizes <= 60.0, f"bundled weights are {sizes:.1f} MiB, over the 60 MB budget"
+    pipe = Pipeline.from_pretrained()
+    s = pipe.settings("a red ball bounces on the floor")
+    assert (s.width, s.height, s.frames, s.fps) == (128, 128, 17, 8)
+    for width, height in ((128, 128), (160, 96), (96, 160)):
+        video = pipe.generate("a red ball bounces on the floor", width=width, height=height, steps=2, seed=0)
+        assert video.frames.shape == (17, height, width, 3) and video.frames.dtype == np.uint8
+        assert video.frames.std() > 1.0  # not a blank clip
+    out = tmp_path / "ball.mp4"
+    assert main(["generate", "a red ball bounces on the floor", "--steps", "2", "-o", str(out)]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (17, 128, 128, 3) and fps == 8

@@ -148,6 +148,29 @@ def test_world_crops_keep_the_object_scale_of_the_larger_render():
         load_config({"model": "dit", "preset": "tiny", "data": {"buckets": [dict(frames=5, height=32, width=32, crop_scale=2)]}})
 
 
+def test_busiest_crop_keeps_the_window_with_the_most_colour_variance():
+    from kinema.train.data import _crop
+
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    frames[:, 48:56, 0:8] = (255, 0, 0)  # one small red object in a black frame, bottom left
+    hits = {tries: 0 for tries in (1, 8)}
+    for seed in range(200):
+        for tries in hits:
+            window = _crop(frames, BucketConfig(3, 16, 16, crop_scale=4, crop_tries=tries), np.random.default_rng(seed))
+            assert window.shape == (3, 16, 16, 3)
+            hits[tries] += int(window[..., 0].max() == 255)
+    # A random 16x16 window sees the object at 16 x 8 of 49^2 offsets (5%, ~11 of 200); the busiest of 8
+    # windows sees it whenever one of them does (1 - 0.95^8 = 35%, ~70 of 200).
+    assert hits[1] <= 25 and hits[8] >= 45 and hits[8] >= 3 * hits[1]
+    # One try is the plain random crop (same window as before crop_tries existed).
+    rng = np.random.default_rng(5)
+    top, left = rng.integers(0, 49), rng.integers(0, 49)
+    np.testing.assert_array_equal(_crop(frames, BucketConfig(3, 16, 16, crop_tries=1), np.random.default_rng(5)),
+                                  frames[:, top:top + 16, left:left + 16])
+    with pytest.raises(ConfigError, match=r"crop_tries must be an integer in \[1, 64\], got 0"):
+        BucketConfig(5, 32, 48, crop_tries=0)
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 
@@ -304,6 +327,10 @@ def test_decoder_only_vae_run_keeps_the_encoder_and_so_the_latents(tmp_path):
     before, after = load_vae(first.exported).state_dict(), load_vae(tuned.exported).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # the latents did not change, so neither do the statistics a DiT trained on them normalises with
+    first_cfg, tuned_cfg = load_vae(first.exported).cfg, load_vae(tuned.exported).cfg
+    assert tuned_cfg.latents_mean == first_cfg.latents_mean and tuned_cfg.latents_std == first_cfg.latents_std
+    assert first_cfg.latents_std != (1.0,) * 4
     with pytest.raises(ConfigError, match=r"decoder_only .* needs model: vae and init_from"):
         load_config(dict(common, preset="tiny", vae_loss=dict(decoder_only=True)))
 

@@ -11,9 +11,11 @@ def add_parser(sub) -> None:
     t.set_defaults(func=cmd_train, takes_extra=True)
 
     e = sub.add_parser("eval", help="measure quality")
-    e.add_argument("suite", choices=("world",), help="world: prompt following and physics on the procedural world")
+    e.add_argument("suite", choices=("world", "tasks"),
+                   help="world: prompt following and physics on the procedural world; tasks: image-to-video, "
+                        "extension and loops on world clips")
     e.add_argument("--model", help="model folder; default: the bundled model")
-    e.add_argument("--n", type=int, default=100, help="prompts per row")
+    e.add_argument("--n", type=int, default=100, help="prompts per row (world) or cases (tasks)")
     e.add_argument("--steps", type=int)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write the report here as JSON")

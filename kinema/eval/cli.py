@@ -51,6 +51,8 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.suite == "tasks":
+        return _run_tasks(args)
     width, height, frames, fps = 128, 128, 17, 8
     if args.ground_truth or args.reconstruct:
         from ..data.world import render, scene_from_prompt
@@ -75,6 +77,25 @@ def run_eval(args) -> int:
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"world benchmark: {label}, {args.n} prompts per row, {report['seconds']} s")
     print(format_table(report["table"]))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _run_tasks(args) -> int:
+    """``kinema eval tasks``: image-to-video, extension and loops of a model on world clips."""
+    from ..infer import Pipeline
+    from .tasks import format_report, run_tasks_eval
+
+    if args.ground_truth or args.reconstruct:
+        raise ValueError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
+    t = time.perf_counter()
+    report = run_tasks_eval(Pipeline.from_pretrained(args.model), n=args.n, seed=args.seed, steps=args.steps)
+    report["model"] = args.model or "bundled model"
+    report["seconds"] = round(time.perf_counter() - t, 1)
+    print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")
+    print(format_report(report))
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
         print(f"wrote {args.json}", file=sys.stderr)

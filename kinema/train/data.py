@@ -98,10 +98,22 @@ class WorldDataset(TrainDataset):
         s = bucket.crop_scale
         frames, caption = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s, bucket.frames, self.fps)
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
-            rng = np.random.default_rng(_seed(self.seed, index, 1))
-            top, left = rng.integers(0, frames.shape[1] - bucket.height + 1), rng.integers(0, frames.shape[2] - bucket.width + 1)
-            frames = np.ascontiguousarray(frames[:, top:top + bucket.height, left:left + bucket.width])
+            frames = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
         return Item(index, self.keys[index], self.source(index), video=to_model(frames)[0], caption=caption)
+
+
+def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) -> np.ndarray:
+    """A (height, width) window of (F, H, W, 3) frames: random, or the busiest of ``bucket.crop_tries``."""
+    h, w = bucket.height, bucket.width
+    tops = rng.integers(0, frames.shape[1] - h + 1, size=bucket.crop_tries)
+    lefts = rng.integers(0, frames.shape[2] - w + 1, size=bucket.crop_tries)
+    best, best_var = 0, -1.0
+    for i in range(bucket.crop_tries if bucket.crop_tries > 1 else 0):
+        window = frames[::2, tops[i]:tops[i] + h:2, lefts[i]:lefts[i] + w:2].reshape(-1, 3).astype(np.float32)
+        var = float(window.var(0).sum())
+        if var > best_var:
+            best, best_var = i, var
+    return np.ascontiguousarray(frames[:, tops[best]:tops[best] + h, lefts[best]:lefts[best] + w])
 
 
 def render_world(seed: int, width: int, height: int, frames: int, fps: float) -> tuple[np.ndarray, str]:

@@ -85,7 +85,9 @@ def export(checkpoint_dir: str | Path, out: str | Path, latent_clips: int = 64) 
     models.network.load_state_dict(ema, strict=False)
     if cfg.model == "vae":
         vae = models.network.eval()
-        if latent_clips:
+        if cfg.vae_loss.decoder_only:  # same encoder, same latents: keep the statistics DiTs were trained with
+            print0(f"decoder-only run: latent statistics kept from {cfg.init_from}")
+        elif latent_clips:
             mean, std = latent_statistics(vae, cfg, model_cfg, latent_clips)
             vae_cfg = model_cfg.vae.replace(latents_mean=tuple(mean), latents_std=tuple(std))
             model_cfg = model_cfg.replace(vae=vae_cfg)

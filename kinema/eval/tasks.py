@@ -1,0 +1,119 @@
+"""``kinema eval tasks``: image-to-video, extension and loops measured on the procedural world.
+
+Every case is a rendered clip of one object moving left, right, up or down (the four directions in turn),
+whose direction the world evaluator's detector reads back from the render itself (cases it cannot read,
+say an object that reaches a wall, are redrawn). Per case:
+
+* image-to-video: the clip's first frame is the image; PSNR of the generated first frame against it,
+  next to the PSNR of the VAE's own round trip of that image (the ceiling: the pinned latent frame is
+  decoded, not copied);
+* extension: the clip is extended forwards by one second; the new frames must move the object the way the
+  clip did (detector direction of the new frames, starting at the clip's last frame);
+* loop: a loop of the clip's prompt; its seam (mean |last - first|) must be no larger than the median
+  frame-to-frame difference inside it (``tasks.loop_seam``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from kinema.data.world import render
+from kinema.data.world.captions import caption
+from kinema.data.world.sample import sample_spec, scene_from_spec
+from kinema.data.world.scene import SceneSpec
+from kinema.data.world.vocab import DIRECTIONS
+from kinema.eval.world.vision import detect
+
+MOVES = tuple(DIRECTIONS)  # moves_left, moves_right, moves_up, moves_down
+MIN_TRAVEL = 0.03  # of min(height, width): less than this reads as no motion
+
+
+def direction(video: np.ndarray, fps: float) -> str | None:
+    """The direction the one detected object travels in (a ``MOVES`` label), or None: no single object
+    in enough frames, or it travels less than ``MIN_TRAVEL``."""
+    tracks = detect(video, fps).tracks
+    if len(tracks) != 1:
+        return None
+    track = next(iter(tracks.values()))
+    seen = np.flatnonzero(track.present)
+    if len(seen) < max(2, len(video) // 2):
+        return None
+    dx, dy = track.centres[seen[-1]] - track.centres[seen[0]]
+    if math.hypot(dx, dy) < MIN_TRAVEL * min(video.shape[1:3]):
+        return None
+    if abs(dx) >= abs(dy):
+        return "moves_right" if dx > 0 else "moves_left"
+    return "moves_down" if dy > 0 else "moves_up"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images or videos."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: int = 0):
+    """``n`` (prompt, clip, direction) cases: one object moving in each direction in turn, on a static camera."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        spec = sample_spec(rng, 1, "exclude")
+        move = MOVES[len(cases) % len(MOVES)]
+        spec = SceneSpec((dataclasses.replace(spec.objects[0], motion=move),), spec.background, "static")
+        clip = render(scene_from_spec(spec, width, height, frames, fps, rng))
+        if direction(clip, fps) == move:
+            cases.append((caption(spec, rng), clip, move))
+    return cases
+
+
+def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0) -> dict:
+    """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report."""
+    from kinema.common.video import from_model, to_model
+    from kinema.infer import tasks
+
+    s = pipe.settings("a red ball")  # the model's default size, length and fps
+    cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
+    settings = {"seed": seed} if steps is None else {"seed": seed, "steps": steps}
+    i2v, ceiling, extended, loops = [], [], [], []
+    for i, (prompt, clip, move) in enumerate(cases):
+        settings["seed"] = seed + i
+        image = clip[0]
+        out = tasks.image_to_video(pipe, prompt, image, **settings).frames
+        i2v.append(psnr(out[0], image))
+        with torch.inference_mode():
+            round_trip = from_model(pipe.vae.decode(pipe.vae.encode(to_model(image[None], pipe.device, pipe.dtype))).float())
+        ceiling.append(psnr(round_trip[0], image))
+
+        joined = tasks.extend(pipe, prompt, clip, extend_seconds, **settings).frames
+        extended.append(direction(joined[len(clip) - 1:], s.fps) == move)
+
+        seam, typical = tasks.loop_seam(tasks.loop(pipe, prompt, **settings).frames)
+        loops.append((seam, typical))
+    seams = np.asarray(loops)
+    return {
+        "cases": n,
+        "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
+                     "extend_seconds": extend_seconds, "seed": seed},
+        "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
+                           "vae_round_trip_psnr_db": float(np.mean(ceiling))},
+        "extend": {"direction_kept": float(np.mean(extended))},
+        "loop": {"seam_within_typical": float(np.mean(seams[:, 0] <= seams[:, 1])),
+                 "median_seam": float(np.median(seams[:, 0])), "median_typical_step": float(np.median(seams[:, 1]))},
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as a Markdown table: one row per measurement."""
+    i2v, ext, loop = report["image_to_video"], report["extend"], report["loop"]
+    rows = [
+        ("image-to-video: first frame PSNR vs the image", f"{i2v['psnr_db']:.1f} dB (min {i2v['psnr_db_min']:.1f}; "
+                                                          f"VAE round trip {i2v['vae_round_trip_psnr_db']:.1f})"),
+        ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}%"),
+        ("loop: seam <= typical frame step", f"{100 * loop['seam_within_typical']:.0f}% (median seam "
+                                             f"{loop['median_seam']:.1f} vs step {loop['median_typical_step']:.1f})"),
+    ]
+    return "\n".join(["| measure | result |", "| --- | --- |"] + [f"| {a} | {b} |" for a, b in rows])
