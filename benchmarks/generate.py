@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import compare, dit_flops, matmul_peak, reference_dit, reference_vae  # noqa: E402
 
+from kinema.eval.tasks import psnr  # noqa: E402
 from kinema.infer import Pipeline, Video  # noqa: E402
 from kinema.infer.pipeline import bundled_model_path  # noqa: E402
 
@@ -133,12 +135,6 @@ def generation(pipe: Pipeline, s, repeats: int, scratch: Path) -> tuple[dict, ob
     return row, video
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
-    """PSNR in dB of uint8 frames ``a`` against ``b``; None where they are identical."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 @torch.inference_mode()
 def versus_diffusers(pipe: Pipeline, s, repeats: int) -> list[dict]:
     """DiT step and VAE decode, kinema vs diffusers with the same weights, interleaved."""
@@ -228,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             ref_row, ref_video = reference
             row["sample_speedup"] = ref_row["sample_s"] / row["sample_s"]
             row["latent_rel_err"] = float((video.latents - ref_video.latents).norm() / ref_video.latents.norm())
-            row["psnr_db"] = psnr(video.frames, ref_video.frames)
+            db = psnr(video.frames, ref_video.frames)
+            row["psnr_db"] = None if math.isinf(db) else db  # None: identical frames
             result["runs"].append(row)
         if not args.no_diffusers:
             try:

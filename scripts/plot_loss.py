@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kinema.common.io import atomic_path
+
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 560, 300, 64, 16, 28, 40
 
 
@@ -90,10 +92,8 @@ def main(argv: list[str] | None = None) -> Path:
     for i, p in enumerate(panels):
         sheet.paste(p, (0, H * i))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp)
     print(f"wrote {out}")
     return out
 

@@ -77,9 +77,7 @@ def run_eval(args) -> int:
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"world benchmark: {label}, {args.n} prompts per row, {report['seconds']} s")
     print(format_table(report["table"]))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}", file=sys.stderr)
+    _save(report, args.json)
     return 0
 
 
@@ -96,7 +94,12 @@ def _run_tasks(args) -> int:
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")
     print(format_report(report))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}", file=sys.stderr)
+    _save(report, args.json)
     return 0
+
+
+def _save(report: dict, path: str | None) -> None:
+    """Write ``report`` as JSON to ``path`` (atomically), when one was given."""
+    if path:
+        atomic_write_text(path, json.dumps(report, indent=1, default=str))
+        print(f"wrote {path}", file=sys.stderr)

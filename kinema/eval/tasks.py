@@ -75,12 +75,11 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
 
-    s = pipe.settings("a red ball")  # the model's default size, length and fps
+    s = pipe.cfg.sampling  # the model's default size, length, fps and steps
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
-    settings = {"seed": seed} if steps is None else {"seed": seed, "steps": steps}
     i2v, ceiling, extended, loops = [], [], [], []
     for i, (prompt, clip, move) in enumerate(cases):
-        settings["seed"] = seed + i
+        settings = {"seed": seed + i} if steps is None else {"seed": seed + i, "steps": steps}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
         i2v.append(psnr(out[0], image))

@@ -107,12 +107,11 @@ def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) ->
     h, w = bucket.height, bucket.width
     tops = rng.integers(0, frames.shape[1] - h + 1, size=bucket.crop_tries)
     lefts = rng.integers(0, frames.shape[2] - w + 1, size=bucket.crop_tries)
-    best, best_var = 0, -1.0
-    for i in range(bucket.crop_tries if bucket.crop_tries > 1 else 0):
-        window = frames[::2, tops[i]:tops[i] + h:2, lefts[i]:lefts[i] + w:2].reshape(-1, 3).astype(np.float32)
-        var = float(window.var(0).sum())
-        if var > best_var:
-            best, best_var = i, var
+    best = 0
+    if bucket.crop_tries > 1:  # colour variance of each window, on every other frame and pixel
+        variances = [frames[::2, top:top + h:2, left:left + w:2].reshape(-1, 3).astype(np.float32).var(0).sum()
+                     for top, left in zip(tops, lefts)]
+        best = int(np.argmax(variances))
     return np.ascontiguousarray(frames[:, tops[best]:tops[best] + h, lefts[best]:lefts[best] + w])
 
 
