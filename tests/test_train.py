@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +74,14 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_loss_curve_bit_exactly
     assert losses(second) == losses(whole)  # bit for bit, not approximately
     whole_weights, parts_weights = (load_file(tmp_path / run / "model" / "transformer.safetensors") for run in ("whole", "parts"))
     assert all(torch.equal(whole_weights[k], parts_weights[k]) for k in whole_weights)
+
+
+def test_time_limit_stops_checkpointed_and_the_run_resumes_to_the_end(tmp_path, cache):
+    first = train(recipe(tmp_path / "run", cache, max_steps=4, stop_after_minutes=1e-6))  # out of time after step 1
+    assert first.step == 1 and first.exported is None and first.checkpoint is not None
+    assert first.checkpoint.name.endswith("1") and len(losses(first)) == 1
+    second = train(recipe(tmp_path / "run", cache, max_steps=4), resume=True)
+    assert second.step == 4 and second.exported is not None
 
 
 def test_existing_run_needs_resume_and_resume_of_a_finished_run_is_a_no_op(tmp_path, cache):
@@ -183,8 +192,18 @@ def test_unknown_config_key_names_the_key_and_lists_the_accepted_ones(tmp_path):
         load_config(None, ["--stepz", "3"])
     with pytest.raises(ConfigError, match=r"optim\.lr must be a number, got 'fast'"):
         load_config(None, ["--optim.lr", "fast"])
+    with pytest.raises(ConfigError, match=r"stop_after_minutes must be > 0 or null, got -5"):
+        load_config(None, ["--stop_after_minutes", "-5"])
     cfg = load_config(None, ["--optim.lr=3e-4", "--data.buckets", '[{"frames": 1, "height": 64, "width": 64}]', "--log.progress"])
     assert cfg.optim.lr == 3e-4 and cfg.data.buckets == (BucketConfig(1, 64, 64),) and cfg.log.progress is True
+
+
+def test_every_shipped_recipe_loads():
+    recipes = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+    assert len(recipes) >= 6
+    for path in recipes:
+        cfg = load_config(path)
+        assert cfg.model in ("dit", "vae") and cfg.max_steps >= 1, path
 
 
 def test_empty_or_missing_dataset_paths_are_clear_errors(tmp_path, cache):

@@ -288,6 +288,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 1000  # optimizer steps; the LR schedule spans them
     stop_after: int | None = None  # end this process after this step (checkpointed); resume later
+    stop_after_minutes: float | None = None  # ... or after this much wall time (a job's time limit); resume later
     device: str = "auto"  # auto = cuda when available
     max_nan_steps: int = 5  # non-finite losses in a row before training stops
 
@@ -308,6 +309,8 @@ class TrainConfig:
         _check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         _check(self.stop_after is None or self.stop_after >= 1, f"stop_after must be >= 1 or null, got {self.stop_after}")
+        _check(self.stop_after_minutes is None or self.stop_after_minutes > 0,
+               f"stop_after_minutes must be > 0 or null, got {self.stop_after_minutes}")
         _check(self.max_nan_steps >= 1, f"max_nan_steps must be >= 1, got {self.max_nan_steps}")
         _check(not (self.model == "vae" and self.lora.rank), "lora applies to model: dit, not model: vae")
         _check(not (self.model == "vae" and self.data.kind == "latents"),

@@ -178,6 +178,7 @@ class Trainer:
         self._describe(peak)
         logger = MetricsLogger(self.out, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict(), self.step, d.is_main)
         end = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+        deadline = None if cfg.stop_after_minutes is None else time.monotonic() + 60.0 * cfg.stop_after_minutes
         batches = self._batches(self.data_state)
         bar = tqdm(total=end, initial=self.step, disable=not (d.is_main and cfg.log.progress), desc="train",
                    dynamic_ncols=True)
@@ -193,8 +194,13 @@ class Trainer:
                 if self.step % cfg.log.every == 0 or self.step == end:
                     logger.log(self.step, self._metrics(window, peak))
                     window = Window()
-                if self.step % cfg.checkpoint.every == 0 or self.step == end:
+                out_of_time = deadline is not None and self._agree(time.monotonic() >= deadline)
+                if self.step % cfg.checkpoint.every == 0 or self.step == end or out_of_time:
                     checkpoint = self._save()
+                if out_of_time:
+                    print0(f"stop_after_minutes={cfg.stop_after_minutes}: stopped at step {self.step} "
+                           f"(checkpointed; continue with --resume)")
+                    break
                 if cfg.sample.every and self.step % cfg.sample.every == 0:
                     self._previews()
         finally:
@@ -205,6 +211,10 @@ class Trainer:
         if self.step >= cfg.max_steps and checkpoint is not None:
             exported = self._export(checkpoint)
         return TrainResult(self.step, self.out, checkpoint, exported, logger.path)
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (clocks differ: all ranks must stop at the same step)."""
+        return bool(all_reduce_sum(torch.tensor([float(flag)], device=self.d.device)).item() > 0)
 
     def _describe(self, peak: float) -> None:
         cfg, d = self.cfg, self.d
