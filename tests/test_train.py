@@ -165,7 +165,8 @@ def test_busiest_crop_keeps_the_window_with_the_most_colour_variance():
     hits = {tries: 0 for tries in (1, 8)}
     for seed in range(200):
         for tries in hits:
-            window = _crop(frames, BucketConfig(3, 16, 16, crop_scale=4, crop_tries=tries), np.random.default_rng(seed))
+            rows, cols = _crop(frames, BucketConfig(3, 16, 16, crop_scale=4, crop_tries=tries), np.random.default_rng(seed))
+            window = frames[:, rows, cols]
             assert window.shape == (3, 16, 16, 3)
             hits[tries] += int(window[..., 0].max() == 255)
     # A random 16x16 window sees the object at 16 x 8 of 49^2 offsets (5%, ~11 of 200); the busiest of 8
@@ -174,8 +175,8 @@ def test_busiest_crop_keeps_the_window_with_the_most_colour_variance():
     # One try is the plain random crop (same window as before crop_tries existed).
     rng = np.random.default_rng(5)
     top, left = rng.integers(0, 49), rng.integers(0, 49)
-    np.testing.assert_array_equal(_crop(frames, BucketConfig(3, 16, 16, crop_tries=1), np.random.default_rng(5)),
-                                  frames[:, top:top + 16, left:left + 16])
+    rows, cols = _crop(frames, BucketConfig(3, 16, 16, crop_tries=1), np.random.default_rng(5))
+    np.testing.assert_array_equal(frames[:, rows, cols], frames[:, top:top + 16, left:left + 16])
     with pytest.raises(ConfigError, match=r"crop_tries must be an integer in \[1, 64\], got 0"):
         BucketConfig(5, 32, 48, crop_tries=0)
 
@@ -297,6 +298,54 @@ def test_wan_lora_key_formats_load_to_the_same_adapter(tmp_path, tiny_model_dir)
 
 
 # -- pixel data, the VAE objective, previews, export ----------------------------------------------
+
+
+def test_object_weight_weighs_the_pixels_the_world_drew_objects_on():
+    from kinema.data.world.render import render
+    from kinema.data.world.sample import sample_scene
+    from kinema.train.config import VAELossConfig
+    from kinema.train.data import WorldDataset
+    from kinema.train.objective import vae_losses
+
+    scene = sample_scene(np.random.default_rng(4), 64, 48, 5, 8.0)
+    frames, mask = render(scene, with_mask=True)
+    np.testing.assert_array_equal(frames, render(scene))  # the mask costs nothing in the frames
+    assert 0 < mask.mean() < 0.5
+    # crops carry the mask of their window
+    data = WorldDataset({(2, 4, 6): BucketConfig(5, 32, 48, crop_scale=2)}, num_clips=4, seed=3, fps=8.0, object_masks=True)
+    item = data[0]
+    assert item.object_mask.shape == (1, 5, 32, 48) and item.object_mask.dtype == torch.bool
+    assert WorldDataset({(2, 4, 6): BucketConfig(5, 32, 48)}, num_clips=1, seed=3, fps=8.0)[0].object_mask is None
+
+    # the weighted mean: an error of 0.5 on the object pixels (a fraction p of them) only
+    video = torch.zeros(2, 3, 5, 8, 8)
+    obj = torch.zeros(2, 1, 5, 8, 8, dtype=torch.bool)
+    obj[..., :2, :4] = True
+    recon = video + 0.5 * obj.float()
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x, generator=None):
+            return recon, torch.zeros(2, 4, 2, 1, 1), torch.zeros(2, 4, 2, 1, 1)
+
+    p = obj.float().mean().item()
+    _, plain = vae_losses(Fixed(), video, None, VAELossConfig(object_weight=1.0), obj)
+    _, weighted = vae_losses(Fixed(), video, None, VAELossConfig(object_weight=10.0), obj)
+    assert torch.allclose(plain["l1"], torch.full((2,), 0.5 * p))
+    assert torch.allclose(weighted["l1"], torch.full((2,), 0.5 * 10 * p / (10 * p + 1 - p)))
+    assert torch.allclose(weighted["mse"], torch.full((2,), 0.25 * 10 * p / (10 * p + 1 - p)))
+    with pytest.raises(ConfigError, match=r"object_weight=10.0 needs model: vae and data.kind 'world'.*'clips'"):
+        load_config({"model": "vae", "preset": "tiny", "data": {"kind": "clips", "path": "x"}, "vae_loss": {"object_weight": 10}})
+    with pytest.raises(ConfigError, match=r"object_weight must be > 0, got 0"):
+        VAELossConfig(object_weight=0)
+
+
+def test_vae_trains_on_the_world_with_object_weight(tmp_path):
+    result = train(dict(model="vae", preset="tiny", out_dir=str(tmp_path / "vae"), max_steps=2,
+                        data=dict(kind="world", num_clips=8, buckets=[dict(frames=5, height=32, width=32, crop_scale=2)]),
+                        vae_loss=dict(object_weight=10.0), log=dict(every=1, progress=False, tensorboard=False),
+                        sample=dict(every=0)))
+    assert result.step == 2 and result.exported is not None
+    assert all(math.isfinite(json.loads(line)["l1"]) for line in result.metrics.read_text().splitlines())
 
 
 def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):

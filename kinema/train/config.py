@@ -123,10 +123,16 @@ class VAELossConfig:
     # Train the decoder only: the encoder, hence the latents, stay as init_from left them, so the decoder can
     # keep improving while (or after) a DiT trains on those latents.
     decoder_only: bool = False
+    # World data only: pixels the renderer drew objects on count this many times in the L1 and squared-error
+    # terms (weighted means). Objects cover a few % of a frame; at weight 1 a small VAE spends its capacity on
+    # textured backgrounds and returns them nearly grey (measured: object-pixel L1 0.50 -> 0.40 in 150
+    # fine-tuning steps at weight 10, 0.47 at weight 1).
+    object_weight: float = 1.0
 
     def __post_init__(self):
         _check(self.kl_weight >= 0 and self.edge_weight >= 0 and self.mse_weight >= 0,
                f"vae_loss weights must be >= 0, got kl={self.kl_weight} edge={self.edge_weight} mse={self.mse_weight}")
+        _check(self.object_weight > 0, f"vae_loss.object_weight must be > 0, got {self.object_weight}")
 
 
 @dataclass(frozen=True)
@@ -317,6 +323,9 @@ class TrainConfig:
                "model: vae trains on pixels; data.kind 'latents' holds none (use 'world' or 'clips')")
         _check(self.model == "vae" or all(b.crop_scale == 1 for b in self.data.buckets),
                "data.buckets: crop_scale > 1 (crops, whose captions no longer hold) is for model: vae only")
+        _check(self.vae_loss.object_weight == 1 or (self.model == "vae" and self.data.kind == "world"),
+               f"vae_loss.object_weight={self.vae_loss.object_weight} needs model: vae and data.kind 'world' (only the "
+               f"renderer knows where objects are); got model: {self.model!r}, data.kind {self.data.kind!r}")
         _check(not (self.vae_loss.decoder_only and not (self.model == "vae" and self.init_from)),
                "vae_loss.decoder_only fine-tunes the decoder of a trained VAE: it needs model: vae and init_from")
         _check(not (self.init_from and self.model_config),

@@ -45,6 +45,7 @@ class Item:
     latents: torch.Tensor | None = None  # (C, F, H, W)
     text_tokens: torch.Tensor | None = None  # (L, D)
     text_mask: torch.Tensor | None = None  # (L,) bool
+    object_mask: torch.Tensor | None = None  # (1, F, H, W) bool: where the world drew objects (object_weight)
     error: str | None = None
 
 
@@ -80,7 +81,8 @@ class WorldDataset(TrainDataset):
 
     pixels = True
 
-    def __init__(self, buckets: dict[Grid, BucketConfig], num_clips: int, seed: int, fps: float):
+    def __init__(self, buckets: dict[Grid, BucketConfig], num_clips: int, seed: int, fps: float,
+                 object_masks: bool = False):
         grids = list(buckets)
         weights = np.asarray([buckets[g].weight for g in grids], dtype=np.float64)
         if weights.sum() <= 0:
@@ -89,6 +91,7 @@ class WorldDataset(TrainDataset):
         choice = rng.choice(len(grids), size=num_clips, p=weights / weights.sum())
         self.keys = [grids[c] for c in choice]
         self.buckets, self.seed, self.fps, self.skipped = buckets, seed, fps, []
+        self.object_masks = object_masks  # items carry where the objects are (vae_loss.object_weight)
 
     def source(self, index: int) -> str:
         return f"world:{self.seed}:{index}"
@@ -96,14 +99,18 @@ class WorldDataset(TrainDataset):
     def load(self, index: int) -> Item:
         bucket = self.buckets[self.keys[index]]
         s = bucket.crop_scale
-        frames, caption = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s, bucket.frames, self.fps)
+        frames, caption, *mask = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s,
+                                              bucket.frames, self.fps, with_mask=self.object_masks)
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
-            frames = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
-        return Item(index, self.keys[index], self.source(index), video=to_model(frames)[0], caption=caption)
+            rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
+            frames, mask = np.ascontiguousarray(frames[:, rows, cols]), [m[:, rows, cols] for m in mask]
+        return Item(index, self.keys[index], self.source(index), video=to_model(frames)[0], caption=caption,
+                    object_mask=torch.from_numpy(np.ascontiguousarray(mask[0]))[None] if mask else None)
 
 
-def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) -> np.ndarray:
-    """A (height, width) window of (F, H, W, 3) frames: random, or the busiest of ``bucket.crop_tries``."""
+def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) -> tuple[slice, slice]:
+    """A (height, width) window of (F, H, W, 3) frames: random, or the busiest of ``bucket.crop_tries``;
+    as (rows, columns) slices."""
     h, w = bucket.height, bucket.width
     tops = rng.integers(0, frames.shape[1] - h + 1, size=bucket.crop_tries)
     lefts = rng.integers(0, frames.shape[2] - w + 1, size=bucket.crop_tries)
@@ -112,23 +119,23 @@ def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) ->
         variances = [frames[::2, top:top + h:2, left:left + w:2].reshape(-1, 3).astype(np.float32).var(0).sum()
                      for top, left in zip(tops, lefts)]
         best = int(np.argmax(variances))
-    return np.ascontiguousarray(frames[:, tops[best]:tops[best] + h, lefts[best]:lefts[best] + w])
+    return slice(tops[best], tops[best] + h), slice(lefts[best], lefts[best] + w)
 
 
-def render_world(seed: int, width: int, height: int, frames: int, fps: float) -> tuple[np.ndarray, str]:
-    """(uint8 frames (F, H, W, 3), caption) of one procedural-world clip."""
-    import kinema.data.world as world
-
-    if hasattr(world, "make_clip"):
-        video, text, _ = world.make_clip(seed=seed, width=width, height=height, frames=frames, fps=fps)
-        return video, text
-    from kinema.data.world.captions import caption  # until make_clip lands: the same three steps
+def render_world(seed: int, width: int, height: int, frames: int, fps: float,
+                 with_mask: bool = False) -> tuple[np.ndarray, str] | tuple[np.ndarray, str, np.ndarray]:
+    """(uint8 frames (F, H, W, 3), caption) of one procedural-world clip, the same as ``make_clip``'s; with
+    ``with_mask``, also where its objects are (F, H, W) bool."""
+    from kinema.data.world.captions import caption
     from kinema.data.world.render import render
     from kinema.data.world.sample import sample_scene
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # make_clip's draws, in its order
     scene = sample_scene(rng, width, height, frames, fps)
-    return render(scene), caption(scene, rng)
+    if not with_mask:
+        return render(scene), caption(scene, rng)
+    video, mask = render(scene, with_mask=True)
+    return video, caption(scene, rng), mask
 
 
 class ClipFolder(TrainDataset):
@@ -240,11 +247,12 @@ class LatentCache(TrainDataset):
                     text_tokens=s["text_tokens"], text_mask=s["text_mask"])
 
 
-def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> TrainDataset:
-    """The dataset ``cfg.kind`` names, with every bucket checked against the model."""
+def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int, object_masks: bool = False) -> TrainDataset:
+    """The dataset ``cfg.kind`` names, with every bucket checked against the model; ``object_masks``: world
+    items also say where their objects are."""
     buckets = bucket_grids(cfg.buckets, model_cfg)
     if cfg.kind == "world":
-        return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0)
+        return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0, object_masks)
     if cfg.kind == "clips":
         return ClipFolder(cfg.path, buckets, cfg.fps)
     return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim)

@@ -89,6 +89,7 @@ class Batch:
     tokens: int  # latent tokens (DiT) or pixels (VAE) of the real samples
     flops: float = 0.0
     video: torch.Tensor | None = None  # (B, 3, F, H, W)  VAE runs
+    object_mask: torch.Tensor | None = None  # (B, 1, F, H, W) bool  VAE runs with vae_loss.object_weight
     latents: torch.Tensor | None = None  # (B, C, F, H, W)  DiT runs, then:
     noise: torch.Tensor | None = None
     t: torch.Tensor | None = None  # (B,)
@@ -129,7 +130,8 @@ class Trainer:
         self.net = self.models.network
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
-        self.dataset = build_dataset(cfg.data, self.model_cfg, cfg.seed)
+        self.dataset = build_dataset(cfg.data, self.model_cfg, cfg.seed,
+                                     object_masks=cfg.model == "vae" and cfg.vae_loss.object_weight != 1)
         self.bad = BadSampleLog(self.out, d.rank, d.world_size)
         self.buckets = bucket_grids(cfg.data.buckets, self.model_cfg)
         self.sampler = BucketSampler(self.dataset.keys, {g: b.batch_size for g, b in self.buckets.items()},
@@ -298,7 +300,7 @@ class Trainer:
     def _losses(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.cfg.model == "vae":
             g = torch.Generator(device=self.d.device).manual_seed(sample_seed(self.cfg.seed, step, self.d.rank))
-            return vae_losses(self.train_model, batch.video, g, self.cfg.vae_loss)
+            return vae_losses(self.train_model, batch.video, g, self.cfg.vae_loss, batch.object_mask)
         if self.distiller is not None:
             return self.distiller.losses(self.train_model, batch.latents, batch.noise, batch.frame_mask,
                                          batch.text_tokens, batch.text_mask)
@@ -331,7 +333,11 @@ class Trainer:
         items = [it if it.error is None else stand_in for it in items]
         if self.cfg.model == "vae":
             video = torch.stack([it.video for it in items]).to(d.device)
-            return Batch(weights, tokens=len(good) * video[0].numel() // 3, video=video)
+            masks = None
+            if any(it.object_mask is not None for it in items):  # a stand-in without one weighs nothing anyway
+                masks = torch.stack([it.object_mask if it.object_mask is not None else
+                                     torch.zeros(1, *it.video.shape[1:], dtype=torch.bool) for it in items]).to(d.device)
+            return Batch(weights, tokens=len(good) * video[0].numel() // 3, video=video, object_mask=masks)
 
         draws = [draw(self.cfg.flow, self.cfg.seed, step, it.index, (mc.vae.z_dim, *it.key)) for it in items]
         if self.dataset.pixels:

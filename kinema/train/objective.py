@@ -63,17 +63,24 @@ def _edges(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return video[..., :, 1:] - video[..., :, :-1], video[..., 1:, :] - video[..., :-1, :]
 
 
-def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg: VAELossConfig) -> tuple[torch.Tensor, dict]:
+def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg: VAELossConfig,
+               object_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Per-sample VAE loss (B,): L1 + kl_weight * KL + edge_weight * L1 of image gradients + mse_weight * MSE;
-    and the parts."""
+    and the parts. With ``object_mask`` (B, 1, F, H, W), L1 and MSE are means over pixels weighted
+    ``cfg.object_weight`` where the mask is set and 1 elsewhere."""
     recon, mean, logvar = vae(video, generator)
     recon, mean, logvar, video = recon.float(), mean.float(), logvar.float(), video.float()
     dims = tuple(range(1, video.ndim))
-    l1 = (recon - video).abs().mean(dims)
+    err = recon - video
+    if object_mask is None or cfg.object_weight == 1:
+        l1, mse = err.abs().mean(dims), err.square().mean(dims)
+    else:
+        weight = 1.0 + (cfg.object_weight - 1.0) * object_mask.float()  # (B, 1, F, H, W), over the 3 channels
+        norm = weight.sum(dims) * video.shape[1]
+        l1, mse = (err.abs() * weight).sum(dims) / norm, (err.square() * weight).sum(dims) / norm
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean(dims)
     (rx, ry), (vx, vy) = _edges(recon), _edges(video)
     edge = 0.5 * ((rx - vx).abs().mean(dims) + (ry - vy).abs().mean(dims))
-    mse = (recon - video).square().mean(dims)
     total = l1 + cfg.kl_weight * kl + cfg.edge_weight * edge + cfg.mse_weight * mse
     return total, {"l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach(), "mse": mse.detach()}
 

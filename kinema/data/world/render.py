@@ -33,16 +33,21 @@ STAR_CELL = 0.08  # one star at most per cell of this size, u
 STAR_SIGMA = 0.7  # screen px: stars stay points at any zoom
 
 
-def render(scene: Scene) -> np.ndarray:
-    """The scene's frames as uint8, shape (F, H, W, 3)."""
+def render(scene: Scene, with_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The scene's frames as uint8, shape (F, H, W, 3); with ``with_mask``, also where objects changed the
+    background (F, H, W) bool, anti-aliased edges included."""
     tracks = simulate(scene)
     pan, scale = camera_at(scene.camera, scene.camera_rate, tracks.times)  # (F,), (F,)
     canvas = render_background(scene, pan, scale)  # (F, H, W, 3) float32 in [0, 1]
+    background = canvas.copy() if with_mask else None
     for i, obj in enumerate(scene.objects):
         screen, _ = to_screen(scene, tracks.centres[:, i], tracks.times)  # (F, 2) px
         _draw(canvas, obj.shape, COLOURS[obj.colour], screen[:, 0], screen[:, 1], tracks.radius[:, i] * scale,
               tracks.angle[:, i])
-    return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    frames = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if background is None:
+        return frames
+    return frames, np.abs(canvas - background).max(axis=-1) > 0.5 / 255.0
 
 
 def render_background(scene: Scene, pan: np.ndarray, scale: np.ndarray) -> np.ndarray:
