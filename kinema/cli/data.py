@@ -45,6 +45,19 @@ def add_parser(sub) -> None:
     enc.add_argument("--out", help="cache folder (default DATASET/cache)")
     enc.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when there is a GPU), cpu, cuda")
     enc.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    world = stages.add_parser("world", help="a latent cache of procedural-world clips (no dataset folder): what the "
+                                            "bundled model's DiT trains on without rendering and encoding each step")
+    world.add_argument("out", help="cache folder (an interrupted run resumes in it)")
+    world.add_argument("--model", required=True, help="model folder whose VAE and text encoder are used")
+    world.add_argument("--clips", type=int, required=True, help="how many clips (seeds SEED, SEED+1, ...)")
+    world.add_argument("--bucket", action="append", metavar="FxHxW", help="a size, e.g. 17x64x64 (repeatable; clip i "
+                                                                          "takes bucket i mod count; default 17x64x64)")
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--fps", type=float, default=8.0)
+    world.add_argument("--batch-size", type=int, default=16, help="clips per VAE batch")
+    world.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda")
+    world.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    world.add_argument("-q", "--quiet", action="store_true")
     ins = stage("inspect", "summary statistics and a contact sheet")
     ins.add_argument("--sheet", help="write a PNG grid of clip thumbnails here")
     ins.add_argument("--max-clips", type=int, default=48)
@@ -53,9 +66,30 @@ def add_parser(sub) -> None:
 
 
 def cmd_data(args) -> int:
+    from ..config import ConfigError
     from ..data.pipeline import run_command
     from ..data.shards import DataError
     try:
+        if args.data_command == "world":
+            return _world(args)
         return run_command(args)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         raise CLIError(str(e)) from e
+
+
+def _world(args) -> int:
+    import torch
+
+    from ..data.config import Bucket
+    from ..data.world_cache import encode_world
+    from ..weights import WeightsError
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    buckets = [Bucket.parse(b) for b in (args.bucket or ["17x64x64"])]
+    try:
+        out = encode_world(args.out, args.model, args.clips, buckets, args.seed, args.fps, args.batch_size,
+                           device=args.device, dtype=dtype, log=None if args.quiet else print)
+    except (WeightsError, FileNotFoundError) as e:
+        raise CLIError(f"--model {args.model}: {e}") from e
+    print(f"wrote {out} ({args.clips} clips); train on it with data.kind = \"latents\", data.path = \"{out}\"")
+    return 0
