@@ -106,7 +106,8 @@ def run_case(spec: dict) -> dict:
     t0 = time.perf_counter()
     if spec["engine"] == "kinema":
         from kinema.infer import Pipeline
-        from kinema.infer.offload import MemoryPlan, estimate_memory
+        from kinema.infer.memory import estimate_memory
+        from kinema.infer.offload import MemoryPlan
         plan = MemoryPlan.for_mode(spec["mode"], spec["quantize"])
         pipe = Pipeline.from_pretrained(spec["folder"], device=str(device), dtype=dtype, memory=plan)
         s = pipe.settings(PROMPT, negative_prompt=NEGATIVE, width=w, height=h, frames=f, steps=steps, guidance=5.0,

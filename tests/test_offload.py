@@ -11,8 +11,8 @@ from torch import nn
 from kinema.config import preset
 from kinema.dit import DiT
 from kinema.infer import Pipeline
-from kinema.infer.offload import (GB, BlockStreamer, Int8Linear, MemoryFitError, MemoryPlan, check_memory,
-                                  estimate_memory, quantize_int8)
+from kinema.infer.memory import GB, check_memory, estimate_memory
+from kinema.infer.offload import BlockStreamer, Int8Linear, MemoryFitError, MemoryPlan, quantize_int8
 from kinema.infer.tiling import decode_tiled, tile_starts
 from kinema.vae import VAE
 
@@ -234,7 +234,7 @@ def test_too_large_for_the_mode_names_the_mode_that_fits():
 
 def test_cli_refuses_a_request_too_large_for_this_machine(tiny_model_dir, monkeypatch, capsys, tmp_path):
     from kinema.cli import main
-    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: 1 << 20)
+    monkeypatch.setattr("kinema.infer.memory.available_memory", lambda device: 1 << 20)
     assert main(["generate", "a ball", "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err
     assert "needs about" in err and "0.0 GB free" in err and "no memory mode fits" in err

@@ -12,7 +12,8 @@ import torch
 from kinema import cli
 from kinema.config import ConfigError
 from kinema.infer import make_settings
-from kinema.infer.offload import MemoryFitError, MemoryPlan, estimate_memory
+from kinema.infer.memory import estimate_memory
+from kinema.infer.offload import MemoryFitError, MemoryPlan
 from kinema.serve import ServeConfig
 from kinema.serve.media import VARIANTS, job_dir
 from kinema.serve.run import WONT_FIT, Supervisor, supervised_worker
@@ -166,18 +167,18 @@ def test_a_worker_refuses_a_model_too_large_for_its_mode_naming_one_that_fits(wo
     plain, small = (estimate_memory(spec.cfg, 64, 64, 17, torch.float32, MemoryPlan.for_mode("none", q)).total
                     for q in ("none", "int8"))
     assert small < plain
-    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: (plain + small) // 2)
+    monkeypatch.setattr("kinema.infer.memory.available_memory", lambda device: (plain + small) // 2)
     with pytest.raises(MemoryFitError, match=r"model 'tiny', at its largest offered size and duration: tiny at "
                                              r"64x64x17 in float32 needs .* --offload none --quantize int8 needs .* fits"):
         worker.check_memory()
-    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: plain)
+    monkeypatch.setattr("kinema.infer.memory.available_memory", lambda device: plain)
     worker.check_memory()
 
 
 def test_cli_worker_notes_that_offload_saves_nothing_on_the_cpu_and_refuses_what_cannot_fit(
         tiny_model_dir, tmp_path, capsys, monkeypatch):
     """The same note `kinema generate --offload model` prints on the CPU, then the same refusal, before any load."""
-    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: 1)
+    monkeypatch.setattr("kinema.infer.memory.available_memory", lambda device: 1)
     monkeypatch.setattr("kinema.serve.worker.Worker.pipeline", lambda *a: pytest.fail("loaded weights"))
     assert cli.main(["serve", "worker", "--model", str(tiny_model_dir), "--data", str(tmp_path),
                      "--offload", "model"]) == 2
@@ -189,7 +190,7 @@ def test_cli_worker_notes_that_offload_saves_nothing_on_the_cpu_and_refuses_what
 
 
 def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, tmp_path, monkeypatch):
-    monkeypatch.setattr("kinema.infer.offload.available_memory", lambda device: 1)
+    monkeypatch.setattr("kinema.infer.memory.available_memory", lambda device: 1)
     with pytest.raises(SystemExit) as exit_:
         supervised_worker(replace(worker.cfg, data_dir=str(tmp_path)), slot=0)
     assert exit_.value.code == WONT_FIT

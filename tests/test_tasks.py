@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from kinema.cli import main
-from kinema.common.video import read_video, resize_video, to_model, write_video
+from kinema.common.video import read_video, resize_video, to_model
+from kinema.common.video_write import write_video
 from kinema.infer import InputError
 from kinema.infer import tasks
 from kinema.tasks.builders import place

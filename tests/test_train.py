@@ -349,7 +349,7 @@ def test_vae_trains_on_the_world_with_object_weight(tmp_path):
 
 
 def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):
-    from kinema.common.video import write_video
+    from kinema.common.video_write import write_video
     from kinema.weights import load_vae
 
     clips = tmp_path / "clips"

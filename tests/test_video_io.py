@@ -20,8 +20,8 @@ from kinema.common.video import (
     read_video_metadata,
     resize_video,
     to_model,
-    write_video,
 )
+from kinema.common.video_write import write_video
 
 F_, H, W = 9, 48, 64
 META = {"prompt": "a red fox runs through snow, über", "seed": "1234", "model": "tiny",

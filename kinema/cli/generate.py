@@ -222,7 +222,8 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     import torch
 
     from ..infer import Pipeline
-    from ..infer.offload import MemoryFitError, MemoryPlan, check_memory
+    from ..infer.memory import check_memory
+    from ..infer.offload import MemoryFitError, MemoryPlan
     from ..infer.parallel import ParallelError, init_mesh, parallelize, plan_parallel
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     memory = MemoryPlan.for_mode(args.offload, args.quantize)

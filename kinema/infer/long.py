@@ -43,7 +43,7 @@ class VideoWriter:
 
     The file is written under a temporary name beside ``path`` and renamed into place by ``close``; an
     error inside ``with VideoWriter(...)`` (or ``abort``) removes it, so no half-written video is left.
-    Encoding settings match ``kinema.common.video.write_video`` (crf, yuv420p, BT.709 tags, faststart).
+    Encoding settings match ``kinema.common.video_write.write_video`` (crf, yuv420p, BT.709 tags, faststart).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, metadata: dict[str, str] | None = None, crf: int = 18):

@@ -77,7 +77,7 @@ class Video:
 
     def save(self, path: str | Path) -> Path:
         """Write the clip (format by extension: .mp4 .webm .gif .png, or a folder of PNGs) atomically."""
-        from ..common.video import write_video
+        from ..common.video_write import write_video
         frames = self.frames[:1] if str(path).lower().endswith(".png") else self.frames
         write_video(path, frames, self.fps, metadata=self.metadata())
         return Path(path)

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..common.io import atomic_path
-from ..common.video import write_video
+from ..common.video_write import write_video
 from ..infer.pipeline import InputError
 from .catalog import ModelSpec, available_tasks, load_catalog, parse_extras, resolve_model
 from .config import ServeConfig

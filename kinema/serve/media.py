@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..common.io import atomic_path
-from ..common.video import VideoDecodeError, probe_video, read_video, write_video
+from ..common.video import VideoDecodeError, probe_video, read_video
+from ..common.video_write import write_video
 
 VIDEO_ID = re.compile(r"video_[0-9a-f]{32}")
 VARIANTS = {  # variant -> (file name, media type)

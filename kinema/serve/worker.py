@@ -125,7 +125,8 @@ class Worker:
         read, the largest size and duration it offers, each model alone against the memory free now. Guidance
         is taken as on (two rows), since a request may ask for it whatever the model's default.
         """
-        from ..infer.offload import MemoryFitError, check_memory
+        from ..infer.memory import check_memory
+        from ..infer.offload import MemoryFitError
         plan = self.cfg.memory_plan()
         for spec in self.catalog.values():
             width, height, frames = spec.largest_request

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from kinema.common.video import from_model, write_video
+from kinema.common.video import from_model
+from kinema.common.video_write import write_video
 from kinema.config import ModelConfig
 from kinema.flow import euler, guided, sampling_schedule
 from kinema.train.config import SampleConfig
