@@ -40,6 +40,21 @@ def test_same_seed_same_clip_and_caption():
     assert len(clips) == 2 and np.array_equal(clips[0][0], a_frames) and clips[0][1] == a_caption
 
 
+def test_scenes_without_the_motion_check_are_deterministic_and_simulate_less(monkeypatch):
+    import kinema.data.world.sample as sample
+
+    calls = []
+    real = sample.simulate
+    monkeypatch.setattr(sample, "simulate", lambda scene: calls.append(1) or real(scene))
+    for seed in range(6):
+        loose = sample_scene(seed, 128, 128, 5, 8, motion_check=False)
+        assert loose == sample_scene(seed, 128, 128, 5, 8, motion_check=False)
+        assert 1 <= len(loose.objects) <= 3 and render(loose).shape == (5, 128, 128, 3)
+    assert not calls  # no set-up is simulated to read its motion back
+    sample_scene(0, 128, 128, 5, 8)
+    assert calls  # the checked sampler does
+
+
 def test_scene_and_spec_round_trip_through_json():
     scene = sample_scene(3, 96, 64, 9, 8, num_objects=3)
     back = Scene.from_dict(json.loads(json.dumps(scene.to_dict())))

@@ -82,7 +82,7 @@ class WorldDataset(TrainDataset):
     pixels = True
 
     def __init__(self, buckets: dict[Grid, BucketConfig], num_clips: int, seed: int, fps: float,
-                 object_masks: bool = False):
+                 object_masks: bool = False, captioned: bool = True):
         grids = list(buckets)
         weights = np.asarray([buckets[g].weight for g in grids], dtype=np.float64)
         if weights.sum() <= 0:
@@ -92,6 +92,7 @@ class WorldDataset(TrainDataset):
         self.keys = [grids[c] for c in choice]
         self.buckets, self.seed, self.fps, self.skipped = buckets, seed, fps, []
         self.object_masks = object_masks  # items carry where the objects are (vae_loss.object_weight)
+        self.captioned = captioned  # False (VAE runs): skip checking that motions read back as captioned
 
     def source(self, index: int) -> str:
         return f"world:{self.seed}:{index}"
@@ -100,7 +101,8 @@ class WorldDataset(TrainDataset):
         bucket = self.buckets[self.keys[index]]
         s = bucket.crop_scale
         frames, caption, *mask = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s,
-                                              bucket.frames, self.fps, with_mask=self.object_masks)
+                                              bucket.frames, self.fps, with_mask=self.object_masks,
+                                              motion_check=self.captioned)
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
             rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
             frames, mask = np.ascontiguousarray(frames[:, rows, cols]), [m[:, rows, cols] for m in mask]
@@ -122,16 +124,17 @@ def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) ->
     return slice(tops[best], tops[best] + h), slice(lefts[best], lefts[best] + w)
 
 
-def render_world(seed: int, width: int, height: int, frames: int, fps: float,
-                 with_mask: bool = False) -> tuple[np.ndarray, str] | tuple[np.ndarray, str, np.ndarray]:
+def render_world(seed: int, width: int, height: int, frames: int, fps: float, with_mask: bool = False,
+                 motion_check: bool = True) -> tuple[np.ndarray, str] | tuple[np.ndarray, str, np.ndarray]:
     """(uint8 frames (F, H, W, 3), caption) of one procedural-world clip, the same as ``make_clip``'s; with
-    ``with_mask``, also where its objects are (F, H, W) bool."""
+    ``with_mask``, also where its objects are (F, H, W) bool. Without ``motion_check`` the motions need not
+    read back as captioned (``sample_scene``): for runs that drop the caption."""
     from kinema.data.world.captions import caption
     from kinema.data.world.render import render
     from kinema.data.world.sample import sample_scene
 
     rng = np.random.default_rng(seed)  # make_clip's draws, in its order
-    scene = sample_scene(rng, width, height, frames, fps)
+    scene = sample_scene(rng, width, height, frames, fps, motion_check=motion_check)
     if not with_mask:
         return render(scene), caption(scene, rng)
     video, mask = render(scene, with_mask=True)
@@ -247,12 +250,13 @@ class LatentCache(TrainDataset):
                     text_tokens=s["text_tokens"], text_mask=s["text_mask"])
 
 
-def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int, object_masks: bool = False) -> TrainDataset:
-    """The dataset ``cfg.kind`` names, with every bucket checked against the model; ``object_masks``: world
-    items also say where their objects are."""
+def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int, object_masks: bool = False,
+                  captioned: bool = True) -> TrainDataset:
+    """The dataset ``cfg.kind`` names, with every bucket checked against the model; world items also say
+    where their objects are (``object_masks``), and skip the caption check when not ``captioned``."""
     buckets = bucket_grids(cfg.buckets, model_cfg)
     if cfg.kind == "world":
-        return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0, object_masks)
+        return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0, object_masks, captioned)
     if cfg.kind == "clips":
         return ClipFolder(cfg.path, buckets, cfg.fps)
     return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim)

@@ -39,7 +39,8 @@ def latent_statistics(vae, cfg, model_cfg: ModelConfig, clips: int) -> tuple[lis
     """Per-channel mean and std of the raw posterior means of ``clips`` clips of the run's own data."""
     from kinema.train.data import build_dataset
 
-    data = build_dataset(cfg.data, model_cfg, cfg.seed + 1)  # another seed: clips the run did not start on
+    # another seed: clips the run did not start on; captions unused (a VAE run), so motions are not read back
+    data = build_dataset(cfg.data, model_cfg, cfg.seed + 1, captioned=False)
     total = total_sq = count = 0
     for index in range(min(clips, len(data))):
         item = data[index]

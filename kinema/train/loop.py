@@ -130,7 +130,7 @@ class Trainer:
         self.net = self.models.network
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
-        self.dataset = build_dataset(cfg.data, self.model_cfg, cfg.seed,
+        self.dataset = build_dataset(cfg.data, self.model_cfg, cfg.seed, captioned=cfg.model == "dit",
                                      object_masks=cfg.model == "vae" and cfg.vae_loss.object_weight != 1)
         self.bad = BadSampleLog(self.out, d.rank, d.world_size)
         self.buckets = bucket_grids(cfg.data.buckets, self.model_cfg)

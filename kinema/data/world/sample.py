@@ -106,13 +106,16 @@ def sample_scene(
     fps: float,
     num_objects: int | None = None,
     held_out: str = "exclude",
+    motion_check: bool = True,
 ) -> Scene:
-    """A random scene of the given canvas and timing, deterministic for a seed."""
+    """A random scene of the given canvas and timing, deterministic for a seed. With ``motion_check`` off, the
+    first physical set-up that fits is kept even if its simulated motion would not read back as its label
+    (fine where the caption is not used, e.g. a VAE's crops; 2-3x fewer simulations per clip)."""
     rng = as_rng(rng_or_seed)
     best, best_score = None, -1.0
     for _ in range(SPEC_TRIES):
         spec = sample_spec(rng, num_objects, held_out)
-        scene, score = _set_up(spec, width, height, frames, fps, rng)
+        scene, score = _set_up(spec, width, height, frames, fps, rng, motion_check)
         if scene is not None and score == 1.0:
             return scene
         if scene is not None and score > best_score:
@@ -125,9 +128,10 @@ def sample_scene(
 # --- helpers ---
 
 
-def _set_up(spec: SceneSpec, width, height, frames, fps, rng) -> tuple[Scene | None, float]:
+def _set_up(spec: SceneSpec, width, height, frames, fps, rng, motion_check: bool = True) -> tuple[Scene | None, float]:
     """The best of SET_UP_TRIES physical set-ups for ``spec`` and the fraction of its objects whose
-    simulated motion reads cleanly as asked (1.0 = all, at their true sizes); (None, 0) if nothing fits."""
+    simulated motion reads cleanly as asked (1.0 = all, at their true sizes); (None, 0) if nothing fits.
+    Without ``motion_check``: the first set-up that fits, scored 1.0 unread."""
     spec = _fill(spec, rng)
     unit = float(min(width, height))
     duration = max((frames - 1) / fps, 1e-6)
@@ -143,6 +147,8 @@ def _set_up(spec: SceneSpec, width, height, frames, fps, rng) -> tuple[Scene | N
             misses += 1
             continue
         scene = Scene(width, height, frames, fps, spec.background, tuple(objects), spec.camera, rate, seed)
+        if not motion_check:
+            return scene, 1.0
         score = _agreement(scene) / len(objects) * (1.0 if shrink == 1.0 else 0.99)  # shrunk: not its size class
         if score == 1.0:
             return scene, score
