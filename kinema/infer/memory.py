@@ -120,9 +120,11 @@ def estimate_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtyp
     px_frames = chunk * tf
     tile_px = (height * width) if plan.vae_tile is None else min(height * width, (plan.vae_tile * sf) ** 2)
     c_full = (vae_cfg.decoder_base_dim or vae_cfg.base_dim) * vae_cfg.dim_mult[0]
-    # Fit to measured decode peaks (CPU RSS, Wan-layout VAE): ~12 full-resolution tensors per frame in flight,
-    # plus ~60 frames' worth for the carried causal-conv caches and the upsampling stages.
-    vae_act = (12 * px_frames + 60) * tile_px * c_full * vb
+    # Fit to measured decode peaks of the Wan-layout VAE: ~17 full-resolution tensors per frame in flight on a
+    # GPU (H200: 23.5 GiB of activations decoding 81x480x832 in chunks of 4 latent frames, bf16; CPU RSS peaks
+    # fit 12, and these estimates gate GPU requests), plus ~60 frames' worth for the carried causal-conv caches
+    # and the upsampling stages.
+    vae_act = (17 * px_frames + 60) * tile_px * c_full * vb
     out_video = 3 * frames * height * width * 4 if plan.vae_tile is None else 0  # tiles stitch on the host
 
     if plan.offload == "none":
