@@ -1,4 +1,4 @@
-"""scripts/plot_loss.py: loss curves of kinema runs drawn with Pillow."""
+"""scripts/plot_loss.py and scripts/vae_objects.py: the training diagnostics."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def test_plot_loss_reads_resumed_runs_and_draws_one_panel_per_run(plot, tmp_path
     assert len(np.unique(np.asarray(img).reshape(-1, 3), axis=0)) > 3  # axes, labels and curves, not a blank sheet
     with pytest.raises(SystemExit, match="does not exist"):
         plot.main([str(tmp_path / "missing"), "-o", str(tmp_path / "x.png")])
+
+
+def test_vae_objects_scores_a_vae_per_frame(tiny_model_dir, tmp_path):
+    script = load_script("vae_objects")
+    [result] = script.main([str(tiny_model_dir), "--clips", "2", "--size", "32", "--frames", "5",
+                            "--json", str(tmp_path / "r.json")])
+    per_frame = result["object_l1_per_frame"]
+    assert len(per_frame) == 5 and all(0 <= v <= 2 for v in per_frame if v == v)
+    assert json.loads((tmp_path / "r.json").read_text())[0]["psnr_db"] == pytest.approx(result["psnr_db"])
+    with pytest.raises(SystemExit):
+        script.main([str(tiny_model_dir), "--frames", "6"])
