@@ -4,7 +4,7 @@
 
 For each model folder, round-trips ``--clips`` world clips (seeds 2001, 2002, ...; the benchmark's size)
 through encode and decode and prints the mean absolute error on the [-1, 1] scale over the pixels the
-renderer drew objects on, per frame, then the whole-frame PSNR. Frame 0 is encoded alone; every later
+renderer drew objects on, per frame, then the whole-clip PSNR (8-bit). Frame 0 is encoded alone; every later
 latent frame carries four frames, so a VAE that fails at temporal compression shows it in frames 1+.
 ``kinema eval world --reconstruct`` is the benchmark's verdict on the same round trip; this says where
 the pixels go wrong.
@@ -23,33 +23,33 @@ import torch
 FIRST_SEED = 2001
 
 
-def clips(n: int, size: int, frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(video (1, 3, F, H, W) in [-1, 1], object mask (F, H, W) bool) of ``n`` world clips."""
+def clips(n: int, size: int, frames: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 frames (F, H, W, 3), object mask (F, H, W) bool) of ``n`` world clips."""
     from kinema.train.data import render_world
 
-    out = []
-    for seed in range(FIRST_SEED, FIRST_SEED + n):
-        video, _, mask = render_world(seed, size, size, frames, 8.0, with_mask=True)
-        out.append((torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1, torch.from_numpy(mask)))
-    return out
+    return [render_world(seed, size, size, frames, 8.0, with_mask=True)[::2]
+            for seed in range(FIRST_SEED, FIRST_SEED + n)]
 
 
-def measure(model: str | Path, data: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """Object-pixel L1 per frame (mean over clips showing objects in that frame) and whole-frame PSNR."""
+def measure(model: str | Path, data: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Object-pixel L1 per frame (mean over clips showing objects in that frame) and whole-clip PSNR."""
+    from kinema.common.video import from_model, to_model
+    from kinema.eval.tasks import psnr
     from kinema.weights import load_vae
 
     vae = load_vae(model).float().eval()
-    frames = data[0][0].shape[2]
+    frames = data[0][0].shape[0]
     sums, counts, psnrs = np.zeros(frames), np.zeros(frames), []
     with torch.inference_mode():
-        for video, mask in data:
+        for clip, mask in data:
+            video = to_model(clip)
             recon = vae.decode(vae.encode(video))
             err = (recon - video).abs().mean(1)[0]  # (F, H, W)
             for f in range(frames):
                 if mask[f].any():
-                    sums[f] += err[f][mask[f]].mean().item()
+                    sums[f] += err[f][torch.from_numpy(mask[f])].mean().item()
                     counts[f] += 1
-            psnrs.append(10 * np.log10(4.0 / max((recon - video).square().mean().item(), 1e-12)))
+            psnrs.append(psnr(from_model(recon), clip))
     per_frame = [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
     return {"model": str(model), "object_l1_per_frame": per_frame, "object_l1_frame0": per_frame[0],
             "object_l1_later": float(np.nanmean(per_frame[1:])) if frames > 1 else float("nan"),

@@ -100,14 +100,16 @@ class WorldDataset(TrainDataset):
     def load(self, index: int) -> Item:
         bucket = self.buckets[self.keys[index]]
         s = bucket.crop_scale
-        frames, caption, *mask = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s,
+        frames, caption, *rest = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s,
                                               bucket.frames, self.fps, with_mask=self.object_masks,
                                               motion_check=self.captioned)
+        mask = rest[0] if rest else None
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
             rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
-            frames, mask = np.ascontiguousarray(frames[:, rows, cols]), [m[:, rows, cols] for m in mask]
+            frames = np.ascontiguousarray(frames[:, rows, cols])
+            mask = None if mask is None else mask[:, rows, cols]
         return Item(index, self.keys[index], self.source(index), video=to_model(frames)[0], caption=caption,
-                    object_mask=torch.from_numpy(np.ascontiguousarray(mask[0]))[None] if mask else None)
+                    object_mask=None if mask is None else torch.from_numpy(np.ascontiguousarray(mask))[None])
 
 
 def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) -> tuple[slice, slice]:
@@ -129,16 +131,14 @@ def render_world(seed: int, width: int, height: int, frames: int, fps: float, wi
     """(uint8 frames (F, H, W, 3), caption) of one procedural-world clip, the same as ``make_clip``'s; with
     ``with_mask``, also where its objects are (F, H, W) bool. Without ``motion_check`` the motions need not
     read back as captioned (``sample_scene``): for runs that drop the caption."""
-    from kinema.data.world.captions import caption
+    from kinema.data.world.dataset import sample_clip
     from kinema.data.world.render import render
-    from kinema.data.world.sample import sample_scene
 
-    rng = np.random.default_rng(seed)  # make_clip's draws, in its order
-    scene = sample_scene(rng, width, height, frames, fps, motion_check=motion_check)
+    scene, caption = sample_clip(seed, width, height, frames, fps, motion_check=motion_check)
     if not with_mask:
-        return render(scene), caption(scene, rng)
+        return render(scene), caption
     video, mask = render(scene, with_mask=True)
-    return video, caption(scene, rng), mask
+    return video, caption, mask
 
 
 class ClipFolder(TrainDataset):

@@ -216,6 +216,8 @@ class Trainer:
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any (clocks differ: all ranks must stop at the same step)."""
+        if self.d.world_size == 1:
+            return flag
         return bool(all_reduce_sum(torch.tensor([float(flag)], device=self.d.device)).item() > 0)
 
     def _describe(self, peak: float) -> None:

@@ -24,9 +24,26 @@ def make_clip(
     style: str = "train",
 ) -> tuple[np.ndarray, str, Scene]:
     """``(frames uint8 (F, H, W, 3), caption, scene)``, the same for the same arguments."""
+    scene, text = sample_clip(seed, width, height, frames, fps, num_objects, held_out, style)
+    return render(scene), text, scene
+
+
+def sample_clip(
+    seed: int,
+    width: int,
+    height: int,
+    frames: int,
+    fps: float,
+    num_objects: int | None = None,
+    held_out: str = "exclude",
+    style: str = "train",
+    motion_check: bool = True,
+) -> tuple[Scene, str]:
+    """``(scene, caption)`` of ``make_clip``'s clip, before rendering (rendering draws nothing from the seed).
+    ``motion_check=False`` skips reading motions back as captioned (``sample_scene``), for runs that drop captions."""
     rng = np.random.default_rng(seed)
-    scene = sample_scene(rng, width, height, frames, fps, num_objects, held_out)
-    return render(scene), caption(scene, rng, style), scene
+    scene = sample_scene(rng, width, height, frames, fps, num_objects, held_out, motion_check)
+    return scene, caption(scene, rng, style)
 
 
 @dataclass(frozen=True)
