@@ -1,12 +1,16 @@
 """Write a trained model folder into the package as the bundled model, stored in fp16.
 
-    python scripts/bundle_model.py runs/world-small-dit/model [--out kinema/assets/world-small]
+    python scripts/bundle_model.py runs/world-small-dit/model [--out kinema/assets/world-small] [--vae FOLDER]
 
 Copies the config (kinema.json, and student.json when the folder has a distilled student) and every
 safetensors file with floating tensors cast to fp16 (the loader casts back to the run's dtype: outputs
 match the fp32 folder to fp16 rounding), refuses a result over the issue's 60 MB budget, then loads the
 bundled folder and generates a one-step clip to prove it works. Run it once, for the weights you commit:
 every committed version of the weights stays in the repository's history.
+
+``--vae FOLDER`` ships that folder's VAE instead of the model's own: a decoder fine-tuned after the DiT was
+trained (``vae_loss.decoder_only``). It is accepted only when its encoder and latent statistics are exactly
+the model's, since the DiT learned to produce that encoder's latents.
 """
 
 from __future__ import annotations
@@ -25,13 +29,37 @@ BUDGET_MB = 60.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bundle(src: Path, out: Path, budget_mb: float = BUDGET_MB) -> dict[str, float]:
-    """Copy ``src`` to ``out`` with fp16 weights; {file: MB}. The old ``out`` is replaced only when all is written."""
+DECODER = ("decoder.", "post_quant_conv.")  # the VAE parameters a decoder-only fine-tune changes
+
+
+def check_same_encoder(model: Path, vae: Path) -> None:
+    """Refuse ``vae`` unless its config and every non-decoder tensor equal ``model``'s VAE (fp16-rounded alike)."""
+    if not (vae / "kinema.json").is_file() or not (vae / "vae.safetensors").is_file():
+        raise SystemExit(f"bundle: --vae {vae} is not a kinema VAE folder (needs kinema.json and vae.safetensors)")
+    mine, theirs = (json.loads((p / "kinema.json").read_text())["vae"] for p in (model, vae))
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise SystemExit(f"bundle: --vae {vae} has a different VAE config than {model} ({diff}); only a decoder "
+                         f"fine-tuned from the model's own VAE (vae_loss.decoder_only) keeps the DiT's latents")
+    a, b = load_file(str(model / "vae.safetensors")), load_file(str(vae / "vae.safetensors"))
+    changed = sorted(k for k in set(a) | set(b) if not k.startswith(DECODER)
+                     and (k not in a or k not in b or not torch.equal(a[k].half(), b[k].half())))
+    if changed:
+        raise SystemExit(f"bundle: --vae {vae} has a different encoder than {model} ({len(changed)} tensors, e.g. "
+                         f"{changed[:3]}); only a decoder fine-tuned from the model's own VAE keeps the DiT's latents")
+
+
+def bundle(src: Path, out: Path, budget_mb: float = BUDGET_MB, vae: Path | None = None) -> dict[str, float]:
+    """Copy ``src`` (with ``vae``'s VAE, if given) to ``out`` with fp16 weights; {file: MB}. The old ``out`` is
+    replaced only when all is written."""
     if not (src / "kinema.json").is_file():
         raise SystemExit(f"bundle: {src} is not a kinema model folder (no kinema.json)")
     weights = sorted(src.glob("*.safetensors"))
     if not any(w.name == "transformer.safetensors" for w in weights) or not any(w.name == "vae.safetensors" for w in weights):
         raise SystemExit(f"bundle: {src} needs both transformer.safetensors and vae.safetensors, has {[w.name for w in weights]}")
+    if vae is not None:
+        check_same_encoder(src, vae)
+        weights = [vae / w.name if w.name == "vae.safetensors" else w for w in weights]
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     sizes = {}
@@ -71,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", type=Path, help="trained kinema model folder (DiT + VAE, optionally a student)")
     ap.add_argument("--out", type=Path, default=ROOT / "kinema" / "assets" / "world-small")
     ap.add_argument("--budget-mb", type=float, default=BUDGET_MB)
+    ap.add_argument("--vae", type=Path, help="ship this folder's VAE instead: a decoder-only fine-tune of the model's own")
     args = ap.parse_args(argv)
-    sizes = bundle(args.model, args.out, args.budget_mb)
+    sizes = bundle(args.model, args.out, args.budget_mb, args.vae)
     with torch.inference_mode():
         smoke_test(args.out)
-    print(f"bundled {args.model} -> {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
+    print(f"bundled {args.model}" + (f" with the VAE of {args.vae}" if args.vae else "") + f" -> {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
           + f"; total {sum(sizes.values()):.1f} MB")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -47,6 +48,42 @@ def test_bundle_refuses_an_incomplete_folder_or_an_oversized_one(bundler, tiny_m
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match=r"not a kinema model folder"):
         bundler.bundle(tmp_path, tmp_path / "out")
+
+
+def test_bundle_takes_a_fine_tuned_decoder_but_not_another_encoder(bundler, tiny_model_dir, tmp_path, one_thread):
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(tiny_model_dir / "vae.safetensors"))
+    decoder = [k for k in tensors if k.startswith("decoder.")]
+    encoder = [k for k in tensors if k.startswith("encoder.")]
+    assert decoder and encoder
+
+    def variant(name, keys):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy2(tiny_model_dir / "kinema.json", folder)
+        save_file({k: v + 0.5 if k in keys else v for k, v in tensors.items()}, str(folder / "vae.safetensors"))
+        return folder
+
+    tuned = variant("tuned", decoder[:2])
+    out = tmp_path / "out"
+    bundler.bundle(tiny_model_dir, out, vae=tuned)
+    shipped = load_file(str(out / "vae.safetensors"))
+    assert torch.equal(shipped[decoder[0]], (tensors[decoder[0]] + 0.5).half())  # the tuned decoder is what ships
+    dit, shipped_dit = (load_file(str(p / "transformer.safetensors")) for p in (tiny_model_dir, out))
+    assert all(torch.equal(shipped_dit[k], v.half()) for k, v in dit.items() if v.is_floating_point())  # the DiT is the model's
+
+    with pytest.raises(SystemExit, match=r"different encoder .*1 tensors.*" + encoder[0].replace(".", r"\.")):
+        bundler.bundle(tiny_model_dir, tmp_path / "out2", vae=variant("other", encoder[:1]))
+    moved = variant("moved", [])
+    cfg = json.loads((moved / "kinema.json").read_text())
+    cfg["vae"]["latents_mean"] = [m + 0.25 for m in cfg["vae"]["latents_mean"]]
+    (moved / "kinema.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match=r"different VAE config .*\['latents_mean'\]"):
+        bundler.bundle(tiny_model_dir, tmp_path / "out2", vae=moved)
+    with pytest.raises(SystemExit, match=r"not a kinema VAE folder"):
+        bundler.bundle(tiny_model_dir, tmp_path / "out2", vae=tmp_path)
+    assert not (tmp_path / "out2").exists()
 
 
 def test_the_bundled_model_generates_square_wide_and_tall_clips_offline(tmp_path, one_thread):

@@ -1,8 +1,12 @@
-"""scripts/plot_loss.py and scripts/vae_objects.py: the training diagnostics."""
+"""scripts/plot_loss.py and scripts/vae_objects.py (the training diagnostics) and scripts/world_small.sh."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,3 +46,57 @@ def test_vae_objects_scores_a_vae_per_frame(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())[0]["psnr_db"] == pytest.approx(result["psnr_db"])
     with pytest.raises(SystemExit):
         script.main([str(tiny_model_dir), "--frames", "6"])
+
+
+# -- scripts/world_small.sh: the bundled model's training, stage by stage ------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "world_small.sh"
+
+
+def _stages() -> list[list[str]]:
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    return [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("stage ")]
+
+
+def test_world_small_stages_are_valid_recipes_that_chain_in_order(tmp_path):
+    from kinema.train import load_config
+
+    stages = _stages()
+    assert len(stages) >= 6
+    done: set[str] = set()
+    for name, config, *overrides in stages:
+        args = [a.replace("$R", str(tmp_path)) for a in overrides]
+        cfg = load_config(ROOT / config, args + ["--out_dir", str(tmp_path / name)])
+        for source in (cfg.init_from, cfg.vae_from if cfg.model == "dit" else None):
+            if source is not None:  # reads a model an earlier stage exported
+                assert Path(source).parent.name in done and Path(source).name == "model", (name, source)
+        assert cfg.max_steps < 20000, name  # every stage ends at the step count the shipped weights had
+        done.add(name)
+
+
+def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
+    bin_dir, runs = tmp_path / "bin", tmp_path / "runs"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    # stand-ins for `kinema train` (export a model folder) and `python` (the bundler), logging their arguments
+    fake = f'#!/bin/sh\necho "$0 $*" >> {log}\n'
+    (bin_dir / "kinema").write_text(fake + 'while [ $# -gt 0 ]; do [ "$1" = --out_dir ] && mkdir -p "$2/model" '
+                                           '&& touch "$2/model/kinema.json"; shift; done\n')
+    (bin_dir / "python").write_text(fake)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    names = [s[0] for s in _stages()]
+    (runs / names[0] / "model").mkdir(parents=True)
+    (runs / names[0] / "model" / "kinema.json").write_text("{}")  # finished
+    (runs / names[1] / "checkpoints").mkdir(parents=True)  # stopped part-way
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RUNS": str(runs)}
+    out = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    trains = [c for c in calls if "/kinema " in c]
+    assert f"{runs / names[0]}: done, skipped" in out.stdout
+    assert len(trains) == len(names) - 1
+    assert trains[0].endswith(f"--out_dir {runs / names[1]} --resume")
+    assert not any("--resume" in c for c in trains[1:])
+    assert calls[-1].endswith(f"scripts/bundle_model.py {runs}/world-small-dit-gpu/model --vae {runs}/world-small-vae-dec2/model")

@@ -403,6 +403,54 @@ def test_decoder_only_vae_run_keeps_the_encoder_and_so_the_latents(tmp_path):
         load_config(dict(common, preset="tiny", vae_loss=dict(decoder_only=True)))
 
 
+def test_flow_object_weight_lands_on_the_latent_tokens_that_encode_object_pixels():
+    from kinema.train.config import FlowConfig
+    from kinema.train.objective import flow_matching_losses, latent_object_weight
+
+    mask = torch.zeros(1, 1, 9, 16, 24, dtype=torch.bool)
+    mask[0, 0, 0, 3, 3] = True  # frame 0 is its own latent frame
+    mask[0, 0, 5, 9, 17] = True  # frames 5..8 are latent frame 2; pixel (9, 17) is token (1, 2)
+    w = latent_object_weight(mask, 5.0)
+    expected = torch.ones(1, 1, 3, 2, 3)
+    expected[0, 0, 0, 0, 0] = expected[0, 0, 2, 1, 2] = 5.0
+    assert torch.equal(w, expected)
+    with pytest.raises(ValueError, match=r"does not fit a 4k\+1"):
+        latent_object_weight(mask[:, :, :8], 5.0)
+
+    latents, noise = torch.randn(2, 4, 3, 2, 3), torch.randn(2, 4, 3, 2, 3)
+    frame_mask = torch.tensor([[False, False, False], [True, False, False]])
+
+    def zero_dit(x, t, tokens, mask):
+        return torch.zeros_like(x)
+
+    args = (zero_dit, latents, noise, torch.tensor([0.3, 0.7]), frame_mask, torch.zeros(2, 1, 8), None)
+    plain = flow_matching_losses(*args)
+    assert torch.allclose(flow_matching_losses(*args, torch.ones(2, 1, 3, 2, 3)), plain)
+    weighted = flow_matching_losses(*args, w.expand(2, -1, -1, -1, -1))
+    sq = (noise - latents).square()  # the target velocity, against a prediction of 0
+    wt = w.expand(2, 4, -1, -1, -1).clone()
+    wt[1, :, 0] = 0  # sample 1's latent frame 0 is given, so not scored
+    assert torch.allclose(weighted, (sq * wt).flatten(1).sum(1) / wt.flatten(1).sum(1))
+    assert not torch.allclose(weighted, plain)
+
+    with pytest.raises(ConfigError, match=r"flow.object_weight must be > 0, got -1"):
+        FlowConfig(object_weight=-1)
+    with pytest.raises(ConfigError, match=r"flow.object_weight=4.0 needs model: dit, data.kind 'world'.*'latents'"):
+        load_config({"preset": "tiny", "data": {"kind": "latents", "path": "x"}, "flow": {"object_weight": 4}})
+
+
+def test_dit_trains_on_the_world_with_object_weight(tmp_path):
+    losses = {}
+    for weight in (1.0, 50.0):
+        result = train(dict(preset="tiny", out_dir=str(tmp_path / f"w{weight}"), max_steps=1,
+                            data=dict(kind="world", num_clips=4, buckets=[dict(frames=5, height=32, width=32, batch_size=2)]),
+                            flow=dict(object_weight=weight), log=dict(every=1, progress=False, tensorboard=False),
+                            sample=dict(every=0)))
+        losses[weight] = json.loads(result.metrics.read_text().splitlines()[0])["loss"]
+    # same clips, noise and times: only the weighting differs, and it reaches the loss
+    assert all(math.isfinite(v) for v in losses.values()) and losses[1.0] != losses[50.0]
+
+
 def test_dit_on_the_procedural_world_writes_previews_and_a_model_folder(tmp_path):
     from kinema.weights import load_dit, load_vae
 

@@ -192,11 +192,37 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     from kinema.cli import main
 
     out = tmp_path / "tasks.json"
-    assert main(["eval", "tasks", "--model", str(tiny_model_dir), "--n", "2", "--steps", "2", "--json", str(out)]) == 0
+    assert main(["eval", "tasks", "--model", str(tiny_model_dir), "--n", "2", "--steps", "2", "--guidance", "2.5",
+                 "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["cases"] == 2 and report["settings"]["steps"] == 2
+    assert report["cases"] == 2 and report["settings"]["steps"] == 2 and report["settings"]["guidance"] == 2.5
     # the pinned first latent frame is decoded by a causal decoder: the first frame is the VAE's round trip
     i2v = report["image_to_video"]
     assert abs(i2v["psnr_db"] - i2v["vae_round_trip_psnr_db"]) < 1e-3
     assert 0.0 <= report["extend"]["direction_kept"] <= 1.0
     assert 0.0 <= report["loop"]["seam_within_typical"] <= 1.0 and report["loop"]["median_typical_step"] >= 0.0
+
+
+def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_dir, tmp_path, one_thread, monkeypatch):
+    import json
+
+    from kinema.cli import main
+    from kinema.infer import Pipeline
+
+    seen = []
+    original = Pipeline.generate
+
+    def spy(self, prompt, **kw):
+        seen.append((kw["steps"], kw["guidance"]))
+        return original(self, prompt, **kw)
+
+    monkeypatch.setattr(Pipeline, "generate", spy)
+    out = tmp_path / "world.json"
+    assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--guidance", "1.5",
+                 "--json", str(out)]) == 0
+    assert seen == [(1, 1.5)] * 5  # one video per row
+    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5}
+    assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--json", str(out)]) == 0
+    assert seen[-1] == (1, None) and json.loads(out.read_text())["sampling"]["guidance"] == Pipeline.from_pretrained(
+        tiny_model_dir).cfg.sampling.guidance  # the model's default, recorded
+    assert main(["eval", "world", "--reconstruct", "--guidance", "2", "--n", "1"]) == 2  # refused: nothing is sampled

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import CLIError
+
 
 def add_parser(sub) -> None:
     """The ``train`` and ``eval`` commands."""
@@ -16,7 +18,8 @@ def add_parser(sub) -> None:
                         "extension and loops on world clips")
     e.add_argument("--model", help="model folder; default: the bundled model")
     e.add_argument("--n", type=int, default=100, help="prompts per row (world) or cases (tasks)")
-    e.add_argument("--steps", type=int)
+    e.add_argument("--steps", type=int, help="sampling steps; default: the model's")
+    e.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write the report here as JSON")
     e.add_argument("--ground-truth", action="store_true", help="score rendered ground truth instead (validates the evaluator)")
@@ -32,5 +35,8 @@ def cmd_train(args, extra: list[str]) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..eval.cli import run_eval
-    return run_eval(args)
+    from ..eval.cli import EvalArgumentError, run_eval
+    try:
+        return run_eval(args)
+    except EvalArgumentError as e:
+        raise CLIError(str(e)) from None

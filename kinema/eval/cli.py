@@ -8,6 +8,10 @@ import time
 
 from ..common.io import atomic_write_text
 
+class EvalArgumentError(ValueError):
+    """An argument combination the benchmark cannot run (the CLI prints it as one line, exit status 2)."""
+
+
 ROWS = ("single_seen", "single_heldout", "unseen_phrasing", "two_objects", "physics", "overall")
 
 
@@ -50,7 +54,9 @@ def run_eval(args) -> int:
     from .world import run_world_eval
 
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
+    if getattr(args, "guidance", None) is not None and (args.ground_truth or args.reconstruct):
+        raise EvalArgumentError("--guidance applies to generated videos, not to --ground-truth or --reconstruct")
     if args.suite == "tasks":
         return _run_tasks(args)
     width, height, frames, fps = 128, 128, 17, 8
@@ -65,15 +71,20 @@ def run_eval(args) -> int:
     else:
         from ..infer import Pipeline
         pipe = Pipeline.from_pretrained(args.model)
-        steps = args.steps
+        steps, guidance = args.steps, args.guidance
 
         def generate(prompt: str, seed: int):
-            return pipe.generate(prompt, width=width, height=height, frames=frames, fps=fps, steps=steps, seed=seed).frames
+            return pipe.generate(prompt, width=width, height=height, frames=frames, fps=fps, steps=steps,
+                                 guidance=guidance, seed=seed).frames
         label = args.model or "bundled model"
+        sampling = pipe.cfg.sampling
+        settings = {"steps": steps or sampling.steps, "guidance": sampling.guidance if guidance is None else guidance}
     t = time.perf_counter()
     report = run_world_eval(generate, n_per_row=args.n, width=width, height=height, frames=frames, fps=fps,
                             seed=args.seed)
     report["model"] = label
+    if not (args.ground_truth or args.reconstruct):
+        report["sampling"] = settings
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"world benchmark: {label}, {args.n} prompts per row, {report['seconds']} s")
     print(format_table(report["table"]))
@@ -87,9 +98,10 @@ def _run_tasks(args) -> int:
     from .tasks import format_report, run_tasks_eval
 
     if args.ground_truth or args.reconstruct:
-        raise ValueError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
+        raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
     t = time.perf_counter()
-    report = run_tasks_eval(Pipeline.from_pretrained(args.model), n=args.n, seed=args.seed, steps=args.steps)
+    report = run_tasks_eval(Pipeline.from_pretrained(args.model), n=args.n, seed=args.seed, steps=args.steps,
+                            guidance=args.guidance)
     report["model"] = args.model or "bundled model"
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")

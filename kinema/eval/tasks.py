@@ -70,7 +70,8 @@ def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: i
     return cases
 
 
-def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0) -> dict:
+def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0,
+                   guidance: float | None = None) -> dict:
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
@@ -79,7 +80,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
     i2v, ceiling, extended, loops = [], [], [], []
     for i, (prompt, clip, move) in enumerate(cases):
-        settings = {"seed": seed + i} if steps is None else {"seed": seed + i, "steps": steps}
+        settings = {"seed": seed + i, **{k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
         i2v.append(psnr(out[0], image))
@@ -96,7 +97,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     return {
         "cases": n,
         "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
-                     "extend_seconds": extend_seconds, "seed": seed},
+                     "guidance": s.guidance if guidance is None else guidance, "extend_seconds": extend_seconds, "seed": seed},
         "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
                            "vae_round_trip_psnr_db": float(np.mean(ceiling))},
         "extend": {"direction_kept": float(np.mean(extended))},

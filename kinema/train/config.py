@@ -100,8 +100,14 @@ class FlowConfig:
     cond_probs: dict[str, float] = field(default_factory=lambda: {
         "none": 0.7, "first": 0.1, "first_k": 0.05, "last": 0.05, "both_ends": 0.05, "keyframes": 0.05})
     loss_bins: int = 4  # loss is also logged per timestep bin [0, 1/n), ...
+    # World data only: latent tokens whose pixels (a 4-frame x 8x8 block) the renderer drew objects on count
+    # this many times in the loss (a weighted mean). Objects cover a few % of the tokens, so at weight 1 most of
+    # the gradient teaches backgrounds. Re-weighting places does not move the loss's minimiser (the velocity
+    # each token should predict is unchanged); it moves where a small model's capacity and steps go first.
+    object_weight: float = 1.0
 
     def __post_init__(self):
+        _check(self.object_weight > 0, f"flow.object_weight must be > 0, got {self.object_weight}")
         _check(self.t_kind in ("logit_normal", "uniform"), f"flow.t_kind must be 'logit_normal' or 'uniform', got {self.t_kind!r}")
         _check(self.t_std > 0 and self.shift > 0, f"flow.t_std and flow.shift must be > 0, got {self.t_std}, {self.shift}")
         _check(0 <= self.text_dropout <= 1, f"flow.text_dropout must be in [0, 1], got {self.text_dropout}")
@@ -326,6 +332,10 @@ class TrainConfig:
         _check(self.vae_loss.object_weight == 1 or (self.model == "vae" and self.data.kind == "world"),
                f"vae_loss.object_weight={self.vae_loss.object_weight} needs model: vae and data.kind 'world' (only the "
                f"renderer knows where objects are); got model: {self.model!r}, data.kind {self.data.kind!r}")
+        _check(self.flow.object_weight == 1 or (self.model == "dit" and self.data.kind == "world" and self.distill is None),
+               f"flow.object_weight={self.flow.object_weight} needs model: dit, data.kind 'world' (only the renderer "
+               f"knows where objects are) and no distill; got model: {self.model!r}, data.kind {self.data.kind!r}"
+               + (", distill set" if self.distill is not None else ""))
         _check(not (self.vae_loss.decoder_only and not (self.model == "vae" and self.init_from)),
                "vae_loss.decoder_only fine-tunes the decoder of a trained VAE: it needs model: vae and init_from")
         _check(not (self.init_from and self.model_config),

@@ -30,7 +30,8 @@ from kinema.train.data import Item, build_dataset
 from kinema.train.ema import EMA
 from kinema.train.logging import BadSampleLog, MetricsLogger, print0
 from kinema.train.lora import add_lora
-from kinema.train.objective import draw, flow_matching_losses, sample_seed, timestep_bins, vae_losses
+from kinema.train.objective import (draw, flow_matching_losses, latent_object_weight, sample_seed, timestep_bins,
+                                    vae_losses)
 from kinema.train.parallel import (Dist, all_reduce_sum, autocast, barrier, clip_grad_norm, gradient_sync,
                                    init_distributed, parallelize, shutdown)
 from kinema.train.throughput import dit_tokens, dit_train_flops, measure_matmul_peak
@@ -96,6 +97,7 @@ class Batch:
     frame_mask: torch.Tensor | None = None  # (B, F) bool
     text_tokens: torch.Tensor | None = None  # (B, L, D)
     text_mask: torch.Tensor | None = None  # (B, L) bool
+    token_weight: torch.Tensor | None = None  # (B, 1, F, H, W)  DiT runs with flow.object_weight
 
 
 @dataclass
@@ -131,7 +133,7 @@ class Trainer:
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
         self.dataset = build_dataset(cfg.data, self.model_cfg, cfg.seed, captioned=cfg.model == "dit",
-                                     object_masks=cfg.model == "vae" and cfg.vae_loss.object_weight != 1)
+                                     object_masks=(cfg.vae_loss.object_weight if cfg.model == "vae" else cfg.flow.object_weight) != 1)
         self.bad = BadSampleLog(self.out, d.rank, d.world_size)
         self.buckets = bucket_grids(cfg.data.buckets, self.model_cfg)
         self.sampler = BucketSampler(self.dataset.keys, {g: b.batch_size for g, b in self.buckets.items()},
@@ -308,7 +310,7 @@ class Trainer:
                                          batch.text_tokens, batch.text_mask)
         mask = batch.text_mask if self.model_cfg.text.use_mask else None
         return flow_matching_losses(self.train_model, batch.latents, batch.noise, batch.t, batch.frame_mask,
-                                    batch.text_tokens, mask), {}
+                                    batch.text_tokens, mask, batch.token_weight), {}
 
     # -- batches ------------------------------------------------------------------------------------
 
@@ -333,12 +335,12 @@ class Trainer:
         stand_in = good[0] if good else self._placeholder(items[0])
         weights = torch.tensor([float(it.error is None) for it in items], device=d.device)
         items = [it if it.error is None else stand_in for it in items]
+        masks = None
+        if any(it.object_mask is not None for it in items):  # a stand-in without one weighs nothing anyway
+            masks = torch.stack([it.object_mask if it.object_mask is not None else
+                                 torch.zeros(1, *it.video.shape[1:], dtype=torch.bool) for it in items]).to(d.device)
         if self.cfg.model == "vae":
             video = torch.stack([it.video for it in items]).to(d.device)
-            masks = None
-            if any(it.object_mask is not None for it in items):  # a stand-in without one weighs nothing anyway
-                masks = torch.stack([it.object_mask if it.object_mask is not None else
-                                     torch.zeros(1, *it.video.shape[1:], dtype=torch.bool) for it in items]).to(d.device)
             return Batch(weights, tokens=len(good) * video[0].numel() // 3, video=video, object_mask=masks)
 
         draws = [draw(self.cfg.flow, self.cfg.seed, step, it.index, (mc.vae.z_dim, *it.key)) for it in items]
@@ -360,7 +362,9 @@ class Trainer:
                      noise=torch.stack([dr.noise for dr in draws]).to(d.device),
                      t=None if self.distiller is not None else torch.tensor([dr.t for dr in draws], device=d.device),
                      frame_mask=torch.stack([dr.frame_mask for dr in draws]).to(d.device),
-                     text_tokens=text_tokens.to(d.device), text_mask=text_mask.to(d.device))
+                     text_tokens=text_tokens.to(d.device), text_mask=text_mask.to(d.device),
+                     token_weight=None if masks is None else latent_object_weight(
+                         masks, self.cfg.flow.object_weight, mc.vae.temporal_factor, mc.vae.spatial_factor))
 
     def _placeholder(self, item: Item) -> Item:
         """A zero sample of ``item``'s grid, so a rank whose whole batch was bad still joins the collectives."""

@@ -43,11 +43,27 @@ def draw(cfg: FlowConfig, seed: int, step: int, index: int, latent_shape: tuple[
     return Draw(t, drop, mask, noise)
 
 
+def latent_object_weight(object_mask: torch.Tensor, weight: float, temporal: int = 4, spatial: int = 8) -> torch.Tensor:
+    """Per-token loss weights (B, 1, F', H', W') from pixel object masks (B, 1, F, H, W): ``weight`` where any
+    pixel a latent token encodes shows an object, 1 elsewhere. The causal VAE encodes frame 0 alone and then
+    groups of ``temporal`` frames, each ``spatial`` x ``spatial`` pixels per token."""
+    m = object_mask.float()
+    b, _, f, h, w = m.shape
+    if (f - 1) % temporal or h % spatial or w % spatial:
+        raise ValueError(f"object mask {tuple(m.shape)} does not fit a {temporal}k+1 x {spatial}-multiple clip")
+    rest = m[:, :, 1:].reshape(b, 1, (f - 1) // temporal, temporal, h, w).amax(3)
+    m = torch.cat([m[:, :, :1], rest], dim=2)
+    m = torch.nn.functional.max_pool3d(m, (1, spatial, spatial))
+    return 1.0 + (weight - 1.0) * m
+
+
 def flow_matching_losses(dit, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor,
-                         text_tokens: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+                         text_tokens: torch.Tensor, text_mask: torch.Tensor | None,
+                         token_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample flow-matching loss (B,) float32; conditioned frames are clean at t = 0 and not scored.
 
-    ``latents``/``noise`` (B, C, F, H, W), ``t`` (B,) in (0, 1), ``frame_mask`` (B, F) bool.
+    ``latents``/``noise`` (B, C, F, H, W), ``t`` (B,) in (0, 1), ``frame_mask`` (B, F) bool; ``token_weight``
+    (B, 1, F, H, W), if given, makes each sample's loss a mean weighted per latent token.
     """
     cond = Condition(latents, frame_mask)
     t_frames = cond.frame_timesteps(t)  # (B, F): t for generated frames, 0 for given ones
@@ -55,6 +71,8 @@ def flow_matching_losses(dit, latents: torch.Tensor, noise: torch.Tensor, t: tor
     pred = dit(x_t, t_frames * 1000.0, text_tokens, text_mask)
     target = velocity_target(latents, noise)
     scored = (~cond.mask)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+    if token_weight is not None:
+        scored = scored * token_weight
     return torch.stack([flow_loss(pred[i:i + 1], target[i:i + 1], scored[i:i + 1]) for i in range(latents.shape[0])])
 
 
