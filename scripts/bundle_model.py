@@ -99,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", type=Path, help="trained kinema model folder (DiT + VAE, optionally a student)")
     ap.add_argument("--out", type=Path, default=ROOT / "kinema" / "assets" / "world-small")
     ap.add_argument("--budget-mb", type=float, default=BUDGET_MB)
-    ap.add_argument("--vae", type=Path, help="ship this folder's VAE instead: a decoder-only fine-tune of the model's own")
+    ap.add_argument("--vae", type=Path,
+                    help="ship this folder's VAE instead: a decoder-only fine-tune of the model's own")
     args = ap.parse_args(argv)
     sizes = bundle(args.model, args.out, args.budget_mb, args.vae)
     with torch.inference_mode():
         smoke_test(args.out)
-    print(f"bundled {args.model}" + (f" with the VAE of {args.vae}" if args.vae else "") + f" -> {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
+    source = f"{args.model}" + (f" with the VAE of {args.vae}" if args.vae else "")
+    print(f"bundled {source} -> {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
           + f"; total {sum(sizes.values()):.1f} MB")
     return 0
 

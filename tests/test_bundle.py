@@ -71,7 +71,8 @@ def test_bundle_takes_a_fine_tuned_decoder_but_not_another_encoder(bundler, tiny
     shipped = load_file(str(out / "vae.safetensors"))
     assert torch.equal(shipped[decoder[0]], (tensors[decoder[0]] + 0.5).half())  # the tuned decoder is what ships
     dit, shipped_dit = (load_file(str(p / "transformer.safetensors")) for p in (tiny_model_dir, out))
-    assert all(torch.equal(shipped_dit[k], v.half()) for k, v in dit.items() if v.is_floating_point())  # the DiT is the model's
+    # the DiT is the model's own
+    assert all(torch.equal(shipped_dit[k], v.half()) for k, v in dit.items() if v.is_floating_point())
 
     with pytest.raises(SystemExit, match=r"different encoder .*1 tensors.*" + encoder[0].replace(".", r"\.")):
         bundler.bundle(tiny_model_dir, tmp_path / "out2", vae=variant("other", encoder[:1]))

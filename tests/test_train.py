@@ -442,8 +442,9 @@ def test_flow_object_weight_lands_on_the_latent_tokens_that_encode_object_pixels
 def test_dit_trains_on_the_world_with_object_weight(tmp_path):
     losses = {}
     for weight in (1.0, 50.0):
+        buckets = [dict(frames=5, height=32, width=32, batch_size=2)]
         result = train(dict(preset="tiny", out_dir=str(tmp_path / f"w{weight}"), max_steps=1,
-                            data=dict(kind="world", num_clips=4, buckets=[dict(frames=5, height=32, width=32, batch_size=2)]),
+                            data=dict(kind="world", num_clips=4, buckets=buckets),
                             flow=dict(object_weight=weight), log=dict(every=1, progress=False, tensorboard=False),
                             sample=dict(every=0)))
         losses[weight] = json.loads(result.metrics.read_text().splitlines()[0])["loss"]

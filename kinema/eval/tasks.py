@@ -97,7 +97,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     return {
         "cases": n,
         "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
-                     "guidance": s.guidance if guidance is None else guidance, "extend_seconds": extend_seconds, "seed": seed},
+                     "guidance": s.guidance if guidance is None else guidance, "extend_seconds": extend_seconds,
+                     "seed": seed},
         "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
                            "vae_round_trip_psnr_db": float(np.mean(ceiling))},
         "extend": {"direction_kept": float(np.mean(extended))},

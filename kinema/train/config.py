@@ -332,7 +332,8 @@ class TrainConfig:
         _check(self.vae_loss.object_weight == 1 or (self.model == "vae" and self.data.kind == "world"),
                f"vae_loss.object_weight={self.vae_loss.object_weight} needs model: vae and data.kind 'world' (only the "
                f"renderer knows where objects are); got model: {self.model!r}, data.kind {self.data.kind!r}")
-        _check(self.flow.object_weight == 1 or (self.model == "dit" and self.data.kind == "world" and self.distill is None),
+        weighs_objects = self.model == "dit" and self.data.kind == "world" and self.distill is None
+        _check(self.flow.object_weight == 1 or weighs_objects,
                f"flow.object_weight={self.flow.object_weight} needs model: dit, data.kind 'world' (only the renderer "
                f"knows where objects are) and no distill; got model: {self.model!r}, data.kind {self.data.kind!r}"
                + (", distill set" if self.distill is not None else ""))

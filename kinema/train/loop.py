@@ -132,8 +132,9 @@ class Trainer:
         self.net = self.models.network
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
+        object_weight = cfg.vae_loss.object_weight if cfg.model == "vae" else cfg.flow.object_weight
         self.dataset = build_dataset(cfg.data, self.model_cfg, cfg.seed, captioned=cfg.model == "dit",
-                                     object_masks=(cfg.vae_loss.object_weight if cfg.model == "vae" else cfg.flow.object_weight) != 1)
+                                     object_masks=object_weight != 1)
         self.bad = BadSampleLog(self.out, d.rank, d.world_size)
         self.buckets = bucket_grids(cfg.data.buckets, self.model_cfg)
         self.sampler = BucketSampler(self.dataset.keys, {g: b.batch_size for g, b in self.buckets.items()},
