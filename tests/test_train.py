@@ -301,7 +301,7 @@ def test_wan_lora_key_formats_load_to_the_same_adapter(tmp_path, tiny_model_dir)
 
 
 def test_object_weight_weighs_the_pixels_the_world_drew_objects_on():
-    from kinema.data.world.render import render
+    from kinema.data.world.render import camera_at, render, render_background, simulate
     from kinema.data.world.sample import sample_scene
     from kinema.train.config import VAELossConfig
     from kinema.train.data import WorldDataset
@@ -311,6 +311,13 @@ def test_object_weight_weighs_the_pixels_the_world_drew_objects_on():
     frames, mask = render(scene, with_mask=True)
     np.testing.assert_array_equal(frames, render(scene))  # the mask costs nothing in the frames
     assert 0 < mask.mean() < 0.5
+    # the mask is where the objects changed the picture: the frames against the background alone
+    for seed in range(4):
+        scene = sample_scene(np.random.default_rng(seed), 64, 48, 9, 8.0)
+        frames, mask = render(scene, with_mask=True)
+        pan, scale = camera_at(scene.camera, scene.camera_rate, simulate(scene).times)
+        background = (np.clip(render_background(scene, pan, scale), 0, 1) * 255 + 0.5).astype(np.uint8)
+        assert (mask == (frames != background).any(-1)).mean() > 0.999  # rounding to 8 bits aside
     # crops carry the mask of their window
     data = WorldDataset({(2, 4, 6): BucketConfig(5, 32, 48, crop_scale=2)}, num_clips=4, seed=3, fps=8.0, object_masks=True)
     item = data[0]

@@ -39,15 +39,13 @@ def render(scene: Scene, with_mask: bool = False) -> np.ndarray | tuple[np.ndarr
     tracks = simulate(scene)
     pan, scale = camera_at(scene.camera, scene.camera_rate, tracks.times)  # (F,), (F,)
     canvas = render_background(scene, pan, scale)  # (F, H, W, 3) float32 in [0, 1]
-    background = canvas.copy() if with_mask else None
+    mask = np.zeros(canvas.shape[:3], dtype=bool) if with_mask else None
     for i, obj in enumerate(scene.objects):
         screen, _ = to_screen(scene, tracks.centres[:, i], tracks.times)  # (F, 2) px
         _draw(canvas, obj.shape, COLOURS[obj.colour], screen[:, 0], screen[:, 1], tracks.radius[:, i] * scale,
-              tracks.angle[:, i])
+              tracks.angle[:, i], mask)
     frames = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if background is None:
-        return frames
-    return frames, np.abs(canvas - background).max(axis=-1) > 0.5 / 255.0
+    return frames if mask is None else (frames, mask)
 
 
 def render_background(scene: Scene, pan: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -174,11 +172,12 @@ def _clouds(img: np.ndarray, scene: Scene, pan: np.ndarray, scale: np.ndarray) -
             patch += (cloud - patch) * alpha
 
 
-def _draw(canvas: np.ndarray, shape: str, colour, cx, cy, radius, angle) -> None:
+def _draw(canvas: np.ndarray, shape: str, colour, cx, cy, radius, angle, mask: np.ndarray | None = None) -> None:
     """Blend one anti-aliased shape into every frame of ``canvas`` (F, H, W, 3) in place.
 
     cx, cy, radius (equal-area, px) and angle are per frame, shape (F,); the shape is evaluated on one
-    square patch per frame around its centre, all frames at once.
+    square patch per frame around its centre, all frames at once. ``mask`` (F, H, W) bool, if given, is set
+    where the blend changes a channel by more than half a level (per patch: no full-frame pass).
     """
     f, h, w, _ = canvas.shape
     reach = CIRCUMRADIUS[shape] * radius + 1.5  # (F,)
@@ -201,7 +200,10 @@ def _draw(canvas: np.ndarray, shape: str, colour, cx, cy, radius, angle) -> None
             continue
         a = alpha[k, ya - y0[k] : yb - y0[k], xa - x0[k] : xb - x0[k]]
         patch = canvas[k, ya:yb, xa:xb]
-        patch += (rgb - patch) * a
+        change = (rgb - patch) * a
+        patch += change
+        if mask is not None:
+            mask[k, ya:yb, xa:xb] |= np.abs(change).max(axis=-1) > 0.5 / 255.0
 
 
 def _symmetric_sdf(gx: np.ndarray, gy: np.ndarray, shape: str, angle) -> np.ndarray:
