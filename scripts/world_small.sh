@@ -3,9 +3,9 @@
 #   bash scripts/world_small.sh          (RUNS=DIR to put the runs elsewhere; default runs/)
 # A stopped stage resumes where it stopped when the script is run again; a finished one (its model/ folder
 # exists) is skipped. Step counts are the shipped weights'. Stages 1-4 and 6 ran on 2 CPU cores (1.3-1.6 s
-# per step), stage 5 on one H200 (1536 steps in 11 minutes; its batches take ~6 s a step on 2 cores, ~15x slower). The numbers a rerun
-# reaches will differ a little: the VAE's first 8600 steps ran before crops kept the busiest window
-# (crop_tries), and stage 5 stopped on a time limit and resumed once.
+# per step), stage 5 on one H200 (1536 steps in 11 minutes; its batches are 4x the CPU recipe's, so about
+# 6 s a step on 2 cores). The numbers a rerun reaches will differ a little: the VAE's first 8600 steps ran
+# before crops kept the busiest window (crop_tries), and stage 5 stopped on a time limit and resumed once.
 set -euo pipefail
 R=${RUNS:-runs}
 
