@@ -8,6 +8,7 @@ import time
 
 from ..common.io import atomic_write_text
 
+
 class EvalArgumentError(ValueError):
     """An argument combination the benchmark cannot run (the CLI prints it as one line, exit status 2)."""
 
@@ -55,7 +56,7 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
-    if getattr(args, "guidance", None) is not None and (args.ground_truth or args.reconstruct):
+    if args.guidance is not None and (args.ground_truth or args.reconstruct):
         raise EvalArgumentError("--guidance applies to generated videos, not to --ground-truth or --reconstruct")
     if args.suite == "tasks":
         return _run_tasks(args)
@@ -65,7 +66,7 @@ def run_eval(args) -> int:
 
         def generate(prompt: str, seed: int):
             return render(scene_from_prompt(prompt, width, height, frames, fps, seed))
-        label = "ground truth (rendered)"
+        label, sampling = "ground truth (rendered)", None
         if args.reconstruct:  # the model's VAE round trip: the ceiling for any DiT trained on its latents
             generate, label = _round_trip(generate, args.model), f"{args.model or 'bundled model'} VAE reconstructions"
     else:
@@ -77,14 +78,14 @@ def run_eval(args) -> int:
             return pipe.generate(prompt, width=width, height=height, frames=frames, fps=fps, steps=steps,
                                  guidance=guidance, seed=seed).frames
         label = args.model or "bundled model"
-        sampling = pipe.cfg.sampling
-        settings = {"steps": steps or sampling.steps, "guidance": sampling.guidance if guidance is None else guidance}
+        defaults = pipe.cfg.sampling
+        sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance}
     t = time.perf_counter()
     report = run_world_eval(generate, n_per_row=args.n, width=width, height=height, frames=frames, fps=fps,
                             seed=args.seed)
     report["model"] = label
-    if not (args.ground_truth or args.reconstruct):
-        report["sampling"] = settings
+    if sampling is not None:
+        report["sampling"] = sampling
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"world benchmark: {label}, {args.n} prompts per row, {report['seconds']} s")
     print(format_table(report["table"]))
