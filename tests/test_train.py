@@ -59,6 +59,29 @@ def losses(result) -> list[float]:
     return [json.loads(line)["loss"] for line in result.metrics.read_text().splitlines()]
 
 
+def test_data_echo_loads_one_batch_in_n_and_trains_on_new_draws_in_between(tmp_path, cache, monkeypatch):
+    from kinema.train.loop import Trainer
+
+    loaded = []  # the batches the data loader handed over, as sample indices
+    real = Trainer._load_batch
+    monkeypatch.setattr(Trainer, "_load_batch", lambda self, items, step: loaded.append([it.index for it in items])
+                        or real(self, items, step))
+    plain = train(recipe(tmp_path / "plain", cache, max_steps=6))
+    assert len(loaded) == 6
+    loaded.clear()
+    echoed = train(recipe(tmp_path / "echo", cache, max_steps=6, data=dict(echo=3, echo_buffer=2)))
+    assert len(loaded) == 2  # steps 1 and 4 load; 2, 3, 5 and 6 train on a batch from the buffer
+    curve = losses(echoed)
+    assert len(curve) == 6 and all(math.isfinite(v) for v in curve)
+    assert len(set(curve[:3])) == 3  # a replayed batch gets new noise, times and masks: not the same loss again
+    assert losses(plain)[0] == curve[0]  # the first step loads in both runs and draws the same
+
+
+def test_data_echo_must_be_a_positive_integer():
+    with pytest.raises(ConfigError, match=r"data.echo must be an integer >= 1.*got 0"):
+        load_config({"preset": "tiny", "data": {"echo": 0}})
+
+
 # -- exact resume -----------------------------------------------------------------------------------
 
 
@@ -352,6 +375,19 @@ def test_vae_trains_on_the_world_with_object_weight(tmp_path):
                         vae_loss=dict(object_weight=10.0), log=dict(every=1, progress=False, tensorboard=False),
                         sample=dict(every=0)))
     assert result.step == 2 and result.exported is not None
+    assert all(math.isfinite(json.loads(line)["l1"]) for line in result.metrics.read_text().splitlines())
+
+
+def test_vae_run_echoes_its_rendered_batches_too(tmp_path, monkeypatch):
+    from kinema.train.loop import Trainer
+
+    loaded = []
+    real = Trainer._load_batch
+    monkeypatch.setattr(Trainer, "_load_batch", lambda self, items, step: loaded.append(step) or real(self, items, step))
+    result = train(dict(model="vae", preset="tiny", out_dir=str(tmp_path / "vae"), max_steps=3,
+                        data=dict(kind="world", num_clips=8, echo=3, buckets=[dict(frames=5, height=32, width=32)]),
+                        log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=0)))
+    assert loaded == [1] and result.step == 3
     assert all(math.isfinite(json.loads(line)["l1"]) for line in result.metrics.read_text().splitlines())
 
 

@@ -75,6 +75,12 @@ class DataConfig:
     num_clips: int = 10_000  # "world": clips per epoch (the world itself is endless)
     fps: float | None = 8.0  # frame rate clips are rendered / resampled at (None = the file's own, "clips")
     num_workers: int = 0  # DataLoader worker processes per rank
+    # Data echoing: each loaded (and VAE-encoded) batch is trained on ``echo`` times on average. Loaded batches
+    # go into a buffer of the last ``echo_buffer``; between two loads, steps take a random batch from it, with
+    # fresh noise, time, conditioning and caption dropout. For a small model whose steps wait on rendering and
+    # encoding (the world on a GPU); 1 = every step loads. The buffer is not checkpointed: it refills on --resume.
+    echo: int = 1
+    echo_buffer: int = 64
 
     def __post_init__(self):
         _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
@@ -85,6 +91,8 @@ class DataConfig:
         _check(self.num_clips >= 1, f"data.num_clips must be >= 1, got {self.num_clips}")
         _check(self.fps is None or self.fps > 0, f"data.fps must be > 0 or null, got {self.fps}")
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.echo >= 1, f"data.echo must be an integer >= 1 (1 = no echoing), got {self.echo}")
+        _check(self.echo_buffer >= 1, f"data.echo_buffer must be an integer >= 1, got {self.echo_buffer}")
 
 
 @dataclass(frozen=True)

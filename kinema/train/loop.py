@@ -8,6 +8,7 @@ Rank checks live in helpers (``print0``, ``write=d.is_main``), never in the loop
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -101,6 +102,20 @@ class Batch:
 
 
 @dataclass
+class Source:
+    """A loaded micro-batch on the device, before the step's random draws (what data echoing keeps)."""
+
+    items: list[Item]  # pixels / latents dropped: captions or text tokens, indices, grids
+    weights: torch.Tensor  # (B,) 0 where a bad sample was replaced by a stand-in
+    good: int
+    bad: int
+    video: torch.Tensor | None = None  # VAE runs
+    object_mask: torch.Tensor | None = None
+    latents: torch.Tensor | None = None  # DiT runs
+    token_weight: torch.Tensor | None = None
+
+
+@dataclass
 class Window:
     """Sums over the steps since the last metrics line (already summed over ranks)."""
 
@@ -155,6 +170,8 @@ class Trainer:
         self.ema = EMA(self.net, cfg.ema.decay)
 
         self.step, self.data_state = 0, SamplerState()
+        self.echo_buffer: collections.deque[Source] = collections.deque(maxlen=cfg.data.echo_buffer)
+        self.micro_count = 0  # micro-batches since this process started (data echoing's load rhythm)
         self.nan_streak = self.nan_total = 0
         self._text_encoder = self._null_text = None
         self.distiller = None  # few-step distillation: the frozen teacher and the student's schedule
@@ -230,11 +247,16 @@ class Trainer:
                f"{trainable / 1e6:.3g}M trained{', LoRA rank ' + str(cfg.lora.rank) if cfg.lora.rank else ''}) | "
                f"{d.world_size} rank(s), {d.mode}, {d.precision} on {d.device.type} | "
                f"{len(self.dataset)} samples ({cfg.data.kind}), {len(self.sampler)} steps/epoch, "
-               f"{len(self.dataset.skipped)} skipped | matmul peak {peak / 1e9:.1f} GFLOP/s per rank | out: {self.out}")
+               f"{len(self.dataset.skipped)} skipped{self._echo_note()} | matmul peak {peak / 1e9:.1f} GFLOP/s per rank | "
+               f"out: {self.out}")
         if self.distiller is not None:
             dc, info = cfg.distill, self.distiller.info
             print0(f"distilling {cfg.teacher} into a {dc.steps}-step student: {dc.substeps} {dc.sampler} teacher "
                    f"sub-steps per step, guidance {info.guidance} baked in, shift {info.shift}, {dc.states} states")
+
+    def _echo_note(self) -> str:
+        data = self.cfg.data
+        return f", each batch echoed ~{data.echo}x (buffer {data.echo_buffer})" if data.echo > 1 else ""
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -247,8 +269,9 @@ class Trainer:
         local = torch.zeros(6 + 2 * bins, dtype=torch.float64)
         parts_sum: dict[str, torch.Tensor] = {}
         for micro in range(accum):
-            self.data_state, items = next(batches)
-            batch = self._prepare(items, step)
+            source, fresh = self._source(step, micro, batches)
+            batch = self._with_draws(source, step)
+            items = source.items
             with gradient_sync(self.train_model, micro == accum - 1):
                 with autocast(d):
                     losses, parts = self._losses(batch, step)  # (B,) per sample
@@ -256,7 +279,7 @@ class Trainer:
                 (weighted.sum() / (len(items) * accum)).backward()
             weighted, w = weighted.detach().double().cpu(), batch.weights.double().cpu()
             local[:6] += torch.tensor([weighted.sum(), w.sum(), batch.tokens, w.sum(), batch.flops,
-                                       sum(it.error is not None for it in items)], dtype=torch.float64)
+                                       source.bad if fresh else 0], dtype=torch.float64)
             if batch.t is not None:
                 which = timestep_bins(batch.t.cpu(), bins)
                 local[6:6 + bins].index_add_(0, which, weighted)
@@ -326,9 +349,25 @@ class Trainer:
                 yield SamplerState(epoch, position + i + 1), items
             epoch, position = epoch + 1, 0
 
-    def _prepare(self, items: list[Item], step: int) -> Batch:
-        """Tensors for one micro-batch: bad samples recorded and stood in for (weight 0), pixels encoded, noise drawn."""
-        d, mc = self.d, self.model_cfg
+    def _source(self, step: int, micro: int, batches) -> tuple[Source, bool]:
+        """The micro-batch's loaded data and whether it was just loaded: a new batch from the loader, or (data
+        echoing, ``data.echo`` > 1) between loads a random one of the last ``data.echo_buffer`` loaded."""
+        echo = self.cfg.data.echo
+        replay = echo > 1 and self.echo_buffer and self.micro_count % echo != 0
+        self.micro_count += 1
+        if replay:
+            pick = torch.Generator().manual_seed(sample_seed(self.cfg.seed, step * self.cfg.optim.grad_accum + micro,
+                                                             self.d.rank))
+            return self.echo_buffer[int(torch.randint(len(self.echo_buffer), (1,), generator=pick))], False
+        self.data_state, items = next(batches)
+        source = self._load_batch(items, step)
+        if echo > 1:
+            self.echo_buffer.append(source)
+        return source, True
+
+    def _load_batch(self, items: list[Item], step: int) -> Source:
+        """A loaded micro-batch on the device: bad samples recorded and stood in for (weight 0), pixels encoded."""
+        d = self.d
         for it in items:
             if it.error is not None:
                 self.bad.record(step, it.source, it.error)
@@ -340,32 +379,48 @@ class Trainer:
         if any(it.object_mask is not None for it in items):  # a stand-in without one weighs nothing anyway
             masks = torch.stack([it.object_mask if it.object_mask is not None else
                                  torch.zeros(1, *it.video.shape[1:], dtype=torch.bool) for it in items]).to(d.device)
+        bad = len(items) - len(good)
         if self.cfg.model == "vae":
             video = torch.stack([it.video for it in items]).to(d.device)
-            return Batch(weights, tokens=len(good) * video[0].numel() // 3, video=video, object_mask=masks)
-
-        draws = [draw(self.cfg.flow, self.cfg.seed, step, it.index, (mc.vae.z_dim, *it.key)) for it in items]
+            items = [dataclasses.replace(it, video=None, object_mask=None) for it in items]  # on the device now
+            return Source(items, weights, len(good), bad, video=video, object_mask=masks)
+        mc = self.model_cfg
         if self.dataset.pixels:
             video = torch.stack([it.video for it in items]).to(d.device)
             with torch.no_grad(), autocast(d):
                 latents = self.models.vae.encode(video).float()
+            items = [dataclasses.replace(it, video=None, object_mask=None) for it in items]  # kept: captions
+        else:
+            latents = torch.stack([it.latents for it in items]).to(d.device)
+            items = [dataclasses.replace(it, latents=None) for it in items]  # kept: text tokens
+        return Source(items, weights, len(good), bad, latents=latents,
+                      token_weight=None if masks is None else latent_object_weight(
+                          masks, self.cfg.flow.object_weight, mc.vae.temporal_factor, mc.vae.spatial_factor))
+
+    def _with_draws(self, source: Source, step: int) -> Batch:
+        """The step's tensors for a loaded micro-batch: noise, time, conditioning and caption dropout drawn
+        for this step (so an echoed batch is a new problem each time), captions encoded."""
+        d, mc, items = self.d, self.model_cfg, source.items
+        if self.cfg.model == "vae":
+            return Batch(source.weights, tokens=source.good * source.video[0].numel() // 3, video=source.video,
+                         object_mask=source.object_mask)
+        draws = [draw(self.cfg.flow, self.cfg.seed, step, it.index, (mc.vae.z_dim, *it.key)) for it in items]
+        if self.dataset.pixels:
             text_tokens, text_mask = self.text_encoder.encode(["" if dr.drop_text else (it.caption or "")
                                                                for it, dr in zip(items, draws)])
         else:
-            latents = torch.stack([it.latents for it in items]).to(d.device)
             text_tokens, text_mask = _pad_text([self.null_text if dr.drop_text else (it.text_tokens, it.text_mask)
                                                 for it, dr in zip(items, draws)])
         per_sample = dit_tokens(mc.dit, items[0].key)
-        flops = len(good) * dit_train_flops(mc.dit, self.num_params, per_sample, text_tokens.shape[1])
+        flops = source.good * dit_train_flops(mc.dit, self.num_params, per_sample, text_tokens.shape[1])
         if self.distiller is not None:  # the teacher's forwards and the student's K passes; no training time t
             flops *= self.distiller.flops_factor
-        return Batch(weights, tokens=len(good) * per_sample, flops=flops, latents=latents,
+        return Batch(source.weights, tokens=source.good * per_sample, flops=flops, latents=source.latents,
                      noise=torch.stack([dr.noise for dr in draws]).to(d.device),
                      t=None if self.distiller is not None else torch.tensor([dr.t for dr in draws], device=d.device),
                      frame_mask=torch.stack([dr.frame_mask for dr in draws]).to(d.device),
                      text_tokens=text_tokens.to(d.device), text_mask=text_mask.to(d.device),
-                     token_weight=None if masks is None else latent_object_weight(
-                         masks, self.cfg.flow.object_weight, mc.vae.temporal_factor, mc.vae.spatial_factor))
+                     token_weight=source.token_weight)
 
     def _placeholder(self, item: Item) -> Item:
         """A zero sample of ``item``'s grid, so a rank whose whole batch was bad still joins the collectives."""
