@@ -162,9 +162,14 @@ class Pipeline:
         which apply to the teacher only); ``False`` always samples with the teacher.
 
         ``memory``: an offload mode ("none" | "model" | "block") or a full ``MemoryPlan`` (see ``offload.py``).
+
+        On a CPU this also tunes the process's C allocator to keep freed memory (``kinema.common.malloc``).
         """
         from ..text import build_text_encoder
         from ..weights import load_dit, load_vae, read_config
+        if torch.device(device).type == "cpu":
+            from ..common.malloc import keep_freed_memory
+            keep_freed_memory()  # CPU tensors reuse freed memory (first clip 22% faster; KINEMA_MALLOC=system: off)
         path = Path(path) if path is not None else bundled_model_path()
         dtype = usable_dtype(device, dtype or torch.float32)
         plan = MemoryPlan.for_mode(memory) if isinstance(memory, str) else memory
