@@ -3,9 +3,10 @@
 #   bash scripts/world_small.sh          (RUNS=DIR to put the runs elsewhere; default runs/)
 # A stopped stage resumes where it stopped when the script is run again; a finished one (its model/ folder
 # exists) is skipped. Step counts are the shipped weights'. Stages 1-4 and 6 ran on 2 CPU cores (1.3-1.6 s
-# per step), stage 5 on one H200 (1536 steps in 11 minutes; its batches are 4x the CPU recipe's, so about
-# 6 s a step on 2 cores). The numbers a rerun reaches will differ a little: the VAE's first 8600 steps ran
-# before crops kept the busiest window (crop_tries), and stage 5 stopped on a time limit and resumed once.
+# per step), stages 5 and 7 on one H200 (1536 steps in 11 minutes, then 6000 echoed steps in 10; stage 5's
+# batches are 4x the CPU recipe's, so about 6 s a step on 2 cores). The numbers a rerun reaches will differ
+# a little: the VAE's first 8600 steps ran before crops kept the busiest window (crop_tries), stages 5 and 7
+# stopped on a time limit and resumed once, and stage 7 started from stage 5's and 6's fp16-bundled weights.
 set -euo pipefail
 R=${RUNS:-runs}
 
@@ -27,4 +28,7 @@ stage world-small-dit-gpu configs/world-small-dit-gpu.toml --vae_from "$R/world-
 # 6. The decoder once more, on 17-frame clips (the encoder, hence the DiT's latents, stays as it was).
 stage world-small-vae-dec2 configs/world-small-vae.toml --init_from "$R/world-small-vae-obj2/model" --vae_loss.decoder_only true --vae_loss.object_weight 10 --optim.lr 3e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 600 --data.buckets '[{"frames": 17, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4}, {"frames": 9, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4, "weight": 0.5}, {"frames": 1, "height": 64, "width": 64, "batch_size": 8, "crop_scale": 2, "crop_tries": 4, "weight": 0.2}]'
 
-python scripts/bundle_model.py "$R/world-small-dit-gpu/model" --vae "$R/world-small-vae-dec2/model"
+# 7. The DiT further, with data echoing and more 128 px clips (one GPU: 6000 steps in 10 minutes).
+stage world-small-dit-echo configs/world-small-dit-echo.toml --init_from "$R/world-small-dit-gpu/model" --vae_from "$R/world-small-vae-dec2/model"
+
+python scripts/bundle_model.py "$R/world-small-dit-echo/model" --vae "$R/world-small-vae-dec2/model"
