@@ -105,6 +105,14 @@ def test_flow_loss_mask_counts_only_marked_elements():
     assert torch.all(pred.grad[:, :, 0] == 0) and torch.all(pred.grad[:, :, 1] != 0)
     torch.testing.assert_close(flow_loss(pred, target, torch.ones(1)), ((pred - target) ** 2).mean())
     assert flow_loss(pred, target, torch.zeros(1)).item() == 0.0  # nothing counted: 0, not NaN
+    # per sample: each row's own masked mean, equal to the scalar loss of that row alone
+    preds, targets = torch.randn(3, 4, 2, 3, 3), torch.randn(3, 4, 2, 3, 3)
+    masks = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]).view(3, 1, 2, 1, 1)
+    rows = flow_loss(preds, targets, masks, per_sample=True)
+    assert rows.shape == (3,) and rows[2].item() == 0.0
+    torch.testing.assert_close(rows, torch.stack([flow_loss(preds[i:i + 1], targets[i:i + 1], masks[i:i + 1])
+                                                  for i in range(3)]))
+    torch.testing.assert_close(flow_loss(preds, targets, per_sample=True), ((preds - targets) ** 2).mean((1, 2, 3, 4)))
     with pytest.raises(ValueError, match="does not broadcast"):
         flow_loss(pred, target, torch.ones(3, 1, 1, 1, 1))
     with pytest.raises(ValueError, match="target shape"):

@@ -39,13 +39,15 @@ def predict_x0(x_t: Tensor, velocity: Tensor, t: Tensor | float) -> Tensor:
     return (x_t - expand_t(t, x_t) * velocity).to(x_t.dtype)
 
 
-def flow_loss(pred: Tensor, target: Tensor, weight_mask: Tensor | None = None) -> Tensor:
-    """Returns the mean squared error (float32 scalar), averaged only where weight_mask counts (1) if given."""
+def flow_loss(pred: Tensor, target: Tensor, weight_mask: Tensor | None = None, per_sample: bool = False) -> Tensor:
+    """Returns the mean squared error (float32 scalar), averaged only where weight_mask counts (1) if given;
+    with ``per_sample``, one such mean per batch row (B,)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     sq_err = (pred.float() - target.float()).square()
+    dims = tuple(range(1, sq_err.ndim)) if per_sample else tuple(range(sq_err.ndim))
     if weight_mask is None:
-        return sq_err.mean()
+        return sq_err.mean(dims)
     try:
         fits = torch.broadcast_shapes(weight_mask.shape, pred.shape) == pred.shape
     except RuntimeError:
@@ -54,4 +56,4 @@ def flow_loss(pred: Tensor, target: Tensor, weight_mask: Tensor | None = None) -
         raise ValueError(f"weight_mask shape {tuple(weight_mask.shape)} does not broadcast to pred shape {tuple(pred.shape)}")
     weight = weight_mask.float().expand_as(sq_err)
     # Nothing counted (every frame is conditioning) gives 0, not NaN, so one such batch can't poison training.
-    return (sq_err * weight).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return (sq_err * weight).sum(dims) / weight.sum(dims).clamp_min(torch.finfo(torch.float32).tiny)

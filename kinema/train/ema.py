@@ -29,8 +29,8 @@ class EMA:
     def update(self, step: int) -> None:
         """Move the shadow towards the current parameters."""
         weight = 1.0 - self.decay_at(step)
-        for name, p in self.params.items():
-            self.shadow[name].lerp_(p.detach(), weight)
+        names = list(self.params)  # one fused call: a per-tensor loop costs a kernel launch per parameter on a GPU
+        torch._foreach_lerp_([self.shadow[n] for n in names], [self.params[n].detach() for n in names], weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shadow tensors by parameter name (loaded in place by checkpoint loading)."""

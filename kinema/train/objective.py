@@ -73,7 +73,7 @@ def flow_matching_losses(dit, latents: torch.Tensor, noise: torch.Tensor, t: tor
     scored = (~cond.mask)[:, None, :, None, None]  # (B, 1, F, 1, 1)
     if token_weight is not None:
         scored = scored * token_weight
-    return torch.stack([flow_loss(pred[i:i + 1], target[i:i + 1], scored[i:i + 1]) for i in range(latents.shape[0])])
+    return flow_loss(pred, target, scored, per_sample=True)
 
 
 def _edges(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
