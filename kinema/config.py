@@ -262,9 +262,9 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
                       text_dim=384, freq_dim=256, ffn_dim=1024, num_layers=6),
         text=TextConfig(kind="minilm", dim=384),
-        # 12 UniPC steps: the world benchmark scores them as 20 (within noise), and a clip takes 1.9 s instead
-        # of 2.6 on 2 cores in benchmarks/generate.py (about 2.2 s as the CLI's first clip); steps.py measures
-        # how far fewer steps move a video.
+        # 12 UniPC steps: the world benchmark scores them as 20 (within noise), and a clip takes 1.8 s on
+        # 2 cores in benchmarks/generate.py (1.9 s as the CLI's first clip, median; 20 steps took 2.6 s before
+        # kinema.common.malloc); steps.py measures how far fewer steps move a video.
         sampling=SamplingDefaults(width=128, height=128, frames=17, fps=8, steps=12, guidance=4.0, shift=2.0),
     ),
     "wan2.1-t2v-1.3b": ModelConfig(

@@ -48,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from ..common.malloc import keep_freed_memory
-    keep_freed_memory()  # freed tensors reused, not re-faulted (kinema.common.malloc; KINEMA_MALLOC=system: off)
     from ..config import ConfigError
     from ..infer import InputError
     from ..weights import WeightsError

@@ -29,8 +29,8 @@ class EMA:
     def update(self, step: int) -> None:
         """Move the shadow towards the current parameters."""
         weight = 1.0 - self.decay_at(step)
-        names = list(self.params)  # one fused call: a per-tensor loop costs a kernel launch per parameter on a GPU
-        torch._foreach_lerp_([self.shadow[n] for n in names], [self.params[n].detach() for n in names], weight)
+        # one fused call (a per-tensor loop costs a launch per parameter on a GPU); both dicts share one key order
+        torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shadow tensors by parameter name (loaded in place by checkpoint loading)."""

@@ -107,8 +107,7 @@ class Source:
 
     items: list[Item]  # pixels / latents dropped: captions or text tokens, indices, grids
     weights: torch.Tensor  # (B,) 0 where a bad sample was replaced by a stand-in
-    good: int
-    bad: int
+    good: int  # real samples; the rest of ``items`` are stand-ins for bad ones
     video: torch.Tensor | None = None  # VAE runs
     object_mask: torch.Tensor | None = None
     latents: torch.Tensor | None = None  # DiT runs
@@ -279,7 +278,7 @@ class Trainer:
                 (weighted.sum() / (len(items) * accum)).backward()
             weighted, w = weighted.detach().double().cpu(), batch.weights.double().cpu()
             local[:6] += torch.tensor([weighted.sum(), w.sum(), batch.tokens, w.sum(), batch.flops,
-                                       source.bad if fresh else 0], dtype=torch.float64)
+                                       len(items) - source.good if fresh else 0], dtype=torch.float64)
             if batch.t is not None:
                 which = timestep_bins(batch.t.cpu(), bins)
                 local[6:6 + bins].index_add_(0, which, weighted)
@@ -379,11 +378,10 @@ class Trainer:
         if any(it.object_mask is not None for it in items):  # a stand-in without one weighs nothing anyway
             masks = torch.stack([it.object_mask if it.object_mask is not None else
                                  torch.zeros(1, *it.video.shape[1:], dtype=torch.bool) for it in items]).to(d.device)
-        bad = len(items) - len(good)
         if self.cfg.model == "vae":
             video = torch.stack([it.video for it in items]).to(d.device)
             items = [dataclasses.replace(it, video=None, object_mask=None) for it in items]  # on the device now
-            return Source(items, weights, len(good), bad, video=video, object_mask=masks)
+            return Source(items, weights, len(good), video=video, object_mask=masks)
         mc = self.model_cfg
         if self.dataset.pixels:
             video = torch.stack([it.video for it in items]).to(d.device)
@@ -393,7 +391,7 @@ class Trainer:
         else:
             latents = torch.stack([it.latents for it in items]).to(d.device)
             items = [dataclasses.replace(it, latents=None) for it in items]  # kept: text tokens
-        return Source(items, weights, len(good), bad, latents=latents,
+        return Source(items, weights, len(good), latents=latents,
                       token_weight=None if masks is None else latent_object_weight(
                           masks, self.cfg.flow.object_weight, mc.vae.temporal_factor, mc.vae.spatial_factor))
 
