@@ -36,8 +36,8 @@ def test_each_window_holds_the_previous_windows_end(pipe, tmp_path, monkeypatch)
     calls = []
     sample = pipe.sample
 
-    def spy(s, condition=None, init_latents=None, callback=None):
-        out = sample(s, condition=condition, init_latents=init_latents, callback=callback)
+    def spy(s, condition=None, init_latents=None, callback=None, **kw):
+        out = sample(s, condition=condition, init_latents=init_latents, callback=callback, **kw)
         calls.append((s, condition, out))
         return out
 

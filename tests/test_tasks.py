@@ -13,6 +13,7 @@ from kinema.common.video import read_video, resize_video, to_model
 from kinema.common.video_write import write_video
 from kinema.infer import InputError
 from kinema.infer import tasks
+from kinema.tasks import cyclic_velocity
 from kinema.tasks.builders import place
 from kinema.tasks.frames import (frame_mask, grid_count, latent_count, latent_index, masked_pixel_frames, pad_frames,
                                  pixel_count, pixel_span, valid_length)
@@ -160,14 +161,65 @@ def test_connect_holds_both_ends_and_joins_the_inputs(pipe, media):
 
 
 @pytest.mark.parametrize("with_image", [False, True])
-def test_loop_ends_with_its_own_start(pipe, media, with_image):
+def test_loop_is_a_cycle_after_a_run_up(pipe, media, with_image):
     image = media["other"] if with_image else None
     video = tasks.loop(pipe, "a ball", image, frames=13, **KW)
     assert len(video.frames) == 12  # the period: frame 12 would be frame 0 again
     latents = video.latents
-    assert latents.shape[2] == 5 and same(latents[:, :, -1:], latents[:, :, 1:2])  # shared latent frame
+    assert latents.shape[2] == 4  # the run-up latent frame, then the loop's 3
     if with_image:
         assert same(latents[:, :, :1], encode(pipe, media["other"][None]))
+    # the loop is its cycle decoded after itself, so its first frames follow its last ones as when it plays
+    cycle = latents[:, :, 1:]
+    after_itself = pipe.decode(torch.cat([latents, cycle], dim=2))[-12:]
+    assert np.abs(video.frames.astype(int) - after_itself.astype(int)).max() <= 1  # (other chunks: rounding)
+    assert not np.array_equal(video.frames, pipe.decode(latents)[1:])  # not the cycle decoded after the run-up
+
+
+def test_cyclic_velocity_turns_the_cycle_and_keeps_the_run_up():
+    x = torch.arange(5.0).view(1, 1, 5, 1, 1)  # run-up frame 0, cycle of frames 1..4
+    seen = []
+
+    def weighted(x, t):  # not shift-equivariant: each window position has its own weight
+        seen.append(x.flatten().tolist())
+        return x * torch.arange(1.0, 6.0).view(1, 1, 5, 1, 1)
+
+    v = cyclic_velocity(weighted, 4)
+    for i in range(6):
+        out = v(x, torch.ones(1)).flatten().tolist()
+        r = i % 4
+        assert seen[-1] == [0.0] + [1.0 + (j + r) % 4 for j in range(4)]  # the cycle turned by r
+        # frame j of the cycle sat at window position 1 + (j - r) mod 4 and comes back in place
+        assert out == [0.0] + [(1.0 + j) * (2 + (j - r) % 4) for j in range(4)]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "unipc"])
+def test_cyclic_sampling_of_a_pointwise_field_is_plain_sampling(sampler):
+    from kinema.flow import sampling_schedule
+    from kinema.flow.samplers import get_sampler
+
+    target = torch.randn(1, 2, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+
+    def field(x, t):  # the rectified-flow velocity toward a point: the same at every frame position
+        return (x - target) / t.view(-1, 1, 1, 1, 1)
+
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    ts = sampling_schedule(4, shift=2.0)
+    plain = get_sampler(sampler)(field, noise, ts)
+    assert torch.allclose(get_sampler(sampler)(cyclic_velocity(field, 3), noise, ts), plain, atol=1e-6)
+
+
+def test_cyclic_velocity_and_pipeline_refuse_bad_cycles(pipe):
+    with pytest.raises(ValueError, match="at least one latent frame"):
+        cyclic_velocity(lambda x, t: x, 0)
+    with pytest.raises(ValueError, match="window at least that long"):
+        cyclic_velocity(lambda x, t: x, 6)(torch.zeros(1, 1, 5, 1, 1), torch.ones(1))
+    s = pipe.settings("a ball", frames=9, **KW)  # 3 latent frames
+    with pytest.raises(ValueError, match=r"cycle must be .* in \[0, 2\]"):
+        pipe.sample(s, cycle=3)
+    given = place([(2, torch.zeros(1, 16, 1, 4, 4))], 3)
+    with pytest.raises(ValueError, match="cannot hold given frames"):
+        pipe.sample(s, condition=given, cycle=2)
 
 
 def test_loop_seam_measure():
@@ -182,9 +234,9 @@ def test_edit_starts_from_the_input_and_keeps_its_length(pipe, media, monkeypatc
     seen = {}
     sample = pipe.sample
 
-    def spy(s, condition=None, init_latents=None, callback=None):
+    def spy(s, condition=None, init_latents=None, callback=None, **kw):
         seen["init"], seen["strength"] = init_latents, s.strength
-        return sample(s, condition=condition, init_latents=init_latents, callback=callback)
+        return sample(s, condition=condition, init_latents=init_latents, callback=callback, **kw)
 
     monkeypatch.setattr(pipe, "sample", spy)
     light = tasks.edit(pipe, "a ball", clip, strength=0.05, **KW)
@@ -260,6 +312,7 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--extend", "{d}/clip.mp4", "--frames", "17"], "--frames does not apply"),
     (["--long", "10", "-o", "{d}/long.gif"], "--long streams to .mp4 or .webm"),
     (["--image", "{d}/key.png", "-o", "{d}/x.png"], "a .png holds one frame"),
+    (["--loop", "--overlap", "1"], "--overlap goes with --extend, --connect or --long (a loop"),
 ])
 def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):
     write_video(broken / "clip.mp4", media["video"], fps=8)

@@ -49,8 +49,8 @@ def add_task_flags(g: argparse.ArgumentParser) -> None:
                    "(--frames = window), streamed to -o .mp4/.webm in constant memory")
     t.add_argument("--prompts-file", metavar="FILE", help="with --long: timed prompts, one 'SECONDS PROMPT' per line "
                    "(first at 0), instead of the prompt argument")
-    t.add_argument("--overlap", type=int, metavar="N", help="latent frames carried over (extend, connect, long: "
-                   "default 2; loop: shared frames, default 1)")
+    t.add_argument("--overlap", type=int, metavar="N", help="latent frames carried over (extend, connect, long; "
+                   "default 2)")
     t.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
                    help="how inputs of another size are fitted (default crop)")
 
@@ -66,8 +66,9 @@ def task_of(args) -> str:
                               ("--strength", "strength", "edit"), ("--prompts-file", "prompts_file", "long")):
         if getattr(args, dest) not in (None, False) and needs not in given:
             raise CLIError(f"{flag} goes with {_TASK_FLAGS[needs]}" + (", not --loop" if "loop" in given else ""))
-    if args.overlap is not None and not set(given) & {"extend", "connect", "long", "loop"}:
-        raise CLIError("--overlap goes with --extend, --connect, --long or --loop")
+    if args.overlap is not None and not set(given) & {"extend", "connect", "long"}:
+        raise CLIError("--overlap goes with --extend, --connect or --long" +
+                       (" (a loop carries nothing over: it is sampled as a cycle)" if "loop" in given else ""))
     if given:
         return {"image": "image-to-video", "keyframe": "keyframes"}.get(given[0], given[0])
     is_png = bool(args.output) and Path(args.output).suffix.lower() == ".png"

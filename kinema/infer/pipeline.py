@@ -22,7 +22,7 @@ import torch
 from ..config import SAMPLERS, ModelConfig
 from ..dit import DiT
 from ..flow import get_sampler, guided, sampling_schedule
-from ..tasks import Condition, conditioned_velocity
+from ..tasks import Condition, conditioned_velocity, cyclic_velocity
 from ..vae import VAE
 from ..weights.student import StudentInfo, load_student
 from .offload import MemoryPlan, apply_memory_plan
@@ -247,12 +247,14 @@ class Pipeline:
 
     @torch.inference_mode()
     def sample(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+               callback: Callable[[int, int], None] | None = None, cycle: int = 0) -> torch.Tensor:
         """Latents (1, C, F, h, w) for settings ``s``: noise -> sampler, holding ``condition`` frames clean.
 
-        ``init_latents`` with ``s.strength < 1`` starts from the noised input video (SDEdit).
+        ``init_latents`` with ``s.strength < 1`` starts from the noised input video (SDEdit). ``cycle`` > 0:
+        the last ``cycle`` latent frames are one period of a loop, sampled as a cycle (``cyclic_velocity``).
         """
         shape = self.latent_shape(s)
+        _check_cycle(cycle, shape[2], condition)
         gen = torch.Generator("cpu").manual_seed(s.seed)
         noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
         student = self.student if self.uses_student(s) else None  # (DiT, StudentInfo): one forward per step
@@ -268,6 +270,8 @@ class Pipeline:
         text, mask = self.encode_prompts([s.prompt, s.negative_prompt])
         velocity = conditioned_velocity(self.velocity_fn(text, mask, s.guidance) if student is None else
                                         self.velocity_fn(text, mask, 1.0, dit=student[0]), condition)
+        if cycle:
+            velocity = cyclic_velocity(velocity, cycle)
         step_cb = None if callback is None else (lambda i, n, _x: callback(i + 1, n))
         with step_cache(self.dit if student is None else student[0], s.cache_threshold) as cache:  # fresh per run
             x = get_sampler(s.sampler if student is None else "euler")(velocity, x, ts.to(self.device), callback=step_cb)
@@ -275,9 +279,19 @@ class Pipeline:
         return x if condition is None else condition.apply(x)
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """uint8 frames (F, H, W, 3) from latents."""
+    def decode(self, latents: torch.Tensor, cycle: int = 0) -> np.ndarray:
+        """uint8 frames (F, H, W, 3) from latents.
+
+        ``cycle`` > 0: the last ``cycle`` latent frames are one period of a loop. The causal decoder's
+        frames depend on the frames before them, so the period is decoded once more after itself and that
+        second pass is kept: its first frames follow its own last ones, as they do when the loop plays.
+        """
         latents = latents.to(next(self.vae.parameters()).dtype)
+        if cycle:
+            _check_cycle(cycle, latents.shape[2])
+            frames = self.decode(torch.cat([latents, latents[:, :, -cycle:]], dim=2))
+            period = self.cfg.vae.temporal_factor * cycle
+            return np.concatenate([frames[:len(frames) - 2 * period], frames[len(frames) - period:]])
         video = self.vae.decode(latents) if self.vae_tiles is None else decode_tiled(self.vae, latents, *self.vae_tiles)
         return ((video[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
@@ -292,23 +306,33 @@ class Pipeline:
         return self.run(s, progress=progress)
 
     def run(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
-            progress: bool | Callable[[int, int], None] = False) -> Video:
-        """Sample and decode for validated settings; timings per stage are recorded on the result."""
+            progress: bool | Callable[[int, int], None] = False, cycle: int = 0) -> Video:
+        """Sample and decode for validated settings; timings per stage are recorded on the result. ``cycle``:
+        the last latent frames that form a loop (``sample``, ``decode``)."""
         callback, bar = _progress(progress, s.steps)
         t0 = time.perf_counter()
         self.encode_prompts([s.prompt, s.negative_prompt])
         t1 = time.perf_counter()
-        latents = self.sample(s, condition=condition, init_latents=init_latents, callback=callback)
+        latents = self.sample(s, condition=condition, init_latents=init_latents, callback=callback, cycle=cycle)
         t2 = time.perf_counter()
         if bar is not None:
             bar.close()
-        frames = self.decode(latents)
+        frames = self.decode(latents, cycle=cycle)
         t3 = time.perf_counter()
         timings = {"text": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0}
         notes = {} if self.cache_stats is None else {"step_cache": str(self.cache_stats)}
         notes.update(self.student_notes(s))
         return Video(frames=frames, fps=s.fps, settings=s, model=self.name, latents=latents, timings=timings,
                      notes=notes)
+
+
+def _check_cycle(cycle: int, latent_frames: int, condition: Condition | None = None) -> None:
+    """A loop's cycle lies after the first latent frame and holds no given frames (they would turn with it)."""
+    if isinstance(cycle, bool) or not isinstance(cycle, int) or not 0 <= cycle < latent_frames:
+        raise ValueError(f"cycle must be a whole number of latent frames in [0, {latent_frames - 1}] (the first "
+                         f"latent frame cannot recur), got {cycle!r}")
+    if cycle and condition is not None and bool(condition.mask[:, latent_frames - cycle:].any()):
+        raise ValueError("a loop's cycle cannot hold given frames; give them before it (the first latent frame)")
 
 
 def _progress(progress, steps):

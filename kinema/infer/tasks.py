@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..common.video import RESIZE_POLICIES, VideoDecodeError, read_image, read_video, resize_video, to_model
-from ..tasks.builders import Window, connect_window, extend_window, image_window, keyframes_window, loop_window
+from ..tasks.builders import (Window, connect_window, extend_window, image_window, keyframes_window, loop_window,
+                              start_latents)
 from ..tasks.frames import frame_at, grid_count, latent_index, pad_frames, pixel_span
 from .pipeline import InputError, Pipeline, Settings, Video
 
@@ -145,7 +146,8 @@ def _settings(pipe: Pipeline, prompt: str, settings: dict, task: str, **fixed) -
 def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarray | None = None,
          after: np.ndarray | None = None) -> Video:
     """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``."""
-    video = pipe.run(replace(s, frames=window.frames), condition=window.condition, progress=progress)
+    video = pipe.run(replace(s, frames=window.frames), condition=window.condition, progress=progress,
+                     cycle=window.cycle)
     parts = [p for p in (before, video.frames[window.new], after) if p is not None]
     return replace(video, frames=np.concatenate(parts) if len(parts) > 1 else parts[0])
 
@@ -210,29 +212,21 @@ def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds
     return transition, replace(transition, frames=np.concatenate([a, transition.frames, b]))
 
 
-def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, overlap: int = 1, resize: str = "crop",
-         progress=False, **settings) -> Video:
-    """A clip of ``frames - 1`` frames whose last frame leads into its first (from ``image`` if given).
+def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str = "crop", progress=False,
+         **settings) -> Video:
+    """A clip of ``frames - 1`` frames whose last frame leads into its first (after ``image``, if given).
 
-    A short start clip (``overlap`` + 1 latent frames, from the image if any) is sampled first; the loop
-    window then begins with it and ends with its latent frames 1.. again (``loop_window``). With an image,
-    the loop begins on the frame after it: the image is the run-up's first frame.
+    The window is a run-up frame (the image, if any) and the loop's latent frames, sampled and decoded
+    as a cycle (``loop_window``): no frame of the loop is its start or its end while it is made.
     """
-    _check_overlap(overlap)
     s = pipe.settings(prompt, **settings)
     tf = _tf(pipe)
-    period = s.frames - 1
-    if period < tf * (overlap + 1):
-        raise InputError(f"a loop sharing {overlap} latent frame(s) needs at least {tf * (overlap + 1) + 1} frames, "
-                         f"got {s.frames}")
-    start_frames = tf * overlap + 1
+    if s.frames < 2 * tf + 1:
+        raise InputError(f"a loop needs at least {2 * tf + 1} frames (two latent frames), got {s.frames}")
+    first = None
     if image is not None:
-        img = load_image(image, s.width, s.height, resize)
-        start = image_window(encoder(pipe), img, 0, start_frames, tf)
-    else:
-        start = Window(frames=start_frames, condition=None, new=slice(0, start_frames))
-    start_latents = pipe.sample(replace(s, frames=start.frames), condition=start.condition)
-    return _run(pipe, s, loop_window(start_latents, period, tf), progress)
+        first = start_latents(encoder(pipe), load_image(image, s.width, s.height, resize)[None], tf)
+    return _run(pipe, s, loop_window(s.frames - 1, tf, first), progress)
 
 
 def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: str = "crop", progress=False,

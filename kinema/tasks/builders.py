@@ -11,7 +11,7 @@ The VAE is causal, and a window is decoded as a clip of its own, so where a give
   long video) the given frames are encoded as a clip of their own (``start_latents``): the first of
   them becomes the clip's proper first frame (latent frame 0 encodes one pixel frame), exactly as the
   window will be decoded.
-* Anywhere later (extend backwards, the end of connect, keyframes after frame 0, the end of a loop) a
+* Anywhere later (extend backwards, the end of connect, keyframes after frame 0) a
   latent frame stands for ``tf`` pixel frames that follow other frames. Those frames are encoded as
   latent frames 1.. of a clip whose proper start is their own first frame repeated once
   (``middle_latents``); that start's latent is dropped. The encoder thus sees a still history in place
@@ -40,11 +40,13 @@ Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, tf*k+1, H, W) in [-1, 
 
 @dataclass
 class Window:
-    """A clip to sample: ``frames`` pixel frames (tf*k + 1), its condition, and which of its pixel frames are new."""
+    """A clip to sample: ``frames`` pixel frames (tf*k + 1), its condition, and which of its pixel frames are new;
+    ``cycle`` > 0 marks its last latent frames as one period of a loop."""
 
     frames: int
     condition: Condition | None
     new: slice
+    cycle: int = 0
 
 
 # -- encoding given frames ---------------------------------------------------------------------------------
@@ -178,20 +180,16 @@ def connect_window(encode: Encode, video_a: np.ndarray, video_b: np.ndarray, new
     return Window(frames=frames, condition=condition, new=slice(len(head), len(head) + new_frames))
 
 
-def loop_window(start: torch.Tensor, period: int, tf: int) -> Window:
-    """A loop of ``period`` frames (a multiple of tf) from the latents (1, C, k+1, h, w) of a clip's start.
+def loop_window(period: int, tf: int, first: torch.Tensor | None = None) -> Window:
+    """A loop of ``period`` pixel frames (a multiple of tf, at least two latent frames), after a run-up frame.
 
-    The window is [start_0 .. start_k, generated ..., start_1 .. start_k]: its last k latent frames are
-    its latent frames 1..k again, so the period (latent frames 1 .. L-k-1, pixel frames 1 .. period)
-    leads into its own beginning exactly as the model generated it. Latent frame 0, a first-frame latent
-    that cannot recur mid-clip, is the run-up and not part of the loop.
+    The window is [run-up, cycle]: latent frame 0 (a first-frame latent, which cannot recur mid-clip) is
+    the run-up, given as ``first`` (1, C, 1, h, w) when the loop starts from an image, else generated; the
+    ``period // tf`` latent frames after it are the loop, sampled and decoded as a cycle
+    (``Window.cycle``: ``cyclic_velocity``, ``Pipeline.decode``), so its last frame leads into its first.
     """
-    k = start.shape[2] - 1
-    if k < 1:
-        raise ValueError(f"a loop shares at least one latent frame; the start has {start.shape[2]} (need >= 2)")
-    if period % tf or period // tf < k + 1:
-        raise ValueError(f"a loop sharing {k} latent frame(s) has a period that is a multiple of {tf} and at least "
-                         f"{tf * (k + 1)} frames, got {period}")
-    latent_frames = period // tf + k + 1
-    condition = place([(0, start), (latent_frames - k, start[:, :, 1:])], latent_frames)
-    return Window(frames=pixel_count(latent_frames, tf), condition=condition, new=slice(1, 1 + period))
+    if period < 2 * tf or period % tf:
+        raise ValueError(f"a loop's period is a multiple of {tf} frames and at least {2 * tf}, got {period}")
+    cycle = period // tf
+    condition = None if first is None else place([(0, first)], cycle + 1)
+    return Window(frames=pixel_count(cycle + 1, tf), condition=condition, new=slice(1, 1 + period), cycle=cycle)
