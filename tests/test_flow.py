@@ -20,6 +20,7 @@ import torch
 from kinema.flow import (
     SAMPLERS,
     cfg,
+    draw_t,
     euler,
     expand_t,
     flow_loss,
@@ -139,6 +140,21 @@ def test_sample_t_range_determinism_and_median():
         sample_t(4, kind="cosine")
     with pytest.raises(ValueError, match="batch"):
         sample_t(0)
+
+
+def test_draw_t_follows_sample_t():
+    import random
+
+    for kind, shift in (("logit_normal", 1.0), ("uniform", 1.0), ("logit_normal", 3.0)):
+        rng = random.Random("0")
+        one_by_one = torch.tensor([draw_t(rng, kind=kind, shift=shift) for _ in range(20000)])
+        batched = sample_t(20000, torch.Generator().manual_seed(0), kind=kind, shift=shift)
+        assert bool(((one_by_one > 0) & (one_by_one < 1)).all())
+        quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+        assert torch.allclose(one_by_one.double().quantile(quantiles), batched.double().quantile(quantiles), atol=0.015)
+        assert draw_t(random.Random("x"), kind=kind, shift=shift) == draw_t(random.Random("x"), kind=kind, shift=shift)
+    with pytest.raises(ValueError, match="'cosine'"):
+        draw_t(random.Random(0), kind="cosine")
 
 
 def test_shift_t_monotone_and_fixes_ends():

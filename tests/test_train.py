@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kinema.common.video import pixels_to_model
 from kinema.config import ConfigError, preset
 from kinema.train import TrainError, apply_lora, load_config, remove_lora, train
 from kinema.train.buckets import BucketSampler, SamplerState, check_bucket
@@ -167,11 +168,11 @@ def test_world_crops_keep_the_object_scale_of_the_larger_render():
     data = WorldDataset({(2, 4, 6): bucket}, num_clips=6, seed=3, fps=8.0)
     for index in range(6):
         item = data[index]
-        assert item.error is None and tuple(item.video.shape) == (3, 5, 32, 48)
+        assert item.error is None and tuple(item.video.shape) == (3, 5, 32, 48) and item.video.dtype == torch.uint8
         full, _ = render_world(_seed(3, index), 96, 64, 5, 8.0)  # the 2x render the crop comes from
         full = torch.from_numpy(full).permute(3, 0, 1, 2).float() / 127.5 - 1
         windows = full.unfold(2, 32, 1).unfold(3, 48, 1)  # (3, F, top, left, 32, 48)
-        err = (windows - item.video[:, :, None, None]).abs().amax(dim=(0, 1, 4, 5))
+        err = (windows - pixels_to_model(item.video)[:, :, None, None]).abs().amax(dim=(0, 1, 4, 5))
         assert err.min() < 1e-6, "the item is not a window of the larger render"
     assert len({data[i].video.sum().item() for i in range(6)}) == 6
     with pytest.raises(ConfigError, match=r"crop_scale must be an integer in \[1, 8\], got 0"):
@@ -391,6 +392,42 @@ def test_vae_run_echoes_its_rendered_batches_too(tmp_path, monkeypatch):
     assert all(math.isfinite(json.loads(line)["l1"]) for line in result.metrics.read_text().splitlines())
 
 
+def test_dit_on_world_pixels_encodes_captions_once_per_loaded_batch(tmp_path, monkeypatch):
+    from kinema.text.minilm import MiniLMEncoder
+    from kinema.train.loop import Trainer
+
+    encoded, rows = [], []
+    real_encode, real_with_draws = MiniLMEncoder.encode, Trainer._with_draws
+    monkeypatch.setattr(MiniLMEncoder, "encode", lambda self, prompts: encoded.append(list(prompts))
+                        or real_encode(self, prompts))
+
+    def spy(self, source, step):
+        batch = real_with_draws(self, source, step)
+        rows.append((batch.text_tokens, batch.text_mask, source.text, self.null_encoded))
+        return batch
+
+    monkeypatch.setattr(Trainer, "_with_draws", spy)
+    result = train(dict(model="dit", preset="tiny", out_dir=str(tmp_path / "dit"), max_steps=6, seed=1,
+                        data=dict(kind="world", num_clips=16, echo=3,
+                                  buckets=[dict(frames=5, height=32, width=32, batch_size=4)]),
+                        flow=dict(text_dropout=0.5), log=dict(every=1, progress=False, tensorboard=False),
+                        sample=dict(every=0), checkpoint=dict(every=100)))
+    assert result.step == 6
+    captions = [p for p in encoded if p != [""]]  # [""]: the empty prompt, encoded once
+    assert len(captions) == 2 and all(len(p) == 4 and all(p) for p in captions)  # steps 1 and 4 load and encode
+    dropped = []
+    for tokens, mask, (caption_tokens, caption_mask), (null_tokens, null_mask) in rows:
+        for i in range(4):  # every row is its caption's encoding or, dropped, the empty prompt's
+            kept = torch.equal(tokens[i], caption_tokens[i]) and torch.equal(mask[i], caption_mask[i])
+            assert kept or (torch.equal(tokens[i], null_tokens[0]) and torch.equal(mask[i], null_mask[0]))
+            dropped.append(not kept)
+    assert 0 < sum(dropped) < len(dropped)  # caption dropout is drawn anew on every step, replayed ones too
+    assert len({tuple(dropped[i:i + 4]) for i in range(0, 24, 4)}) > 1
+    for line in result.metrics.read_text().splitlines():  # the share of a step spent producing its batch
+        m = json.loads(line)
+        assert 0 < m["data_time_s"] <= m["step_time_s"]
+
+
 def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):
     from kinema.common.video_write import write_video
     from kinema.weights import load_vae
@@ -420,7 +457,8 @@ def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):
     cfg = load_config(json.loads((tmp_path / "vae" / "train_config.json").read_text()))
     data = build_dataset(cfg.data, preset("tiny"), cfg.seed + 1)
     with torch.no_grad():
-        z = torch.cat([vae.encode(data[i].video[None]).flatten(2) for i in range(len(data)) if data[i].video is not None], 2)
+        z = torch.cat([vae.encode(pixels_to_model(data[i].video[None])).flatten(2) for i in range(len(data))
+                       if data[i].video is not None], 2)
     assert torch.allclose(z.mean(dim=(0, 2)), torch.zeros(4), atol=1e-3)
     assert torch.allclose(z.std(dim=(0, 2), correction=0), torch.ones(4), atol=1e-3)
     assert vae.cfg.latents_std != (1.0,) * 4

@@ -67,8 +67,18 @@ def _as_frames(frames: Any) -> np.ndarray:
 def to_model(video: Any, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Float tensor (1, 3, F, H, W) in [-1, 1] from uint8 frames (F, H, W, 3)."""
     frames = torch.from_numpy(np.ascontiguousarray(_as_frames(video)))
-    x = frames.to(device=device).permute(3, 0, 1, 2)[None]  # (F, H, W, 3) -> (1, 3, F, H, W)
-    return x.to(dtype) / 127.5 - 1.0
+    return pixels_to_model(frames.to(device=device).permute(3, 0, 1, 2)[None], dtype)  # (F, H, W, 3) -> (1, 3, F, H, W)
+
+
+def channels_first(video: Any) -> torch.Tensor:
+    """uint8 tensor (3, F, H, W) from uint8 frames (F, H, W, 3): what training data loaders hand over (a
+    quarter of float32's bytes between processes and to the device), ``pixels_to_model`` on arrival."""
+    return torch.from_numpy(np.ascontiguousarray(_as_frames(video))).permute(3, 0, 1, 2).contiguous()
+
+
+def pixels_to_model(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Float in [-1, 1] from uint8 pixels of any layout (as ``to_model`` computes it)."""
+    return pixels.to(dtype) / 127.5 - 1.0
 
 
 def from_model(x: torch.Tensor) -> np.ndarray:

@@ -6,11 +6,12 @@ Nothing here imports a network; samplers take a ``velocity(x, t)`` function.
 from kinema.flow.guidance import cfg, guided
 from kinema.flow.objective import expand_t, flow_loss, interpolate, predict_x0, velocity_target
 from kinema.flow.samplers import SAMPLERS, euler, get_sampler, heun, unipc
-from kinema.flow.schedule import resolution_shift, sample_t, sampling_schedule, shift_t
+from kinema.flow.schedule import draw_t, resolution_shift, sample_t, sampling_schedule, shift_t
 
 __all__ = [
     "SAMPLERS",
     "cfg",
+    "draw_t",
     "euler",
     "expand_t",
     "flow_loss",

@@ -12,6 +12,7 @@ more redundant signal that survives a given noise level) still have their layout
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 from torch import Tensor
@@ -49,6 +50,21 @@ def sample_t(
     else:
         raise ValueError(f"kind must be one of {T_KINDS}, got {kind!r}")
     return shift_t(t, shift).clamp(_T_EPS, 1 - _T_EPS)
+
+
+def draw_t(rng: random.Random, kind: str = "logit_normal", mean: float = 0.0, std: float = 1.0,
+           shift: float = 1.0) -> float:
+    """One training time from the distribution of ``sample_t``, drawn with a Python generator: for the
+    per-sample draws of training, on the host, where one-element tensor calls cost tens of microseconds."""
+    if not std > 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    if kind == "logit_normal":
+        t = 1.0 / (1.0 + math.exp(-(mean + std * rng.gauss(0.0, 1.0))))
+    elif kind == "uniform":
+        t = rng.random()
+    else:
+        raise ValueError(f"kind must be one of {T_KINDS}, got {kind!r}")
+    return min(max(shift_t(t, shift), _T_EPS), 1 - _T_EPS)
 
 
 def resolution_shift(

@@ -11,6 +11,7 @@ clean inputs at t = 0 and are left out of the loss, so the model learns every ta
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 
 import torch
@@ -89,7 +90,7 @@ def cyclic_velocity(velocity, period: int):
 PATTERNS = ("none", "first", "last", "first_k", "last_k", "both_ends", "keyframes")
 
 
-def sample_mask(num_frames: int, probs: dict[str, float], generator: torch.Generator) -> torch.Tensor:
+def sample_mask(num_frames: int, probs: dict[str, float], rng: random.Random) -> torch.Tensor:
     """A random conditioning mask (F,) bool drawn from the pattern probabilities ``probs`` (normalised here)."""
     unknown = sorted(set(probs) - set(PATTERNS))
     if unknown:
@@ -98,9 +99,8 @@ def sample_mask(num_frames: int, probs: dict[str, float], generator: torch.Gener
     mask = torch.zeros(num_frames, dtype=torch.bool)
     if not names or num_frames < 2:
         return mask
-    weights = torch.tensor([probs[p] for p in names], dtype=torch.float64)
-    pattern = names[int(torch.multinomial(weights, 1, generator=generator))]
-    k = int(torch.randint(1, max(2, num_frames // 2 + 1), (1,), generator=generator))
+    pattern = rng.choices(names, weights=[probs[p] for p in names])[0]
+    k = rng.randrange(1, max(2, num_frames // 2 + 1))
     if pattern == "first":
         mask[0] = True
     elif pattern == "last":
@@ -112,6 +112,5 @@ def sample_mask(num_frames: int, probs: dict[str, float], generator: torch.Gener
     elif pattern == "both_ends":
         mask[0] = mask[-1] = True
     elif pattern == "keyframes":
-        n = int(torch.randint(1, max(2, num_frames // 2), (1,), generator=generator))
-        mask[torch.randperm(num_frames, generator=generator)[:n]] = True
+        mask[rng.sample(range(num_frames), rng.randrange(1, max(2, num_frames // 2)))] = True
     return mask

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinema.common.video import IMAGE_EXTS, VIDEO_EXTS, probe_video, read_video, resize_video, to_model
+from kinema.common.video import IMAGE_EXTS, VIDEO_EXTS, channels_first, probe_video, read_video, resize_video
 from kinema.config import ConfigError, ModelConfig
 from kinema.train.buckets import Grid, bucket_grids
 from kinema.train.config import BucketConfig, DataConfig, TrainError
@@ -40,7 +40,7 @@ class Item:
     index: int
     key: Grid
     source: str
-    video: torch.Tensor | None = None  # (3, F, H, W) float in [-1, 1]
+    video: torch.Tensor | None = None  # (3, F, H, W) uint8; ``pixels_to_model`` makes it float in [-1, 1]
     caption: str | None = None
     latents: torch.Tensor | None = None  # (C, F, H, W)
     text_tokens: torch.Tensor | None = None  # (L, D)
@@ -108,7 +108,7 @@ class WorldDataset(TrainDataset):
             rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
             frames = np.ascontiguousarray(frames[:, rows, cols])
             mask = None if mask is None else mask[:, rows, cols]
-        return Item(index, self.keys[index], self.source(index), video=to_model(frames)[0], caption=caption,
+        return Item(index, self.keys[index], self.source(index), video=channels_first(frames), caption=caption,
                     object_mask=None if mask is None else torch.from_numpy(np.ascontiguousarray(mask))[None])
 
 
@@ -206,7 +206,7 @@ class ClipFolder(TrainDataset):
         frames = resize_video(frames[:bucket.frames], bucket.width, bucket.height, policy="crop")
         sidecar = path.with_suffix(".txt")
         caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
-        return Item(index, self.keys[index], str(path), video=to_model(frames)[0], caption=caption)
+        return Item(index, self.keys[index], str(path), video=channels_first(frames), caption=caption)
 
 
 class LatentCache(TrainDataset):

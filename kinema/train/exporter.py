@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
+from kinema.common.video import pixels_to_model
 from kinema.config import ModelConfig
 from kinema.train.build import build_models
 from kinema.train.checkpoint import dcp_load, read_meta
@@ -46,7 +47,7 @@ def latent_statistics(vae, cfg, model_cfg: ModelConfig, clips: int) -> tuple[lis
         item = data[index]
         if item.video is None:
             continue
-        z = vae.encode(item.video[None], normalize=False).double()  # (1, C, f, h, w)
+        z = vae.encode(pixels_to_model(item.video[None]), normalize=False).double()  # (1, C, f, h, w)
         total = total + z.sum(dim=(0, 2, 3, 4))
         total_sq = total_sq + z.square().sum(dim=(0, 2, 3, 4))
         count += z[0, 0].numel()

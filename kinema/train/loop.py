@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from tqdm.auto import tqdm
 
 from kinema.common.io import atomic_write_text
+from kinema.common.video import pixels_to_model
 from kinema.train.buckets import BucketSampler, SamplerState, bucket_grids
 from kinema.train.build import build_models, model_config
 from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -112,6 +113,7 @@ class Source:
     object_mask: torch.Tensor | None = None
     latents: torch.Tensor | None = None  # DiT runs
     token_weight: torch.Tensor | None = None
+    text: tuple[torch.Tensor, torch.Tensor] | None = None  # DiT runs on pixels: the captions, encoded once
 
 
 @dataclass
@@ -172,7 +174,8 @@ class Trainer:
         self.echo_buffer: collections.deque[Source] = collections.deque(maxlen=cfg.data.echo_buffer)
         self.micro_count = 0  # micro-batches since this process started (data echoing's load rhythm)
         self.nan_streak = self.nan_total = 0
-        self._text_encoder = self._null_text = None
+        self._text_encoder = self._null_text = self._null_encoded = None
+        self.noise_generator = torch.Generator(device=d.device)  # reseeded per sample by draw()
         self.distiller = None  # few-step distillation: the frozen teacher and the student's schedule
         if cfg.distill is not None:
             from kinema.train.distill import Distiller
@@ -267,9 +270,14 @@ class Trainer:
         # [weighted loss, weight, tokens, samples, flops, bad samples, loss per t-bin..., weight per t-bin...]
         local = torch.zeros(6 + 2 * bins, dtype=torch.float64)
         parts_sum: dict[str, torch.Tensor] = {}
+        data_s = 0.0
         for micro in range(accum):
+            started = time.perf_counter()
             source, fresh = self._source(step, micro, batches)
             batch = self._with_draws(source, step)
+            if fresh and d.device.type == "cuda":  # count the device's share of loading (VAE, text encoder)
+                torch.cuda.synchronize(d.device)
+            data_s += time.perf_counter() - started
             items = source.items
             with gradient_sync(self.train_model, micro == accum - 1):
                 with autocast(d):
@@ -286,6 +294,7 @@ class Trainer:
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + (v.double().cpu() * w).sum()
         values = self._reduce(local, parts_sum)
+        values["data_s"] = data_s  # this rank's
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["grad_norm"] = clip_grad_norm(self.params, cfg.optim.grad_clip)
         loss = values["loss_sum"] / values["weight"] if values["weight"] > 0 else float("nan")
@@ -379,33 +388,39 @@ class Trainer:
             masks = torch.stack([it.object_mask if it.object_mask is not None else
                                  torch.zeros(1, *it.video.shape[1:], dtype=torch.bool) for it in items]).to(d.device)
         if self.cfg.model == "vae":
-            video = torch.stack([it.video for it in items]).to(d.device)
+            video = pixels_to_model(torch.stack([it.video for it in items]).to(d.device))
             items = [dataclasses.replace(it, video=None, object_mask=None) for it in items]  # on the device now
             return Source(items, weights, len(good), video=video, object_mask=masks)
         mc = self.model_cfg
+        text = None
         if self.dataset.pixels:
-            video = torch.stack([it.video for it in items]).to(d.device)
+            video = pixels_to_model(torch.stack([it.video for it in items]).to(d.device))
             with torch.no_grad(), autocast(d):
                 latents = self.models.vae.encode(video).float()
             items = [dataclasses.replace(it, video=None, object_mask=None) for it in items]  # kept: captions
+            tokens, mask = self.text_encoder.encode([it.caption or "" for it in items])  # once, however
+            text = tokens.to(d.device), mask.to(d.device)  # often data echoing replays the batch
         else:
             latents = torch.stack([it.latents for it in items]).to(d.device)
             items = [dataclasses.replace(it, latents=None) for it in items]  # kept: text tokens
-        return Source(items, weights, len(good), latents=latents,
+        return Source(items, weights, len(good), latents=latents, text=text,
                       token_weight=None if masks is None else latent_object_weight(
                           masks, self.cfg.flow.object_weight, mc.vae.temporal_factor, mc.vae.spatial_factor))
 
     def _with_draws(self, source: Source, step: int) -> Batch:
         """The step's tensors for a loaded micro-batch: noise, time, conditioning and caption dropout drawn
-        for this step (so an echoed batch is a new problem each time), captions encoded."""
+        for this step (so an echoed batch is a new problem each time); dropped captions as the empty prompt."""
         d, mc, items = self.d, self.model_cfg, source.items
         if self.cfg.model == "vae":
             return Batch(source.weights, tokens=source.good * source.video[0].numel() // 3, video=source.video,
                          object_mask=source.object_mask)
-        draws = [draw(self.cfg.flow, self.cfg.seed, step, it.index, (mc.vae.z_dim, *it.key)) for it in items]
-        if self.dataset.pixels:
-            text_tokens, text_mask = self.text_encoder.encode(["" if dr.drop_text else (it.caption or "")
-                                                               for it, dr in zip(items, draws)])
+        draws = [draw(self.cfg.flow, self.cfg.seed, step, it.index, (mc.vae.z_dim, *it.key), self.noise_generator)
+                 for it in items]
+        if source.text is not None:  # dropped captions become the empty prompt's encoding
+            drop = torch.tensor([dr.drop_text for dr in draws], device=d.device)
+            null_tokens, null_mask = self.null_encoded
+            text_tokens = torch.where(drop[:, None, None], null_tokens, source.text[0])
+            text_mask = torch.where(drop[:, None], null_mask, source.text[1])
         else:
             text_tokens, text_mask = _pad_text([self.null_text if dr.drop_text else (it.text_tokens, it.text_mask)
                                                 for it, dr in zip(items, draws)])
@@ -414,7 +429,7 @@ class Trainer:
         if self.distiller is not None:  # the teacher's forwards and the student's K passes; no training time t
             flops *= self.distiller.flops_factor
         return Batch(source.weights, tokens=source.good * per_sample, flops=flops, latents=source.latents,
-                     noise=torch.stack([dr.noise for dr in draws]).to(d.device),
+                     noise=torch.stack([dr.noise for dr in draws]),  # drawn on the device
                      t=None if self.distiller is not None else torch.tensor([dr.t for dr in draws], device=d.device),
                      frame_mask=torch.stack([dr.frame_mask for dr in draws]).to(d.device),
                      text_tokens=text_tokens.to(d.device), text_mask=text_mask.to(d.device),
@@ -424,7 +439,8 @@ class Trainer:
         """A zero sample of ``item``'s grid, so a rank whose whole batch was bad still joins the collectives."""
         bucket = self.buckets[item.key]
         if self.dataset.pixels:
-            return Item(item.index, item.key, "placeholder", video=torch.zeros(3, bucket.frames, bucket.height, bucket.width),
+            return Item(item.index, item.key, "placeholder",
+                        video=torch.zeros(3, bucket.frames, bucket.height, bucket.width, dtype=torch.uint8),
                         caption="")
         tokens, mask = self.null_text
         return Item(item.index, item.key, "placeholder", latents=torch.zeros(self.model_cfg.vae.z_dim, *item.key),
@@ -449,6 +465,14 @@ class Trainer:
             self._null_text = stored
         return self._null_text
 
+    @property
+    def null_encoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (1, L, D), mask (1, L)) of the empty prompt from the text encoder, on the device."""
+        if self._null_encoded is None:
+            tokens, mask = self.text_encoder.null(1)
+            self._null_encoded = tokens.to(self.d.device), mask.to(self.d.device)
+        return self._null_encoded
+
     def _prompt_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens (L, D), mask (L,)) of one prompt; "" is the null text (the latent cache's, when it has one)."""
         if prompt == "":
@@ -464,7 +488,8 @@ class Trainer:
                "lr": s["lr"] / window.steps, "grad_norm": s["grad_norm"] / window.steps,
                ("tokens_per_s" if cfg.model == "dit" else "pixels_per_s"): s["tokens"] / window.seconds,
                "samples_per_s": s["samples"] / window.seconds,
-               "step_time_s": window.seconds / window.steps, "epoch": self.data_state.epoch,
+               "step_time_s": window.seconds / window.steps, "data_time_s": s["data_s"] / window.steps,
+               "epoch": self.data_state.epoch,
                "bad_samples": s["bad"], "skipped_steps": s.get("skipped", 0.0)}
         if cfg.model == "dit":
             out["mfu"] = s["flops"] / window.seconds / (peak * self.d.world_size)
@@ -514,7 +539,8 @@ class Trainer:
             if self.cfg.model == "vae":
                 item = self.dataset[0]
                 if item.error is None:
-                    render_reconstruction(self.net, item.video, self.model_cfg.sampling.fps, out_dir, self.step, d.is_main)
+                    render_reconstruction(self.net, pixels_to_model(item.video), self.model_cfg.sampling.fps, out_dir,
+                                          self.step, d.is_main)
             elif self.distiller is not None:  # the student as generation runs it: K Euler steps, no guidance
                 info = self.distiller.info
                 render_previews(self.net, self.models.vae, self.text_encoder,

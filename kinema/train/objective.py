@@ -8,12 +8,13 @@ the same global batch follow the same loss curve, and a resumed run repeat the o
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from kinema.flow import flow_loss, interpolate, sample_t, velocity_target
+from kinema.flow import draw_t, flow_loss, interpolate, velocity_target
 from kinema.tasks.condition import Condition, sample_mask
 from kinema.train.config import FlowConfig, VAELossConfig
 
@@ -33,13 +34,23 @@ def sample_seed(seed: int, step: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
 
 
-def draw(cfg: FlowConfig, seed: int, step: int, index: int, latent_shape: tuple[int, int, int, int]) -> Draw:
-    """Training time, caption dropout, conditioning mask and noise of one sample at one step."""
-    g = torch.Generator().manual_seed(sample_seed(seed, step, index))
-    t = float(sample_t(1, g, kind=cfg.t_kind, mean=cfg.t_mean, std=cfg.t_std, shift=cfg.shift)[0])
-    drop = bool(torch.rand(1, generator=g) < cfg.text_dropout)
-    mask = sample_mask(latent_shape[1], cfg.cond_probs, g)
-    noise = torch.randn(latent_shape, generator=g)
+def draw(cfg: FlowConfig, seed: int, step: int, index: int, latent_shape: tuple[int, int, int, int],
+         noise_generator: torch.Generator | None = None) -> Draw:
+    """Training time, caption dropout, conditioning mask and noise of one sample at one step.
+
+    This runs for every sample of every step on the host, ahead of the device, so it is kept cheap: the
+    scalars come from Python's generator (one-element torch or NumPy calls cost tens of microseconds
+    each; all of these together cost about ten), and the noise is drawn where it is used, by
+    ``noise_generator`` (reseeded here; a CPU one if None): on a GPU, one kernel instead of a CPU draw
+    and a copy.
+    """
+    rng = random.Random(f"{seed}:{step}:{index}")  # str seeds are hashed (SHA-512): the same in every process
+    t = draw_t(rng, kind=cfg.t_kind, mean=cfg.t_mean, std=cfg.t_std, shift=cfg.shift)
+    drop = rng.random() < cfg.text_dropout
+    mask = sample_mask(latent_shape[1], cfg.cond_probs, rng)
+    g = torch.Generator() if noise_generator is None else noise_generator
+    g.manual_seed(rng.getrandbits(63))
+    noise = torch.randn(latent_shape, generator=g, device=g.device)
     return Draw(t, drop, mask, noise)
 
 
