@@ -174,6 +174,8 @@ def test_loop_is_a_cycle_after_a_run_up(pipe, media, with_image):
     after_itself = pipe.decode(torch.cat([latents, cycle], dim=2))[-12:]
     assert np.abs(video.frames.astype(int) - after_itself.astype(int)).max() <= 1  # (other chunks: rounding)
     assert not np.array_equal(video.frames, pipe.decode(latents)[1:])  # not the cycle decoded after the run-up
+    # the step cache, which reuses residuals across similar inputs, stays off for a turning cycle
+    assert same(tasks.loop(pipe, "a ball", image, frames=13, cache_threshold=0.9, **KW).latents, latents)
 
 
 def test_cyclic_velocity_turns_the_cycle_and_keeps_the_run_up():

@@ -273,7 +273,9 @@ class Pipeline:
         if cycle:
             velocity = cyclic_velocity(velocity, cycle)
         step_cb = None if callback is None else (lambda i, n, _x: callback(i + 1, n))
-        with step_cache(self.dit if student is None else student[0], s.cache_threshold) as cache:  # fresh per run
+        # the step cache reuses a residual across steps by input similarity: a turned cycle is not the same input
+        threshold = 0.0 if cycle else s.cache_threshold
+        with step_cache(self.dit if student is None else student[0], threshold) as cache:  # fresh per run
             x = get_sampler(s.sampler if student is None else "euler")(velocity, x, ts.to(self.device), callback=step_cb)
         self.cache_stats = None if cache is None else cache.stats
         return x if condition is None else condition.apply(x)
