@@ -161,67 +161,60 @@ def test_connect_holds_both_ends_and_joins_the_inputs(pipe, media):
 
 
 @pytest.mark.parametrize("with_image", [False, True])
-def test_loop_is_a_cycle_after_a_run_up(pipe, media, with_image):
+def test_loop_is_a_cycle(pipe, media, with_image):
+    from kinema.infer.pipeline import LOOP_WARMUP
+
     image = media["other"] if with_image else None
     video = tasks.loop(pipe, "a ball", image, frames=13, **KW)
     assert len(video.frames) == 12  # the period: frame 12 would be frame 0 again
     latents = video.latents
-    assert latents.shape[2] == 4  # the run-up latent frame, then the loop's 3
-    if with_image:
-        assert same(latents[:, :, :1], encode(pipe, media["other"][None]))
-    # the loop is its cycle decoded after itself, so its first frames follow its last ones as when it plays
-    cycle = latents[:, :, 1:]
-    after_itself = pipe.decode(torch.cat([latents, cycle], dim=2))[-12:]
-    assert np.abs(video.frames.astype(int) - after_itself.astype(int)).max() <= 1  # (other chunks: rounding)
-    assert not np.array_equal(video.frames, pipe.decode(latents)[1:])  # not the cycle decoded after the run-up
-    # the step cache, which reuses residuals across similar inputs, stays off for a turning cycle
+    assert latents.shape[2] == 3  # three latent frames of 4 pixel frames each, all of them the loop
+    if with_image:  # given, it stays exactly as encoded while the cycle turns around it
+        assert same(latents[:, :, :1], encode(pipe, np.repeat(media["other"][None], TF + 1, axis=0))[:, :, 1:])
+    # decoded after its own end (continued backwards), so its first frames follow its last ones as it plays
+    before = [(i - LOOP_WARMUP) % 3 for i in range(LOOP_WARMUP)]
+    assert np.array_equal(video.frames, pipe.decode(torch.cat([latents[:, :, before], latents], dim=2))[-12:])
+    assert not np.array_equal(video.frames[1:9], pipe.decode(latents)[1:9])  # not the period decoded as a clip
+    # the step cache, which reuses residuals across similar inputs, stays off while the cycle turns
     assert same(tasks.loop(pipe, "a ball", image, frames=13, cache_threshold=0.9, **KW).latents, latents)
 
 
-def test_cyclic_velocity_turns_the_cycle_and_keeps_the_run_up():
-    x = torch.arange(5.0).view(1, 1, 5, 1, 1)  # run-up frame 0, cycle of frames 1..4
+def test_cyclic_velocity_turns_frames_and_their_times_together():
+    x = torch.arange(4.0).view(1, 1, 4, 1, 1)
+    t = torch.tensor([[0.0, 0.5, 0.5, 0.5]])  # frame 0 given (time 0)
     seen = []
 
-    def weighted(x, t):  # not shift-equivariant: each window position has its own weight
-        seen.append(x.flatten().tolist())
-        return x * torch.arange(1.0, 6.0).view(1, 1, 5, 1, 1)
+    def weighted(x, t_frames):  # not shift-equivariant: each window position has its own weight
+        seen.append((x.flatten().tolist(), t_frames.flatten().tolist()))
+        return x * torch.arange(1.0, 5.0).view(1, 1, 4, 1, 1)
 
-    v = cyclic_velocity(weighted, 4)
+    v = cyclic_velocity(weighted)
     for i in range(6):
-        out = v(x, torch.ones(1)).flatten().tolist()
+        out = v(x, t).flatten().tolist()
         r = i % 4
-        assert seen[-1] == [0.0] + [1.0 + (j + r) % 4 for j in range(4)]  # the cycle turned by r
-        # frame j of the cycle sat at window position 1 + (j - r) mod 4 and comes back in place
-        assert out == [0.0] + [(1.0 + j) * (2 + (j - r) % 4) for j in range(4)]
+        frames_in, times_in = seen[-1]
+        assert frames_in == [float((j + r) % 4) for j in range(4)]  # turned by r
+        assert times_in[(4 - r) % 4] == 0.0 and sorted(times_in) == [0.0, 0.5, 0.5, 0.5]  # frame 0's time with it
+        # frame j sat at window position (j - r) mod 4 (weight 1 + that) and comes back in place
+        assert out == [j * (1.0 + (j - r) % 4) for j in range(4)]
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "unipc"])
 def test_cyclic_sampling_of_a_pointwise_field_is_plain_sampling(sampler):
     from kinema.flow import sampling_schedule
     from kinema.flow.samplers import get_sampler
+    from kinema.tasks import conditioned_velocity
 
-    target = torch.randn(1, 2, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(1, 2, 1, 3, 3, generator=torch.Generator().manual_seed(0))  # one image for every frame
 
-    def field(x, t):  # the rectified-flow velocity toward a point: the same at every frame position
-        return (x - target) / t.view(-1, 1, 1, 1, 1)
+    def field(x, t_frames):  # the rectified-flow velocity toward it: the same rule at every frame position
+        return (x - target) / t_frames[:, None, :, None, None].clamp_min(1e-6)
 
-    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(1, 2, 5, 3, 3, generator=torch.Generator().manual_seed(1))
     ts = sampling_schedule(4, shift=2.0)
-    plain = get_sampler(sampler)(field, noise, ts)
-    assert torch.allclose(get_sampler(sampler)(cyclic_velocity(field, 3), noise, ts), plain, atol=1e-6)
-
-
-def test_cyclic_velocity_and_pipeline_refuse_bad_cycles(pipe):
-    with pytest.raises(ValueError, match="at least one latent frame"):
-        cyclic_velocity(lambda x, t: x, 0)
-    with pytest.raises(ValueError, match="window at least that long"):
-        cyclic_velocity(lambda x, t: x, 6)(torch.zeros(1, 1, 5, 1, 1), torch.ones(1))
-    s = pipe.settings("a ball", frames=9, **KW)  # 3 latent frames
-    with pytest.raises(ValueError, match=r"cycle must be .* in \[0, 2\]"):
-        pipe.sample(s, cycle=3)
-    given = place([(2, torch.zeros(1, 16, 1, 4, 4))], 3)
-    with pytest.raises(ValueError, match="cannot hold given frames"):
-        pipe.sample(s, condition=given, cycle=2)
+    plain = get_sampler(sampler)(conditioned_velocity(field, None), noise, ts)
+    turned = get_sampler(sampler)(conditioned_velocity(cyclic_velocity(field), None), noise, ts)
+    assert torch.allclose(turned, plain, atol=1e-6)
 
 
 def test_loop_seam_measure():

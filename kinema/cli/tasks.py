@@ -32,7 +32,7 @@ def add_task_flags(g: argparse.ArgumentParser) -> None:
         "videos are resampled to --fps. Unreadable inputs, --strength outside (0, 1] and keyframe times outside "
         "the clip are refused before anything is generated.")
     t.add_argument("--image", metavar="PATH", help="image-to-video: the image as frame --image-frame (with --loop: "
-                   "the loop starts from it)")
+                   "the loop starts on it, held for one latent frame)")
     t.add_argument("--image-frame", type=int, metavar="N", help="pixel frame to pin --image at (default 0; later "
                    "frames pin a 4-frame still at the latent frame holding N)")
     t.add_argument("--extend", metavar="VIDEO", help="continue VIDEO by --seconds (default: one default clip); "

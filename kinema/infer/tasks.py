@@ -22,7 +22,7 @@ import torch
 
 from ..common.video import RESIZE_POLICIES, VideoDecodeError, read_image, read_video, resize_video, to_model
 from ..tasks.builders import (Window, connect_window, extend_window, image_window, keyframes_window, loop_window,
-                              start_latents)
+                              still_latent)
 from ..tasks.frames import frame_at, grid_count, latent_index, pad_frames, pixel_span
 from .pipeline import InputError, Pipeline, Settings, Video
 
@@ -147,7 +147,7 @@ def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarr
          after: np.ndarray | None = None) -> Video:
     """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``."""
     video = pipe.run(replace(s, frames=window.frames), condition=window.condition, progress=progress,
-                     cycle=window.cycle)
+                     cyclic=window.cyclic)
     parts = [p for p in (before, video.frames[window.new], after) if p is not None]
     return replace(video, frames=np.concatenate(parts) if len(parts) > 1 else parts[0])
 
@@ -214,19 +214,19 @@ def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds
 
 def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str = "crop", progress=False,
          **settings) -> Video:
-    """A clip of ``frames - 1`` frames whose last frame leads into its first (after ``image``, if given).
+    """A clip of ``frames - 1`` frames whose last frame leads into its first (starting on ``image``, if given).
 
-    The window is a run-up frame (the image, if any) and the loop's latent frames, sampled and decoded
-    as a cycle (``loop_window``): no frame of the loop is its start or its end while it is made.
+    The loop's latent frames are sampled and decoded as a cycle (``loop_window``): no frame of it is a start
+    or an end while it is made. An image is held for the loop's first latent frame (``tf`` frames).
     """
     s = pipe.settings(prompt, **settings)
     tf = _tf(pipe)
     if s.frames < 2 * tf + 1:
         raise InputError(f"a loop needs at least {2 * tf + 1} frames (two latent frames), got {s.frames}")
-    first = None
+    still = None
     if image is not None:
-        first = start_latents(encoder(pipe), load_image(image, s.width, s.height, resize)[None], tf)
-    return _run(pipe, s, loop_window(s.frames - 1, tf, first), progress)
+        still = still_latent(encoder(pipe), load_image(image, s.width, s.height, resize), tf)
+    return _run(pipe, s, loop_window(s.frames - 1, tf, still), progress)
 
 
 def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: str = "crop", progress=False,

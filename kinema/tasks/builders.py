@@ -11,7 +11,7 @@ The VAE is causal, and a window is decoded as a clip of its own, so where a give
   long video) the given frames are encoded as a clip of their own (``start_latents``): the first of
   them becomes the clip's proper first frame (latent frame 0 encodes one pixel frame), exactly as the
   window will be decoded.
-* Anywhere later (extend backwards, the end of connect, keyframes after frame 0) a
+* Anywhere later (extend backwards, the end of connect, keyframes after frame 0, in a loop) a
   latent frame stands for ``tf`` pixel frames that follow other frames. Those frames are encoded as
   latent frames 1.. of a clip whose proper start is their own first frame repeated once
   (``middle_latents``); that start's latent is dropped. The encoder thus sees a still history in place
@@ -41,12 +41,12 @@ Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, tf*k+1, H, W) in [-1, 
 @dataclass
 class Window:
     """A clip to sample: ``frames`` pixel frames (tf*k + 1), its condition, and which of its pixel frames are new;
-    ``cycle`` > 0 marks its last latent frames as one period of a loop."""
+    ``cyclic``: its latent frames are one period of a loop (decoded as tf frames each)."""
 
     frames: int
     condition: Condition | None
     new: slice
-    cycle: int = 0
+    cyclic: bool = False
 
 
 # -- encoding given frames ---------------------------------------------------------------------------------
@@ -180,16 +180,14 @@ def connect_window(encode: Encode, video_a: np.ndarray, video_b: np.ndarray, new
     return Window(frames=frames, condition=condition, new=slice(len(head), len(head) + new_frames))
 
 
-def loop_window(period: int, tf: int, first: torch.Tensor | None = None) -> Window:
-    """A loop of ``period`` pixel frames (a multiple of tf, at least two latent frames), after a run-up frame.
-
-    The window is [run-up, cycle]: latent frame 0 (a first-frame latent, which cannot recur mid-clip) is
-    the run-up, given as ``first`` (1, C, 1, h, w) when the loop starts from an image, else generated; the
-    ``period // tf`` latent frames after it are the loop, sampled and decoded as a cycle
-    (``Window.cycle``: ``cyclic_velocity``, ``Pipeline.decode``), so its last frame leads into its first.
+def loop_window(period: int, tf: int, image: torch.Tensor | None = None) -> Window:
+    """A loop of ``period`` pixel frames (a multiple of tf, at least two latent frames): ``period // tf`` latent
+    frames sampled and decoded as a cycle (``Window.cyclic``: ``cyclic_velocity``, ``Pipeline.decode``), so
+    its last frame leads into its first. ``image`` (1, C, 1, h, w), a still latent (``still_latent``: a
+    latent frame of a cycle follows other frames), is given as its latent frame 0: the loop starts on it.
     """
     if period < 2 * tf or period % tf:
         raise ValueError(f"a loop's period is a multiple of {tf} frames and at least {2 * tf}, got {period}")
-    cycle = period // tf
-    condition = None if first is None else place([(0, first)], cycle + 1)
-    return Window(frames=pixel_count(cycle + 1, tf), condition=condition, new=slice(1, 1 + period), cycle=cycle)
+    latent_frames = period // tf
+    condition = None if image is None else place([(0, image)], latent_frames)
+    return Window(frames=pixel_count(latent_frames, tf), condition=condition, new=slice(0, period), cyclic=True)

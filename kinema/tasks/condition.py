@@ -59,29 +59,24 @@ def conditioned_velocity(velocity, cond: Condition | None):
     return held
 
 
-def cyclic_velocity(velocity, period: int):
-    """Wrap a sampler velocity ``(x, t) -> v`` so that the last ``period`` latent frames of x are one cycle of a loop.
+def cyclic_velocity(velocity):
+    """Wrap a network velocity ``(x, t_frames (B, F)) -> v`` so that x's latent frames are sampled as a cycle.
 
     A window is sampled as a line: its last frame is never the neighbour of its first, so a loop sampled as
-    a line has a seam where it wraps, whatever pins its ends. Here call i sees the cycle rotated by
-    ``i mod period`` frames (and its prediction is rotated back), so across the sampling steps every pair of
-    neighbours, the wrap included, sits inside the window and is denoised as an interior transition. Frames
-    before the cycle (the run-up: a first-frame latent, which cannot recur mid-clip) stay in place. The same
-    sampler and the same network serve; only the view of the cycle turns.
+    a line has a seam where it wraps, whatever pins its ends. Here call i sees the frames rotated by
+    ``i mod F`` (their per-frame times with them) and its prediction is rotated back, so across the sampling
+    steps every pair of neighbours, the wrap included, sits inside the window, and every frame takes every
+    position, the first included. Given frames turn with the rest and keep their time 0, so
+    ``conditioned_velocity`` goes around this unchanged. The same sampler and network serve; only the view
+    turns.
     """
-    if period < 1:
-        raise ValueError(f"a cycle has at least one latent frame, got {period}")
     calls = itertools.count()
 
-    def rotated(x, t):
-        if x.shape[2] < period:
-            raise ValueError(f"a cycle of {period} latent frames needs a window at least that long, got {x.shape[2]}")
-        r = next(calls) % period
+    def rotated(x, t_frames):
+        r = next(calls) % x.shape[2]
         if r == 0:
-            return velocity(x, t)
-        head, cycle = x[:, :, :x.shape[2] - period], x[:, :, x.shape[2] - period:]
-        v = velocity(torch.cat([head, cycle.roll(-r, dims=2)], dim=2), t)
-        return torch.cat([v[:, :, :head.shape[2]], v[:, :, head.shape[2]:].roll(r, dims=2)], dim=2)
+            return velocity(x, t_frames)
+        return velocity(x.roll(-r, dims=2), t_frames.roll(-r, dims=1)).roll(r, dims=2)
 
     return rotated
 
