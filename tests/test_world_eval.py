@@ -202,6 +202,7 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     assert 0.0 <= report["extend"]["direction_kept"] <= 1.0
     assert 0.0 <= report["loop"]["seam_within_typical"] <= 1.0 and report["loop"]["median_typical_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_boundary"] <= 1.0 and report["loop"]["median_latent_boundary_step"] >= 0.0
+    assert 0.0 <= report["image_loop"]["seam_within_typical"] <= 1.0
 
 
 def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_dir, tmp_path, one_thread, monkeypatch):

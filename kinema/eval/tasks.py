@@ -9,7 +9,7 @@ say an object that reaches a wall, are redrawn). Per case:
   decoded, not copied);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
   clip did (detector direction of the new frames, starting at the clip's last frame);
-* loop: a loop of the clip's prompt; its seam (mean |last - first|) must be no larger than the median
+* loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean |last - first|) must be no larger than the median
   frame-to-frame difference inside it (``tasks.loop_seam``). Also reported: the median step between latent
   frames inside the loop (frames 4k-1 -> 4k), which the VAE makes larger than steps within one, since the
   wrap is always such a step.
@@ -80,7 +80,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
 
     s = pipe.cfg.sampling  # the model's default size, length, fps and steps
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
-    i2v, ceiling, extended, loops = [], [], [], []
+    i2v, ceiling, extended, loops, image_loops = [], [], [], [], []
     for i, (prompt, clip, move) in enumerate(cases):
         settings = {"seed": seed + i, **{k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}}
         image = clip[0]
@@ -93,12 +93,10 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
         joined = tasks.extend(pipe, prompt, clip, extend_seconds, **settings).frames
         extended.append(direction(joined[len(clip) - 1:], s.fps) == move)
 
-        frames = tasks.loop(pipe, prompt, **settings).frames
-        seam, typical = tasks.loop_seam(frames)
         tf = pipe.cfg.vae.temporal_factor
-        boundary = float(np.median([tasks.loop_seam(frames[j - 1:j + 1])[0] for j in range(tf, len(frames), tf)]))
-        loops.append((seam, typical, boundary))
-    seams = np.asarray(loops)
+        loops.append(_loop_steps(tasks.loop(pipe, prompt, **settings).frames, tf))
+        image_loops.append(_loop_steps(tasks.loop(pipe, prompt, image, **settings).frames, tf))
+    seams, image_seams = np.asarray(loops), np.asarray(image_loops)
     return {
         "cases": n,
         "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
@@ -111,12 +109,24 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
                  "median_seam": float(np.median(seams[:, 0])), "median_typical_step": float(np.median(seams[:, 1])),
                  "median_latent_boundary_step": float(np.median(seams[:, 2])),
                  "seam_within_boundary": float(np.mean(seams[:, 0] <= seams[:, 2]))},
+        "image_loop": {"seam_within_typical": float(np.mean(image_seams[:, 0] <= image_seams[:, 1])),
+                       "median_seam": float(np.median(image_seams[:, 0])),
+                       "median_typical_step": float(np.median(image_seams[:, 1]))},
     }
+
+
+def _loop_steps(frames: np.ndarray, tf: int) -> tuple[float, float, float]:
+    """(seam, median step, median step between latent frames) of a loop's frames."""
+    from kinema.infer import tasks
+
+    seam, typical = tasks.loop_seam(frames)
+    boundary = float(np.median([tasks.loop_seam(frames[j - 1:j + 1])[0] for j in range(tf, len(frames), tf)]))
+    return seam, typical, boundary
 
 
 def format_report(report: dict) -> str:
     """The report as a Markdown table: one row per measurement."""
-    i2v, ext, loop = report["image_to_video"], report["extend"], report["loop"]
+    i2v, ext, loop, image_loop = report["image_to_video"], report["extend"], report["loop"], report["image_loop"]
     rows = [
         ("image-to-video: first frame PSNR vs the image", f"{i2v['psnr_db']:.1f} dB (min {i2v['psnr_db_min']:.1f}; "
                                                           f"VAE round trip {i2v['vae_round_trip_psnr_db']:.1f})"),
@@ -125,5 +135,8 @@ def format_report(report: dict) -> str:
                                              f"{loop['median_seam']:.1f} vs step {loop['median_typical_step']:.1f})"),
         ("loop: seam <= the loop's typical step between latent frames",
          f"{100 * loop['seam_within_boundary']:.0f}% (median {loop['median_latent_boundary_step']:.1f})"),
+        ("loop from the clip's first frame: seam <= typical frame step",
+         f"{100 * image_loop['seam_within_typical']:.0f}% (median seam {image_loop['median_seam']:.1f} vs step "
+         f"{image_loop['median_typical_step']:.1f})"),
     ]
     return "\n".join(["| measure | result |", "| --- | --- |"] + [f"| {a} | {b} |" for a, b in rows])
