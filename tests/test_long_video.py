@@ -1,5 +1,6 @@
-"""Long video on a tiny random model: window bookkeeping, each window's given frames held exactly, timed
-prompts, atomic streaming output, bad input, and peak memory that does not grow with the number of windows."""
+"""Long video on a tiny random model: window bookkeeping, each window continuing the last one's latent frames
+exactly, the whole video decoded as one clip, timed prompts, atomic streaming output, bad input, and peak
+memory that does not grow with the number of windows."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def test_each_window_holds_the_previous_windows_end(pipe, tmp_path, monkeypatch)
     assert calls[0][1] is None
     seeds = [s.seed for s, _, _ in calls]
     assert seeds == [0, 1, 2, 3]
-    for s, condition, latents in calls[1:]:
+    for (_, _, before), (s, condition, latents) in zip(calls, calls[1:]):
         assert condition.mask.tolist() == [[True, True, False]]
+        assert torch.equal(condition.latents[:, :, :2], before[:, :, -2:])  # the last window's end, as it was
         assert torch.equal(latents[:, :, :2], condition.latents[:, :, :2])  # given frames come out exactly
     assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]  # no temporary file left behind
     assert "windows" in read_video_metadata(out)["settings"]
@@ -115,8 +117,9 @@ def test_writer_streams_and_is_atomic(tmp_path):
 # -- memory ----------------------------------------------------------------------------------------------------
 
 
-def peak_memory(run) -> tuple[int, int]:
-    """(torch, python) peak bytes allocated during ``run()`` above what was live before it.
+def peak_memory(run) -> tuple[int, int, int]:
+    """(torch, python) peak bytes allocated during ``run()`` above what was live before it, and the torch bytes
+    still held when it returned (what a leak leaves behind, even one smaller than the first window's peak).
 
     torch: PyTorch's CPU allocator events from the profiler (``profile_memory``), summed in time order;
     every tensor, however it is made, passes through it. python: tracemalloc's peak, which covers numpy
@@ -140,7 +143,7 @@ def peak_memory(run) -> tuple[int, int]:
     for _, nbytes in events:
         live += nbytes
         peak = max(peak, live)
-    return peak, python_peak
+    return peak, python_peak, live
 
 
 def test_peak_memory_does_not_grow_with_length(pipe, tmp_path):
@@ -148,14 +151,15 @@ def test_peak_memory_does_not_grow_with_length(pipe, tmp_path):
         return lambda: long_video(pipe, "a ball", seconds_for(windows), tmp_path / f"{windows}.mp4", **KW)
 
     run(1)()  # warm up: first-call caches (prompt embeddings, kernels) are not per-window memory
-    torch2, py2 = peak_memory(run(2))
-    torch6, py6 = peak_memory(run(6))
-    # One window's decoded pixels: float32 in torch, uint8 in numpy. Keeping the frames of the four extra
-    # windows alive would break these bounds; sampling memory is the same for every window.
+    torch2, py2, held2 = peak_memory(run(2))
+    torch14, py14, held14 = peak_memory(run(14))
+    # One window's decoded pixels: float32 in torch, uint8 in numpy. Keeping the frames of the twelve extra
+    # windows alive would break these bounds (the test below); sampling memory is the same for every window.
     window_float = 3 * WINDOW * 32 * 32 * 4
     window_uint8 = WINDOW * 32 * 32 * 3
-    assert torch6 <= torch2 + window_float // 2, (torch2, torch6)
-    assert py6 <= py2 + 2 * window_uint8, (py2, py6)
+    assert torch14 <= torch2 + window_float // 2, (torch2, torch14)
+    assert held14 <= held2 + window_float // 2, (held2, held14)
+    assert py14 <= py2 + 2 * window_uint8, (py2, py14)
     assert torch2 > 10 * window_float  # the measure sees the sampling and decoding at all
 
 
@@ -163,15 +167,18 @@ def test_the_memory_measure_sees_a_leak(pipe, tmp_path, monkeypatch):
     kept = []
     decode_chunks = pipe.vae.decode_chunks
 
-    def leaky(latents):
-        for chunk in decode_chunks(latents):
+    def leaky(latents, **kw):
+        for chunk in decode_chunks(latents, **kw):
             kept.append(chunk.clone())  # the bug this guards against: holding every window's frames
             yield chunk
 
     monkeypatch.setattr(pipe.vae, "decode_chunks", leaky)
-    torch2, _ = peak_memory(lambda: long_video(pipe, "a ball", seconds_for(2), tmp_path / "2.mp4", **KW))
-    torch6, _ = peak_memory(lambda: long_video(pipe, "a ball", seconds_for(6), tmp_path / "6.mp4", **KW))
-    assert torch6 - torch2 >= 4 * 3 * WINDOW * 32 * 32 * 4 * 0.9
+    long_video(pipe, "a ball", seconds_for(1), tmp_path / "1.mp4", **KW)  # warm up, as the test above does
+    _, _, held2 = peak_memory(lambda: long_video(pipe, "a ball", seconds_for(2), tmp_path / "2.mp4", **KW))
+    _, _, held14 = peak_memory(lambda: long_video(pipe, "a ball", seconds_for(14), tmp_path / "14.mp4", **KW))
+    # each later window decodes only its new frames: 12 more windows' worth, held, must show (they stay under
+    # the first window's peak, which decodes a whole window, so the peak alone would not see them)
+    assert held14 - held2 >= 12 * 3 * (WINDOW - SPAN) * 32 * 32 * 4 * 0.9, (held2, held14)
 
 
 def test_cli_long_with_timed_prompts(tiny_model_dir, tmp_path, capsys):

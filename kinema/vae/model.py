@@ -293,13 +293,18 @@ class VAE(nn.Module):
         return z * self.latents_std.to(z.dtype) + self.latents_mean.to(z.dtype)
 
     # -- decode --------------------------------------------------------------------------------------
-    def decode_chunks(self, latents: torch.Tensor, normalized: bool = True) -> Iterator[torch.Tensor]:
-        """Yield decoded pixel chunks (B, 3, frames, H, W) in [-1, 1], streaming over latent frames."""
+    def decode_chunks(self, latents: torch.Tensor, normalized: bool = True,
+                      stream: Stream | None = None) -> Iterator[torch.Tensor]:
+        """Yield decoded pixel chunks (B, 3, frames, H, W) in [-1, 1], streaming over latent frames.
+
+        ``stream``: a dict kept between calls makes them one clip, each call's latents continuing the last
+        call's (the first call starts it; ``tf`` pixel frames per latent frame after the first).
+        """
         if latents.ndim != 5 or latents.shape[1] != self.cfg.z_dim:
             raise ValueError(f"latents must be (B, {self.cfg.z_dim}, F, H, W), got {tuple(latents.shape)}")
         z = self.denormalize(latents) if normalized else latents
         z = self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype))
-        stream: Stream = {}
+        stream = {} if stream is None else stream
         n = self.cfg.chunk_latent_frames
         for start in range(0, z.shape[2], n):
             yield self.decoder(z[:, :, start:start + n], stream).clamp(-1.0, 1.0)
