@@ -9,10 +9,10 @@ say an object that reaches a wall, are redrawn). Per case:
   decoded, not copied);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
   clip did (detector direction of the new frames, starting at the clip's last frame);
-* loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean |last - first|) must be no larger than the median
-  frame-to-frame difference inside it (``tasks.loop_seam``). Also reported: the median step between latent
-  frames inside the loop (frames 4k-1 -> 4k), which the VAE makes larger than steps within one, since the
-  wrap is always such a step.
+* loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
+  |last - first|) must be no larger than the median frame-to-frame difference inside it
+  (``tasks.loop_seam``). Also reported: the median step between latent frames inside the loop (frames
+  4k-1 -> 4k), which the VAE makes larger than steps within one, since the wrap is always such a step.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     from kinema.infer import tasks
 
     s = pipe.cfg.sampling  # the model's default size, length, fps and steps
+    tf = pipe.cfg.vae.temporal_factor
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
     i2v, ceiling, extended, loops, image_loops = [], [], [], [], []
     for i, (prompt, clip, move) in enumerate(cases):
@@ -93,7 +94,6 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
         joined = tasks.extend(pipe, prompt, clip, extend_seconds, **settings).frames
         extended.append(direction(joined[len(clip) - 1:], s.fps) == move)
 
-        tf = pipe.cfg.vae.temporal_factor
         loops.append(_loop_steps(tasks.loop(pipe, prompt, **settings).frames, tf))
         image_loops.append(_loop_steps(tasks.loop(pipe, prompt, image, **settings).frames, tf))
     seams, image_seams = np.asarray(loops), np.asarray(image_loops)

@@ -467,10 +467,9 @@ class Trainer:
 
     @property
     def null_encoded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (1, L, D), mask (1, L)) of the empty prompt from the text encoder, on the device."""
+        """``null_text`` as a batch of one on the device (kept: swapped in for dropped captions every step)."""
         if self._null_encoded is None:
-            tokens, mask = self.text_encoder.null(1)
-            self._null_encoded = tokens.to(self.d.device), mask.to(self.d.device)
+            self._null_encoded = tuple(x[None].to(self.d.device) for x in self.null_text)
         return self._null_encoded
 
     def _prompt_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
