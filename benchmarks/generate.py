@@ -78,8 +78,9 @@ def timed(fn, repeats: int, device: torch.device, warmup: int = 1) -> float:
 
 
 def dit_inputs(pipe: Pipeline, s, text: torch.Tensor, mask: torch.Tensor | None):
-    """One sampling step's DiT call: the CFG batch (cond, uncond) at t = 500, as ``Pipeline.velocity_fn`` makes it."""
-    rows = 2 if s.guidance != 1 else 1
+    """One sampling step's DiT call: the CFG batch (cond, uncond) at t = 500, as ``Pipeline.velocity_fn`` makes it;
+    the conditional row alone when the model's few-step student samples ``s`` (its guidance is baked in)."""
+    rows = 1 if pipe.uses_student(s) or s.guidance == 1 else 2
     gen = torch.Generator("cpu").manual_seed(0)
     x = torch.randn(pipe.latent_shape(s), generator=gen).to(pipe.device, pipe.dtype).expand(rows, -1, -1, -1, -1)
     t = torch.full((rows,), 500.0, device=pipe.device)
@@ -94,7 +95,8 @@ def stages(pipe: Pipeline, s, repeats: int, peak_gflops: float, scratch: Path) -
     text_s = timed(lambda: pipe.text_encoder.encode(prompts), repeats, dev)
     text, mask = pipe.encode_prompts(prompts)
     x, t, txt, msk = dit_inputs(pipe, s, text, mask)
-    step_s = timed(lambda: pipe.dit(x, t, txt, msk), repeats, dev)
+    net = pipe.student[0] if pipe.uses_student(s) else pipe.dit
+    step_s = timed(lambda: net(x, t, txt, msk), repeats, dev)
     cfg = pipe.cfg.dit
     tokens = x[0, 0].numel() // (cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2])
     flops = dit_flops(cfg, tokens, text.shape[1]) * x.shape[0]
@@ -156,7 +158,9 @@ def print_table(result: dict) -> None:
     st, req = result["stages"], result["request"]
     print(f"\n{result['model']['name']} ({result['model']['kind']} weights), {result['model']['dtype']}, {result['machine']['threads']} threads; "
           f"{req['frames']}x{req['height']}x{req['width']} at {req['fps']} fps ({req['clip_seconds']:.2f} s), "
-          f"{req['steps']} {req['sampler']} steps, guidance {req['guidance']}; load {result['load_s']:.2f} s")
+          + (f"{req['steps']} Euler steps of the model's distilled student (guidance {req['guidance']} baked in)"
+             if req.get("student") else f"{req['steps']} {req['sampler']} steps, guidance {req['guidance']}")
+          + f"; load {result['load_s']:.2f} s")
     print(f"  text encode        {st['text_encode_s'] * 1000:9.1f} ms")
     print(f"  DiT step           {st['dit_step_s'] * 1000:9.1f} ms   {st['dit_gflop_per_step']:.1f} GFLOP, "
           f"MFU {st['dit_step_mfu']:.1%} of {result['machine']['matmul_peak_gflops']:.0f} GFLOP/s")
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "dtype": str(pipe.dtype).removeprefix("torch.")},
             "request": {"width": base.width, "height": base.height, "frames": base.frames, "fps": base.fps,
                         "steps": base.steps, "guidance": base.guidance, "sampler": base.sampler,
+                        "student": pipe.uses_student(base),
                         "clip_seconds": base.frames / base.fps},
             "load_s": load_s,
             "stages": stages(pipe, base, args.repeats, peak, scratch),

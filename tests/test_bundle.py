@@ -87,6 +87,43 @@ def test_bundle_takes_a_fine_tuned_decoder_but_not_another_encoder(bundler, tiny
     assert not (tmp_path / "out2").exists()
 
 
+def test_bundle_ships_a_student_from_another_folder_when_it_fits_the_dit(bundler, tiny_model_dir, tmp_path, one_thread):
+    from safetensors.torch import save_file
+
+    from kinema.weights import load_dit
+    from kinema.weights.student import StudentInfo, read_student, save_student
+
+    dit = load_file(str(tiny_model_dir / "transformer.safetensors"))
+    distilled = tmp_path / "distilled"  # a [distill] run's export: a model folder with its student beside it
+    shutil.copytree(tiny_model_dir, distilled)
+    student = load_dit(distilled)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.25)
+    info = StudentInfo(steps=2, times=(1.0, 0.5, 0.0), guidance=3.0, teacher="older-teacher", train_steps=7)
+    save_student(distilled, student, info)
+
+    out = tmp_path / "out"
+    assert bundler.main([str(tiny_model_dir), "--out", str(out), "--student", str(distilled)]) == 0  # smoke-tests it too
+    assert sorted(p.name for p in out.iterdir()) == ["kinema.json", "student.json", "student.safetensors",
+                                                      "transformer.safetensors", "vae.safetensors"]
+    assert read_student(out) == info
+    shipped, shipped_dit = (load_file(str(out / name)) for name in ("student.safetensors", "transformer.safetensors"))
+    assert all(torch.equal(shipped[k], (v + 0.25).half()) for k, v in dit.items() if v.is_floating_point())
+    assert all(torch.equal(shipped_dit[k], v.half()) for k, v in dit.items() if v.is_floating_point())  # the model's DiT
+
+    misfit = tmp_path / "misfit"
+    misfit.mkdir()
+    (misfit / "student.json").write_text(json.dumps(info.to_dict()))
+    first = sorted(dit)[0]
+    save_file({k: v for k, v in dit.items() if k != first}, str(misfit / "student.safetensors"))
+    with pytest.raises(SystemExit, match=r"does not fit the DiT .*1 tensors.*" + first.replace(".", r"\.")):
+        bundler.bundle(tiny_model_dir, tmp_path / "out2", student=misfit)
+    with pytest.raises(SystemExit, match=r"has no student"):
+        bundler.bundle(tiny_model_dir, tmp_path / "out2", student=tmp_path / "out2-none")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_the_bundled_model_generates_square_wide_and_tall_clips_offline(tmp_path, one_thread):
     """The weights shipped in kinema/assets/world-small load with no --model and no network, at the
     bundled model's default size and at wide and tall sizes; the CLI writes its default clip."""
@@ -109,3 +146,8 @@ def test_the_bundled_model_generates_square_wide_and_tall_clips_offline(tmp_path
     assert main(["generate", "a red ball bounces on the floor", "--steps", "2", "-o", str(out)]) == 0
     frames, fps = read_video(out)
     assert frames.shape == (17, 128, 128, 3) and fps == 8
+    # the shipped 4-step student samples a request for its steps; any other count is the teacher's
+    assert pipe.student is not None and pipe.student[1].steps == 4
+    fast = pipe.generate("a red ball bounces on the floor", steps=4, seed=0)
+    assert "student" in fast.metadata() and fast.frames.shape == (17, 128, 128, 3) and fast.frames.std() > 1.0
+    assert "student" not in video.metadata()

@@ -100,6 +100,20 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_loss_curve_bit_exactly
     assert all(torch.equal(whole_weights[k], parts_weights[k]) for k in whole_weights)
 
 
+def test_schedule_steps_ends_a_run_part_way_along_a_longer_schedule_and_exports_it(tmp_path, cache):
+    def lrs(result):
+        return [json.loads(line)["lr"] for line in result.metrics.read_text().splitlines()]
+
+    longer = train(recipe(tmp_path / "long", cache, max_steps=6))
+    short = train(recipe(tmp_path / "short", cache, max_steps=3, optim=dict(schedule_steps=6)))
+    assert short.step == 3 and short.exported is not None  # it ends at max_steps: exported, not left to resume
+    assert lrs(short) == lrs(longer)[:3]  # the same rates as the first half of the 6-step run
+    assert lrs(longer)[-1] < lrs(short)[-1]  # the 6-step cosine had further to fall
+    assert losses(short) == losses(longer)[:3]
+    with pytest.raises(ConfigError, match=r"optim.schedule_steps must be null or more than warmup_steps \(2\), got 2"):
+        load_config({"preset": "tiny", "optim": {"warmup_steps": 2, "schedule_steps": 2}})
+
+
 def test_time_limit_stops_checkpointed_and_the_run_resumes_to_the_end(tmp_path, cache):
     first = train(recipe(tmp_path / "run", cache, max_steps=4, stop_after_minutes=1e-6))  # out of time after step 1
     assert first.step == 1 and first.exported is None and first.checkpoint is not None

@@ -78,7 +78,7 @@ class Video:
         """Container metadata: prompt, seed, model and every setting."""
         s = asdict(self.settings)
         return {"prompt": s.pop("prompt"), "seed": str(s.pop("seed")), "model": self.model,
-                "settings": __import__("json").dumps(s), "software": "kinema", **self.notes}
+                "settings": json.dumps(s), "software": "kinema", **self.notes}
 
     def save(self, path: str | Path) -> Path:
         """Write the clip (format by extension: .mp4 .webm .gif .png, or a folder of PNGs) atomically."""

@@ -159,6 +159,9 @@ class OptimConfig:
     weight_decay: float = 0.0  # applied to matrices only, never to biases, norms or modulation tables
     warmup_steps: int = 100
     schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr at max_steps) | "constant"
+    # Steps the cosine spans; None = max_steps. Set above max_steps to end a run part-way along a longer
+    # schedule and still export it (e.g. to reproduce a run that a time limit stopped at that step).
+    schedule_steps: int | None = None
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     grad_accum: int = 1  # micro-steps per optimizer step
@@ -171,6 +174,8 @@ class OptimConfig:
         _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip}")
         _check(self.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+        _check(self.schedule_steps is None or self.schedule_steps > self.warmup_steps,
+               f"optim.schedule_steps must be null or more than warmup_steps ({self.warmup_steps}), got {self.schedule_steps}")
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ class Trainer:
                                        forward_methods=("encode", "decode") if cfg.model == "vae" else ())
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = adamw(self.net, cfg.optim)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(lr_factor, cfg.optim, cfg.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(lr_factor, cfg.optim, cfg.optim.schedule_steps or cfg.max_steps))
         self.ema = EMA(self.net, cfg.ema.decay)
 
         self.step, self.data_state = 0, SamplerState()
