@@ -196,6 +196,7 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["cases"] == 2 and report["settings"]["steps"] == 2 and report["settings"]["guidance"] == 2.5
+    assert report["settings"]["student"] is False  # the tiny model has none
     # the pinned first latent frame is decoded by a causal decoder: the first frame is the VAE's round trip
     i2v = report["image_to_video"]
     assert abs(i2v["psnr_db"] - i2v["vae_round_trip_psnr_db"]) < 1e-3
@@ -223,8 +224,41 @@ def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_d
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--guidance", "1.5",
                  "--json", str(out)]) == 0
     assert seen == [(1, 1.5)] * 5  # one video per row
-    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5}
+    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "student": False}
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--json", str(out)]) == 0
     assert seen[-1] == (1, None) and json.loads(out.read_text())["sampling"]["guidance"] == Pipeline.from_pretrained(
         tiny_model_dir).cfg.sampling.guidance  # the model's default, recorded
     assert main(["eval", "world", "--reconstruct", "--guidance", "2", "--n", "1"]) == 2  # refused: nothing is sampled
+
+
+def test_eval_samples_with_the_models_student_unless_told_not_to(tiny_model_dir, tmp_path, one_thread, monkeypatch):
+    import json
+    import shutil
+
+    from kinema.cli import main
+    from kinema.infer import Pipeline
+    from kinema.weights import load_dit
+    from kinema.weights.student import StudentInfo, save_student
+
+    folder = tmp_path / "with-student"
+    shutil.copytree(tiny_model_dir, folder)
+    save_student(folder, load_dit(folder), StudentInfo(steps=1, times=(1.0, 0.0), guidance=2.0))
+    used = []  # per generated video: did the student sample it?
+    original = Pipeline.generate
+
+    def spy(self, prompt, **kw):
+        video = original(self, prompt, **kw)
+        used.append("student" in video.metadata())
+        return video
+
+    monkeypatch.setattr(Pipeline, "generate", spy)
+    out = tmp_path / "world.json"
+    assert main(["eval", "world", "--model", str(folder), "--n", "1", "--steps", "1", "--json", str(out)]) == 0
+    assert used == [True] * 5 and json.loads(out.read_text())["sampling"]["student"] is True
+    used.clear()
+    assert main(["eval", "world", "--model", str(folder), "--n", "1", "--steps", "1", "--no-student", "--json", str(out)]) == 0
+    assert used == [False] * 5 and json.loads(out.read_text())["sampling"]["student"] is False
+    used.clear()
+    assert main(["eval", "world", "--model", str(folder), "--n", "1", "--steps", "2", "--json", str(out)]) == 0
+    assert used == [False] * 5  # another step count: the teacher
+    assert main(["eval", "world", "--reconstruct", "--no-student", "--n", "1"]) == 2  # refused: nothing is sampled

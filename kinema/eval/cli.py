@@ -56,8 +56,9 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
-    if args.guidance is not None and (args.ground_truth or args.reconstruct):
-        raise EvalArgumentError("--guidance applies to generated videos, not to --ground-truth or --reconstruct")
+    for flag, given in (("--guidance", args.guidance is not None), ("--no-student", args.no_student)):
+        if given and (args.ground_truth or args.reconstruct):
+            raise EvalArgumentError(f"{flag} applies to generated videos, not to --ground-truth or --reconstruct")
     if args.suite == "tasks":
         return _run_tasks(args)
     width, height, frames, fps = 128, 128, 17, 8
@@ -71,7 +72,7 @@ def run_eval(args) -> int:
             generate, label = _round_trip(generate, args.model), f"{args.model or 'bundled model'} VAE reconstructions"
     else:
         from ..infer import Pipeline
-        pipe = Pipeline.from_pretrained(args.model)
+        pipe = Pipeline.from_pretrained(args.model, student=not args.no_student)
         steps, guidance = args.steps, args.guidance
 
         def generate(prompt: str, seed: int):
@@ -79,7 +80,8 @@ def run_eval(args) -> int:
                                  guidance=guidance, seed=seed).frames
         label = args.model or "bundled model"
         defaults = pipe.cfg.sampling
-        sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance}
+        sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance,
+                    "student": _samples_with_student(pipe, steps)}
     t = time.perf_counter()
     report = run_world_eval(generate, n_per_row=args.n, width=width, height=height, frames=frames, fps=fps,
                             seed=args.seed)
@@ -101,14 +103,20 @@ def _run_tasks(args) -> int:
     if args.ground_truth or args.reconstruct:
         raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
     t = time.perf_counter()
-    report = run_tasks_eval(Pipeline.from_pretrained(args.model), n=args.n, seed=args.seed, steps=args.steps,
-                            guidance=args.guidance)
+    pipe = Pipeline.from_pretrained(args.model, student=not args.no_student)
+    report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["model"] = args.model or "bundled model"
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")
     print(format_report(report))
     _save(report, args.json)
     return 0
+
+
+def _samples_with_student(pipe, steps: int | None) -> bool:
+    """Whether ``pipe`` samples a request for ``steps`` (None: its default) with its few-step student."""
+    return pipe.uses_student(pipe.settings("a red ball", steps=steps))
 
 
 def _save(report: dict, path: str | None) -> None:
