@@ -440,6 +440,7 @@ def test_dit_on_world_pixels_encodes_captions_once_per_loaded_batch(tmp_path, mo
     for line in result.metrics.read_text().splitlines():  # the share of a step spent producing its batch
         m = json.loads(line)
         assert 0 < m["data_time_s"] <= m["step_time_s"]
+        assert 0 <= m["loader_wait_s"] <= m["data_time_s"]  # waiting on the workers is part of producing it
 
 
 def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):

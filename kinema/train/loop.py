@@ -173,6 +173,7 @@ class Trainer:
         self.step, self.data_state = 0, SamplerState()
         self.echo_buffer: collections.deque[Source] = collections.deque(maxlen=cfg.data.echo_buffer)
         self.micro_count = 0  # micro-batches since this process started (data echoing's load rhythm)
+        self.loader_wait_s = 0.0  # seconds waiting on the data loader since the last optimizer step
         self.nan_streak = self.nan_total = 0
         self._text_encoder = self._null_text = self._null_encoded = None
         self.noise_generator = torch.Generator(device=d.device)  # reseeded per sample by draw()
@@ -295,6 +296,7 @@ class Trainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + (v.double().cpu() * w).sum()
         values = self._reduce(local, parts_sum)
         values["data_s"] = data_s  # this rank's
+        values["loader_wait_s"], self.loader_wait_s = self.loader_wait_s, 0.0  # the part of data_s spent waiting on the loader
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["grad_norm"] = clip_grad_norm(self.params, cfg.optim.grad_clip)
         loss = values["loss_sum"] / values["weight"] if values["weight"] > 0 else float("nan")
@@ -367,7 +369,9 @@ class Trainer:
             pick = torch.Generator().manual_seed(sample_seed(self.cfg.seed, step * self.cfg.optim.grad_accum + micro,
                                                              self.d.rank))
             return self.echo_buffer[int(torch.randint(len(self.echo_buffer), (1,), generator=pick))], False
+        started = time.perf_counter()
         self.data_state, items = next(batches)
+        self.loader_wait_s += time.perf_counter() - started  # the workers' share: rendering, decoding, collation
         source = self._load_batch(items, step)
         if echo > 1:
             self.echo_buffer.append(source)
@@ -488,6 +492,7 @@ class Trainer:
                ("tokens_per_s" if cfg.model == "dit" else "pixels_per_s"): s["tokens"] / window.seconds,
                "samples_per_s": s["samples"] / window.seconds,
                "step_time_s": window.seconds / window.steps, "data_time_s": s["data_s"] / window.steps,
+               "loader_wait_s": s["loader_wait_s"] / window.steps,
                "epoch": self.data_state.epoch,
                "bad_samples": s["bad"], "skipped_steps": s.get("skipped", 0.0)}
         if cfg.model == "dit":
