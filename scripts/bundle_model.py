@@ -60,9 +60,11 @@ def check_student_fits(model: Path, student: Path) -> None:
     if not (student / "student.safetensors").is_file() or not (student / "student.json").is_file():
         raise SystemExit(f"bundle: --student {student} has no student (needs student.safetensors and student.json, "
                          f"as a [distill] run exports them)")
-    with safe_open(str(model / "transformer.safetensors"), "pt") as a, safe_open(str(student / "student.safetensors"), "pt") as b:
-        mine = {k: a.get_slice(k).get_shape() for k in a.keys()}
-        theirs = {k: b.get_slice(k).get_shape() for k in b.keys()}
+    def shapes(path: Path) -> dict[str, list[int]]:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_slice(k).get_shape() for k in f.keys()}
+
+    mine, theirs = shapes(model / "transformer.safetensors"), shapes(student / "student.safetensors")
     if mine != theirs:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise SystemExit(f"bundle: --student {student} does not fit the DiT of {model} ({len(diff)} tensors differ in "
@@ -121,7 +123,8 @@ def smoke_test(path: Path) -> None:
         if pipe.student is None:
             raise SystemExit(f"bundle: {path} has a student.json but its student did not load")
         steps = pipe.student[1].steps
-        video = pipe.generate("a red ball bounces on the floor", steps=steps, frames=5, width=cfg["width"], height=cfg["height"])
+        video = pipe.generate("a red ball bounces on the floor", steps=steps, frames=5, width=cfg["width"],
+                              height=cfg["height"])
         if video.frames.shape[0] != 5 or "student" not in video.metadata():
             raise SystemExit(f"bundle: the student's smoke test ({steps} steps) did not sample with the student")
 

@@ -32,7 +32,7 @@ stage world-small-vae-dec2 configs/world-small-vae.toml --init_from "$R/world-sm
 # 7. The DiT further, with data echoing and more 128 px clips (one GPU: 6000 steps in 10 minutes).
 stage world-small-dit-echo configs/world-small-dit-echo.toml --init_from "$R/world-small-dit-gpu/model" --vae_from "$R/world-small-vae-dec2/model"
 # 8. The DiT further, 4x the batches (one GPU: 2690 steps of a 3000-step schedule in 11.5 minutes).
-stage world-small-dit-echo2 configs/world-small-dit-echo2.toml --init_from "$R/world-small-dit-echo/model" --vae_from "$R/world-small-vae-dec2/model" --max_steps 2690 --optim.schedule_steps 3000
+stage world-small-dit-echo2 configs/world-small-dit-echo2.toml --init_from "$R/world-small-dit-echo/model" --vae_from "$R/world-small-vae-dec2/model"
 # 9. The 4-step student, distilled from stage 7's DiT (on the same GPU beside stage 8: 754 steps of a
 #    1500-step schedule, 4x the config's batches).
 stage world-small-distill configs/world-small-distill.toml --init_from "$R/world-small-dit-echo/model" --max_steps 754 --optim.schedule_steps 1500 --sample.every 0 --data.num_workers 6 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 16}, {"frames": 17, "height": 96, "width": 160, "batch_size": 16, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 16, "weight": 0.25}, {"frames": 33, "height": 128, "width": 128, "batch_size": 8, "weight": 0.25}, {"frames": 1, "height": 128, "width": 128, "batch_size": 64, "weight": 0.25}]'

@@ -167,7 +167,8 @@ class Trainer:
                                        forward_methods=("encode", "decode") if cfg.model == "vae" else ())
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = adamw(self.net, cfg.optim)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(lr_factor, cfg.optim, cfg.optim.schedule_steps or cfg.max_steps))
+        horizon = cfg.optim.schedule_steps or cfg.max_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(lr_factor, cfg.optim, horizon))
         self.ema = EMA(self.net, cfg.ema.decay)
 
         self.step, self.data_state = 0, SamplerState()
@@ -296,7 +297,7 @@ class Trainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + (v.double().cpu() * w).sum()
         values = self._reduce(local, parts_sum)
         values["data_s"] = data_s  # this rank's
-        values["loader_wait_s"], self.loader_wait_s = self.loader_wait_s, 0.0  # the part of data_s spent waiting on the loader
+        values["loader_wait_s"], self.loader_wait_s = self.loader_wait_s, 0.0  # the loader's part of data_s
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["grad_norm"] = clip_grad_norm(self.params, cfg.optim.grad_clip)
         loss = values["loss_sum"] / values["weight"] if values["weight"] > 0 else float("nan")
