@@ -441,6 +441,8 @@ def test_dit_on_world_pixels_encodes_captions_once_per_loaded_batch(tmp_path, mo
         m = json.loads(line)
         assert 0 < m["data_time_s"] <= m["step_time_s"]
         assert 0 <= m["loader_wait_s"] <= m["data_time_s"]  # waiting on the workers is part of producing it
+        assert m["loader_wait_s"] + m["encode_s"] <= m["data_time_s"]  # and so is encoding it
+        assert (m["encode_s"] > 0) == (m["step"] in (1, 4))  # only the steps that load a batch encode one
 
 
 def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):

@@ -175,6 +175,7 @@ class Trainer:
         self.echo_buffer: collections.deque[Source] = collections.deque(maxlen=cfg.data.echo_buffer)
         self.micro_count = 0  # micro-batches since this process started (data echoing's load rhythm)
         self.loader_wait_s = 0.0  # seconds waiting on the data loader since the last optimizer step
+        self.encode_s = 0.0  # seconds putting loaded batches on the device (VAE, text encoder) since then
         self.nan_streak = self.nan_total = 0
         self._text_encoder = self._null_text = self._null_encoded = None
         self.noise_generator = torch.Generator(device=d.device)  # reseeded per sample by draw()
@@ -298,6 +299,7 @@ class Trainer:
         values = self._reduce(local, parts_sum)
         values["data_s"] = data_s  # this rank's
         values["loader_wait_s"], self.loader_wait_s = self.loader_wait_s, 0.0  # the loader's part of data_s
+        values["encode_s"], self.encode_s = self.encode_s, 0.0  # encoding's part; the rest: the step's draws
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["grad_norm"] = clip_grad_norm(self.params, cfg.optim.grad_clip)
         loss = values["loss_sum"] / values["weight"] if values["weight"] > 0 else float("nan")
@@ -372,8 +374,12 @@ class Trainer:
             return self.echo_buffer[int(torch.randint(len(self.echo_buffer), (1,), generator=pick))], False
         started = time.perf_counter()
         self.data_state, items = next(batches)
-        self.loader_wait_s += time.perf_counter() - started  # the workers' share: rendering, decoding, collation
+        loaded = time.perf_counter()
+        self.loader_wait_s += loaded - started  # the workers' share: rendering, decoding, collation
         source = self._load_batch(items, step)
+        if self.d.device.type == "cuda":  # the device's share of encoding
+            torch.cuda.synchronize(self.d.device)
+        self.encode_s += time.perf_counter() - loaded
         if echo > 1:
             self.echo_buffer.append(source)
         return source, True
@@ -493,7 +499,7 @@ class Trainer:
                ("tokens_per_s" if cfg.model == "dit" else "pixels_per_s"): s["tokens"] / window.seconds,
                "samples_per_s": s["samples"] / window.seconds,
                "step_time_s": window.seconds / window.steps, "data_time_s": s["data_s"] / window.steps,
-               "loader_wait_s": s["loader_wait_s"] / window.steps,
+               "loader_wait_s": s["loader_wait_s"] / window.steps, "encode_s": s["encode_s"] / window.steps,
                "epoch": self.data_state.epoch,
                "bad_samples": s["bad"], "skipped_steps": s.get("skipped", 0.0)}
         if cfg.model == "dit":
