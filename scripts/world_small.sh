@@ -4,10 +4,10 @@
 # A stopped stage resumes where it stopped when the script is run again; a finished one (its model/ folder
 # exists) is skipped. Step counts are the shipped weights'. Stages 1-4 and 6 ran on 2 CPU cores (1.3-1.6 s
 # per step), stages 5 and 7 on one H200 (1536 steps in 11 minutes, then 6000 echoed steps in 10; stage 5's
-# batches are 4x the CPU recipe's, so about 6 s a step on 2 cores), 8 and 9 side by side on one H100. The
-# numbers a rerun reaches will differ a little: the VAE's first 8600 steps ran before crops kept the busiest
-# window (crop_tries), stages 5, 7, 8 and 9 stopped on a time limit and resumed once, and stages 7, 8 and 9
-# started from the previous stages' fp16-bundled weights.
+# batches are 4x the CPU recipe's, so about 6 s a step on 2 cores), 8 on one H100, 9 and 10 one after the
+# other on one H200. The numbers a rerun reaches will differ a little: the VAE's first 8600 steps ran before
+# crops kept the busiest window (crop_tries), stages 5, 7 and 8 stopped on a time limit and resumed once, and
+# stages 7, 8 and 9 started from the previous stages' fp16-bundled weights.
 set -euo pipefail
 R=${RUNS:-runs}
 
@@ -33,8 +33,10 @@ stage world-small-vae-dec2 configs/world-small-vae.toml --init_from "$R/world-sm
 stage world-small-dit-echo configs/world-small-dit-echo.toml --init_from "$R/world-small-dit-gpu/model" --vae_from "$R/world-small-vae-dec2/model"
 # 8. The DiT further, 4x the batches (one GPU: 2690 steps of a 3000-step schedule in 11.5 minutes).
 stage world-small-dit-echo2 configs/world-small-dit-echo2.toml --init_from "$R/world-small-dit-echo/model" --vae_from "$R/world-small-vae-dec2/model"
-# 9. The 4-step student, distilled from stage 7's DiT (on the same GPU beside stage 8: 754 steps of a
-#    1500-step schedule, 4x the config's batches).
-stage world-small-distill configs/world-small-distill.toml --init_from "$R/world-small-dit-echo/model" --max_steps 754 --optim.schedule_steps 1500 --sample.every 0 --data.num_workers 6 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 16}, {"frames": 17, "height": 96, "width": 160, "batch_size": 16, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 16, "weight": 0.25}, {"frames": 33, "height": 128, "width": 128, "batch_size": 8, "weight": 0.25}, {"frames": 1, "height": 128, "width": 128, "batch_size": 64, "weight": 0.25}]'
+# 9. The DiT further at a lower peak rate (one GPU to itself: 1900 steps in 6.5 minutes).
+stage world-small-dit-echo3 configs/world-small-dit-echo3.toml --init_from "$R/world-small-dit-echo2/model" --vae_from "$R/world-small-vae-dec2/model"
+# 10. The 4-step student, distilled from stage 9's DiT (the same GPU, right after: 457 steps of a 600-step
+#     schedule in 5 minutes, 4x the config's batches).
+stage world-small-distill configs/world-small-distill.toml --init_from "$R/world-small-dit-echo3/model" --max_steps 457 --optim.schedule_steps 600 --sample.every 0 --data.num_workers 14 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 16}, {"frames": 17, "height": 96, "width": 160, "batch_size": 16, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 16, "weight": 0.25}, {"frames": 33, "height": 128, "width": 128, "batch_size": 8, "weight": 0.25}, {"frames": 1, "height": 128, "width": 128, "batch_size": 64, "weight": 0.25}]'
 
-python scripts/bundle_model.py "$R/world-small-dit-echo2/model" --vae "$R/world-small-vae-dec2/model" --student "$R/world-small-distill/model"
+python scripts/bundle_model.py "$R/world-small-dit-echo3/model" --vae "$R/world-small-vae-dec2/model" --student "$R/world-small-distill/model"
