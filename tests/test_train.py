@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from kinema.common.video import pixels_to_model
 from kinema.config import ConfigError, preset
 from kinema.train import TrainError, apply_lora, load_config, remove_lora, train
-from kinema.train.buckets import BucketSampler, SamplerState, check_bucket
+from kinema.train.buckets import BucketSampler, GridKeys, SamplerState, check_bucket
 from kinema.train.config import BucketConfig
 from kinema.data.cache import write_latent_cache
 
@@ -164,6 +164,24 @@ def test_bucket_sampler_is_deterministic_per_seed_and_resumes_mid_epoch():
     resumed = sampler.iterate(full[4][0])
     assert [next(resumed) for _ in range(len(full) - 5)] == full[5:]
     assert full[len(sampler)][0] == SamplerState(1, 1)
+
+
+def test_compact_grid_keys_give_the_same_epochs_as_a_list_of_grids():
+    codes = np.random.default_rng(3).integers(0, 3, size=257)
+    compact, listed = GridKeys(GRIDS, codes), [GRIDS[c] for c in codes]
+    assert len(compact) == 257 and list(compact) == listed and list(compact[5:9]) == listed[5:9]
+    sizes = {GRIDS[0]: 4, GRIDS[1]: 3, GRIDS[2]: 5}
+    for world in (1, 2, 3):
+        for rank in range(world):
+            a = BucketSampler(compact, sizes, seed=5, rank=rank, world_size=world)
+            b = BucketSampler(listed, sizes, seed=5, rank=rank, world_size=world)
+            assert len(a) == len(b) == len(a.global_units(1))  # counted without drawing an epoch
+            for epoch in (0, 1):
+                batches = a.rank_batches(epoch)
+                assert batches == b.rank_batches(epoch) and all(isinstance(x, list) for x in batches)
+                assert list(batches[3:]) == list(batches)[3:]  # resuming mid-epoch slices the same batches
+    with pytest.raises(ValueError, match="indices into 3 grid"):
+        GridKeys(GRIDS, np.array([0, 3]))
 
 
 def test_a_bucket_that_cannot_fit_the_patch_grid_is_refused_with_the_rule():

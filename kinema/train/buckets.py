@@ -80,6 +80,67 @@ class SamplerState:
         return {"epoch": self.epoch, "position": self.position}
 
 
+class GridKeys(Sequence):
+    """A dataset's latent grid per sample, stored compactly: ``grids[codes[i]]`` is sample i's grid.
+
+    A list of one tuple per sample costs seconds and hundreds of MB at millions of samples (the world's
+    epochs are 10M clips); this is one small integer per sample, and ``BucketSampler`` groups it in numpy.
+    """
+
+    def __init__(self, grids: Sequence[Grid], codes: np.ndarray):
+        self.grids = [tuple(g) for g in grids]
+        self.codes = np.asarray(codes)
+        if self.codes.ndim != 1 or (len(self.codes) and not 0 <= self.codes.min() <= self.codes.max() < len(self.grids)):
+            raise ValueError(f"codes must be a 1-D array of indices into {len(self.grids)} grid(s)")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return GridKeys(self.grids, self.codes[index])
+        return self.grids[self.codes[index]]
+
+
+class RankBatches(Sequence):
+    """One rank's batches of an epoch, each a list of sample indices, made when asked for (an epoch of
+    millions of samples as Python lists would cost seconds and hundreds of MB up front).
+
+    ``orders[b]`` is bucket b's samples in the epoch's shuffled order; row i of ``units`` (bucket, start,
+    stop) is step i's unit, ``orders[bucket][start:stop]``, of which this rank takes slice ``rank``.
+    """
+
+    def __init__(self, orders: list[np.ndarray], units: np.ndarray, rank: int, world_size: int):
+        self.orders, self.units, self.rank, self.world_size = orders, units, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RankBatches(self.orders, self.units[index], self.rank, self.world_size)
+        bucket, start, stop = (int(v) for v in self.units[index])
+        per_rank = (stop - start) // self.world_size
+        first = start + self.rank * per_rank
+        return self.orders[bucket][first:first + per_rank].tolist()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+
+def _group(keys: Sequence[Grid]) -> dict[Grid, np.ndarray]:
+    """Latent grid -> the ascending indices of its samples."""
+    if isinstance(keys, GridKeys):
+        out: dict[Grid, np.ndarray] = {}
+        for code in np.unique(keys.codes):
+            out.setdefault(keys.grids[code], []).append(np.flatnonzero(keys.codes == code))
+        return {g: np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0] for g, parts in out.items()}
+    lists: dict[Grid, list[int]] = {}
+    for index, key in enumerate(keys):
+        lists.setdefault(tuple(key), []).append(index)
+    return {g: np.asarray(v, dtype=np.int64) for g, v in lists.items()}
+
+
 class BucketSampler:
     """This rank's batches of sample indices, one latent grid per batch, deterministic for a seed."""
 
@@ -87,16 +148,16 @@ class BucketSampler:
                  world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        missing = sorted({k for k in keys} - set(batch_sizes))
+        self.members = dict(sorted(_group(keys).items()))
+        missing = sorted(set(self.members) - set(batch_sizes))
         if missing:
             raise ValueError(f"no batch size for latent grid(s) {missing[:5]}; known: {sorted(batch_sizes)}")
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batch_sizes = dict(batch_sizes)
-        self.members: dict[Grid, np.ndarray] = {}
-        for index, key in enumerate(keys):
-            self.members.setdefault(tuple(key), []).append(index)
-        self.members = {k: np.asarray(v, dtype=np.int64) for k, v in sorted(self.members.items())}
-        self.units_per_epoch = len(self.global_units(0))
+        self.units_per_epoch = 0  # full units, plus a tail unit where the tail has a sample for every rank
+        for key, members in self.members.items():
+            full, tail = divmod(len(members), self.batch_sizes[key] * world_size)
+            self.units_per_epoch += full + (tail >= world_size)
         if self.units_per_epoch == 0:
             raise TrainError(f"{len(keys)} sample(s) cannot fill one batch over {world_size} rank(s): every bucket "
                              f"needs at least {world_size} samples (sizes: "
@@ -106,27 +167,33 @@ class BucketSampler:
         """Steps (units) per epoch; the same on every rank."""
         return self.units_per_epoch
 
+    def _epoch(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each bucket's samples in ``epoch``'s order, and the epoch's units in step order, as rows (bucket,
+        start, stop) into those: full units of ``batch_size * world_size``, then a short tail split evenly
+        over the ranks (the rest of it waits for a later epoch)."""
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
+        orders, tables = [], []
+        for b, (key, members) in enumerate(self.members.items()):
+            orders.append(members[rng.permutation(len(members))])
+            size = self.batch_sizes[key] * self.world_size
+            full, tail = divmod(len(members), size)
+            starts = np.arange(full, dtype=np.int64) * size
+            rows = [np.stack([np.full(full, b), starts, starts + size], axis=1)]
+            if tail >= self.world_size:
+                end = full * size + tail // self.world_size * self.world_size
+                rows.append(np.array([[b, full * size, end]]))
+            tables.append(np.concatenate(rows).reshape(-1, 3))
+        units = np.concatenate(tables) if tables else np.zeros((0, 3), dtype=np.int64)
+        return orders, units[rng.permutation(len(units))]
+
     def global_units(self, epoch: int) -> list[np.ndarray]:
         """Every unit of ``epoch`` in order, each the indices of all ranks' batches (rank r's slice is its own)."""
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-        units: list[np.ndarray] = []
-        for key, members in self.members.items():
-            order = members[rng.permutation(len(members))]
-            size = self.batch_sizes[key] * self.world_size
-            for start in range(0, len(order), size):
-                unit = order[start:start + size]
-                per_rank = len(unit) // self.world_size  # a short tail is split evenly; the rest waits
-                if per_rank:
-                    units.append(unit[:per_rank * self.world_size])
-        return [units[i] for i in rng.permutation(len(units))]
+        orders, units = self._epoch(epoch)
+        return [orders[b][start:stop] for b, start, stop in units.tolist()]
 
-    def rank_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches for ``epoch``, in order."""
-        out = []
-        for unit in self.global_units(epoch):
-            per_rank = len(unit) // self.world_size
-            out.append(unit[self.rank * per_rank:(self.rank + 1) * per_rank].tolist())
-        return out
+    def rank_batches(self, epoch: int) -> RankBatches:
+        """This rank's batches for ``epoch``, in order (a sequence of lists of sample indices)."""
+        return RankBatches(*self._epoch(epoch), self.rank, self.world_size)
 
     def iterate(self, state: SamplerState = SamplerState()) -> Iterator[tuple[SamplerState, list[int]]]:
         """Endless (state after the batch, batch indices), starting at ``state``, across epochs."""

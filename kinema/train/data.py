@@ -29,7 +29,7 @@ import torch
 
 from kinema.common.video import IMAGE_EXTS, VIDEO_EXTS, channels_first, probe_video, read_video, resize_video
 from kinema.config import ConfigError, ModelConfig
-from kinema.train.buckets import Grid, bucket_grids
+from kinema.train.buckets import Grid, GridKeys, bucket_grids
 from kinema.train.config import BucketConfig, DataConfig, TrainError
 
 
@@ -89,7 +89,7 @@ class WorldDataset(TrainDataset):
             raise ConfigError("data.buckets: every weight is 0; the world needs at least one size to draw")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5A11])))
         choice = rng.choice(len(grids), size=num_clips, p=weights / weights.sum())
-        self.keys = [grids[c] for c in choice]
+        self.keys = GridKeys(grids, choice.astype(np.int32))
         self.buckets, self.seed, self.fps, self.skipped = buckets, seed, fps, []
         self.object_masks = object_masks  # items carry where the objects are (vae_loss.object_weight)
         self.captioned = captioned  # False (VAE runs): skip checking that motions read back as captioned
