@@ -1,6 +1,6 @@
 """``kinema generate`` end to end, stage by stage, with and without the step cache; kinema vs diffusers per stage.
 
-    python benchmarks/generate.py [--model PATH] [--thresholds 0 0.1] [--repeats 3] [--json out.json]
+    python benchmarks/generate.py [--model PATH] [--thresholds 0 0.1] [--repeats 3] [--compile] [--json out.json]
 
 Stages: text encode, DiT step (the CFG batch, alone), VAE decode, MP4 write; then whole generations
 (text -> sampling -> decode -> MP4, prompt cache cleared first, model loading apart) for each step-cache
@@ -160,6 +160,27 @@ def versus_diffusers(pipe: Pipeline, s, repeats: int) -> list[dict]:
     return rows + [{"case": "VAE decode", "kinema_s": dec_k, "diffusers_s": dec_d, "ratio": dec_d / dec_k}]
 
 
+@torch.inference_mode()
+def versus_compiled(pipe: Pipeline, s, repeats: int) -> list[dict]:
+    """The DiT step and the VAE decode eager vs ``torch.compile`` (inductor, static shapes), interleaved; the
+    first compiled call (compiling) is timed apart. ratio = eager / compiled, > 1 means compiling helps."""
+    text, mask = pipe.encode_prompts([s.prompt, s.negative_prompt])
+    x, t, txt, msk = dit_inputs(pipe, s, text, mask)
+    net = pipe.student[0] if pipe.uses_student(s) else pipe.dit
+    z = x[:1].float().to(next(pipe.vae.parameters()).dtype)
+    rows = []
+    for case, eager in ((f"DiT step ({x.shape[0]} rows)", lambda f: f(x, t, txt, msk)),
+                        ("VAE decode", lambda f: f(z, normalized=False))):
+        fn = net if case.startswith("DiT") else pipe.vae.decode
+        compiled = torch.compile(fn, dynamic=False)
+        started = time.perf_counter()
+        eager(compiled)
+        compile_s = time.perf_counter() - started
+        e, c = compare(lambda: eager(fn), lambda: eager(compiled), repeats)
+        rows.append({"case": case, "eager_s": e, "compiled_s": c, "compile_s": compile_s, "ratio": e / c})
+    return rows
+
+
 def print_table(result: dict) -> None:
     st, req = result["stages"], result["request"]
     print(f"\n{result['model']['name']} ({result['model']['kind']} weights), {result['model']['dtype']}, {result['machine']['threads']} threads; "
@@ -179,6 +200,9 @@ def print_table(result: dict) -> None:
         print(f"  {r['cache_threshold']:>8g} {r['total_s']:8.2f} {r['real_time_factor']:6.2f} {r['sample_s']:9.2f} "
               f"{r['step_s'] * 1000:8.1f} {reused:>8} {r['sample_speedup']:8.2f}x {r['latent_rel_err']:10.4f} "
               f"{'exact' if r['psnr_db'] is None else format(r['psnr_db'], '.1f'):>8}")
+    for r in result.get("vs_compiled", []):
+        print(f"  {r['case'] + ', torch.compile':36s} eager  {r['eager_s'] * 1000:8.1f} ms   compiled  "
+              f"{r['compiled_s'] * 1000:8.1f} ms   x{r['ratio']:.2f} (compiling: {r['compile_s']:.0f} s)")
     for r in result.get("vs_diffusers", []):
         print(f"  {r['case']:36s} kinema {r['kinema_s'] * 1000:8.1f} ms   diffusers {r['diffusers_s'] * 1000:8.1f} ms"
               f"   x{r['ratio']:.2f}")
@@ -197,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     ap.add_argument("--no-diffusers", action="store_true", help="skip the kinema vs diffusers rows")
+    ap.add_argument("--compile", action="store_true", help="also time the DiT step and VAE decode under torch.compile")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -238,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
             db = psnr(video.frames, ref_video.frames)
             row["psnr_db"] = None if math.isinf(db) else db  # None: identical frames
             result["runs"].append(row)
+        if args.compile:
+            result["vs_compiled"] = versus_compiled(pipe, base, args.repeats)
         if not args.no_diffusers:
             try:
                 result["vs_diffusers"] = versus_diffusers(pipe, base, args.repeats)
