@@ -87,6 +87,11 @@ def dit_inputs(pipe: Pipeline, s, text: torch.Tensor, mask: torch.Tensor | None)
     return x.contiguous(), t, text[:rows], None if mask is None else mask[:rows]
 
 
+def step_net(pipe: Pipeline, s):
+    """The network one sampling step of ``s`` calls: the model's few-step student when it samples ``s``, else the DiT."""
+    return pipe.student[0] if pipe.uses_student(s) else pipe.dit
+
+
 @torch.inference_mode()
 def stages(pipe: Pipeline, s, repeats: int, peak_gflops: float, scratch: Path) -> dict:
     """Seconds of each stage on its own, and the DiT step's FLOPs and MFU."""
@@ -95,7 +100,7 @@ def stages(pipe: Pipeline, s, repeats: int, peak_gflops: float, scratch: Path) -
     text_s = timed(lambda: pipe.text_encoder.encode(prompts), repeats, dev)
     text, mask = pipe.encode_prompts(prompts)
     x, t, txt, msk = dit_inputs(pipe, s, text, mask)
-    net = pipe.student[0] if pipe.uses_student(s) else pipe.dit
+    net = step_net(pipe, s)
     step_s = timed(lambda: net(x, t, txt, msk), repeats, dev)
     cfg = pipe.cfg.dit
     tokens = x[0, 0].numel() // (cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2])
@@ -166,17 +171,15 @@ def versus_compiled(pipe: Pipeline, s, repeats: int) -> list[dict]:
     first compiled call (compiling) is timed apart. ratio = eager / compiled, > 1 means compiling helps."""
     text, mask = pipe.encode_prompts([s.prompt, s.negative_prompt])
     x, t, txt, msk = dit_inputs(pipe, s, text, mask)
-    net = pipe.student[0] if pipe.uses_student(s) else pipe.dit
     z = x[:1].float().to(next(pipe.vae.parameters()).dtype)
     rows = []
-    for case, eager in ((f"DiT step ({x.shape[0]} rows)", lambda f: f(x, t, txt, msk)),
-                        ("VAE decode", lambda f: f(z, normalized=False))):
-        fn = net if case.startswith("DiT") else pipe.vae.decode
+    for case, fn, call in ((f"DiT step ({x.shape[0]} rows)", step_net(pipe, s), lambda f: f(x, t, txt, msk)),
+                           ("VAE decode", pipe.vae.decode, lambda f: f(z, normalized=False))):
         compiled = torch.compile(fn, dynamic=False)
         started = time.perf_counter()
-        eager(compiled)
+        call(compiled)
         compile_s = time.perf_counter() - started
-        e, c = compare(lambda: eager(fn), lambda: eager(compiled), repeats)
+        e, c = compare(lambda: call(fn), lambda: call(compiled), repeats)
         rows.append({"case": case, "eager_s": e, "compiled_s": c, "compile_s": compile_s, "ratio": e / c})
     return rows
 

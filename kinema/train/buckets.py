@@ -90,6 +90,8 @@ class GridKeys(Sequence):
     def __init__(self, grids: Sequence[Grid], codes: np.ndarray):
         self.grids = [tuple(g) for g in grids]
         self.codes = np.asarray(codes)
+        if len(set(self.grids)) != len(self.grids):
+            raise ValueError(f"grids must be distinct, got {self.grids}")
         if self.codes.ndim != 1 or (len(self.codes) and not 0 <= self.codes.min() <= self.codes.max() < len(self.grids)):
             raise ValueError(f"codes must be a 1-D array of indices into {len(self.grids)} grid(s)")
 
@@ -131,10 +133,7 @@ class RankBatches(Sequence):
 def _group(keys: Sequence[Grid]) -> dict[Grid, np.ndarray]:
     """Latent grid -> the ascending indices of its samples."""
     if isinstance(keys, GridKeys):
-        out: dict[Grid, np.ndarray] = {}
-        for code in np.unique(keys.codes):
-            out.setdefault(keys.grids[code], []).append(np.flatnonzero(keys.codes == code))
-        return {g: np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0] for g, parts in out.items()}
+        return {keys.grids[code]: np.flatnonzero(keys.codes == code) for code in np.unique(keys.codes)}
     lists: dict[Grid, list[int]] = {}
     for index, key in enumerate(keys):
         lists.setdefault(tuple(key), []).append(index)
