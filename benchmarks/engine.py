@@ -58,10 +58,13 @@ def reference_dit(ours):
 
     from kinema.weights.folder import dit_config_to_diffusers
 
-    param = next(ours.parameters())
     ref = WanTransformer3DModel.from_config(dit_config_to_diffusers(ours.cfg))
     ref.load_state_dict(ours.state_dict(), strict=True)
-    return _cast(ref, param)
+    ref = _cast(ref, ours.patch_embedding.weight)
+    for name, p in ref.named_parameters():  # what from_pretrained(torch_dtype=bf16) leaves in fp32
+        if any(part in (ref._keep_in_fp32_modules or ()) for part in name.split(".")):
+            p.data = p.data.float()
+    return ref
 
 
 def reference_vae(ours):
@@ -101,7 +104,7 @@ def dit_pair(dtype: torch.dtype, shape: str = "issue"):
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.02)
-    ours = ours.to(dtype)
+    ours = ours.to_precision(dtype)
     return ours, reference_dit(ours), cfg
 
 
@@ -115,13 +118,15 @@ def dit_flops(cfg, tokens: int, text_len: int) -> float:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
-    return torch.cuda.is_available() or torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+    from kinema.infer.pipeline import native_cpu_dtypes
+
+    return torch.cuda.is_available() or torch.bfloat16 in native_cpu_dtypes()
 
 
 def bench_dit(repeats: int, rows: list, shape: str = "issue"):
     dtypes = (torch.float32, torch.bfloat16) if native_bf16() else (torch.float32,)
     if not native_bf16():
-        print(f"bf16: skipped, this CPU has no native bf16 (capability {torch.backends.cpu.get_cpu_capability()})")
+        print("bf16: skipped, this CPU has no native bf16 (no AVX-512 BF16 or AMX)")
     for dtype in dtypes:
         ours, ref, cfg = dit_pair(dtype, shape)
         peak = matmul_peak(dtype)
@@ -155,17 +160,19 @@ def bench_vae(repeats: int, rows: list):
     from kinema.config import VAEConfig
     from kinema.vae import VAE
 
-    torch.manual_seed(0)
-    ref = AutoencoderKLWan(base_dim=32, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1).eval()
-    ours = VAE(VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1)).eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    video = torch.rand(1, 3, 17, 128, 128) * 2 - 1
-    z = torch.randn(1, 16, 5, 16, 16)
-    with torch.inference_mode():
-        a, b = compare(lambda: ours.encode_moments(video), lambda: ref.encode(video), repeats)
-        rows.append(_row("VAE encode 17x128x128", a, b))
-        a, b = compare(lambda: ours.decode(z, normalized=False), lambda: ref.decode(z), repeats)
-        rows.append(_row("VAE decode 17x128x128", a, b))
+    for dtype in (torch.float32, torch.bfloat16) if native_bf16() else (torch.float32,):
+        torch.manual_seed(0)
+        ref = AutoencoderKLWan(base_dim=32, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1).eval()
+        ours = VAE(VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1)).eval()
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        ours, ref = ours.to(dtype), _cast(ref, next(ours.parameters()))
+        video = (torch.rand(1, 3, 17, 128, 128) * 2 - 1).to(dtype)
+        z = torch.randn(1, 16, 5, 16, 16).to(dtype)
+        with torch.inference_mode():
+            a, b = compare(lambda: ours.encode_moments(video), lambda: ref.encode(video), repeats)
+            rows.append(_row(f"VAE encode 17x128x128 {_name(dtype)}", a, b))
+            a, b = compare(lambda: ours.decode(z, normalized=False), lambda: ref.decode(z), repeats)
+            rows.append(_row(f"VAE decode 17x128x128 {_name(dtype)}", a, b))
 
 
 def _name(dtype):
@@ -191,7 +198,8 @@ def main():
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     bf16 = f", bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s" if native_bf16() else ""
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}"
+          f"{' + bf16' if native_bf16() else ''}; "
           f"matmul peak fp32 {matmul_peak(torch.float32):.0f} GFLOP/s{bf16}")
     rows: list = []
     if args.only in (None, "vae"):

@@ -9,8 +9,12 @@
 __version__ = "0.1.0"
 
 
-def load(path=None, device: str = "cpu", dtype=None, lora=None):
-    """A ready Pipeline for a kinema or diffusers Wan folder (None = the bundled model)."""
+def load(path=None, device: str = "cpu", dtype="auto", lora=None):
+    """A ready Pipeline for a kinema or diffusers Wan folder (None = the bundled model).
+
+    ``dtype``: "auto" (as the CLI: bf16 where the device computes it natively, else fp32), "fp32", "bf16",
+    "fp16" or a ``torch.dtype``.
+    """
     from .infer import Pipeline
     return Pipeline.from_pretrained(path, device=device, dtype=dtype, lora=lora)
 

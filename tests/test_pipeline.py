@@ -113,12 +113,32 @@ def test_cli_size_syntax():
     assert r.returncode == 2 and "WIDTHxHEIGHT" in r.stderr
 
 
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_it(tiny_model_dir, monkeypatch):
+    from kinema.infer.pipeline import resolve_dtype
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    pipe = Pipeline.from_pretrained(tiny_model_dir, dtype="auto")
+    assert pipe.dtype == torch.float32 and pipe.generate("a ball", steps=1).notes["dtype"] == "float32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    pipe = Pipeline.from_pretrained(tiny_model_dir, dtype="auto")
+    assert pipe.dtype == pipe.dit.dtype == next(pipe.vae.parameters()).dtype == torch.bfloat16
+    video = pipe.generate("a ball", steps=1)
+    assert video.notes["dtype"] == "bfloat16" and video.metadata()["dtype"] == "bfloat16"
+    assert video.frames.shape == (9, 64, 64, 3)
+    assert resolve_dtype(None) == resolve_dtype("fp32") == torch.float32
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, fp16, got 'f32'"):
+        resolve_dtype("f32")
+
+
 def test_bf16_on_a_cpu_without_it_falls_back_with_a_message(tiny_model_dir, monkeypatch):
     from kinema.infer.pipeline import usable_dtype
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
     with pytest.warns(UserWarning, match="no native support.*using float32"):
         pipe = Pipeline.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     assert pipe.dtype == torch.float32 and next(pipe.dit.parameters()).dtype == torch.float32
     assert pipe.generate("a ball", steps=1).frames.shape == (9, 64, 64, 3)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert usable_dtype("cpu", torch.bfloat16) == torch.bfloat16
+    with pytest.warns(UserWarning, match="float16 requested"):  # AVX-512 BF16 alone does not make fp16 native
+        assert usable_dtype("cpu", torch.float16) == torch.float32

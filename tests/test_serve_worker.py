@@ -162,6 +162,7 @@ def test_bad_memory_flags_are_refused_naming_the_value_and_the_choices(tmp_path,
 
 
 def test_a_worker_refuses_a_model_too_large_for_its_mode_naming_one_that_fits(worker, monkeypatch):
+    monkeypatch.setattr(worker, "cfg", replace(worker.cfg, dtype="fp32"))  # auto: bf16 on some CPUs
     spec = worker.catalog["tiny"]
     assert spec.largest_request == (64, 64, 17)  # 64x64 beats 80x48; 2 s at 8 fps
     plain, small = (estimate_memory(spec.cfg, 64, 64, 17, torch.float32, MemoryPlan.for_mode("none", q)).total
@@ -181,7 +182,7 @@ def test_cli_worker_notes_that_offload_saves_nothing_on_the_cpu_and_refuses_what
     monkeypatch.setattr("kinema.infer.memory.available_memory", lambda device: 1)
     monkeypatch.setattr("kinema.serve.worker.Worker.pipeline", lambda *a: pytest.fail("loaded weights"))
     assert cli.main(["serve", "worker", "--model", str(tiny_model_dir), "--data", str(tmp_path),
-                     "--offload", "model"]) == 2
+                     "--offload", "model", "--dtype", "fp32"]) == 2
     err = capsys.readouterr().err
     assert "note: --offload model keeps weights in host memory and moves them to the accelerator only while used; " \
            "on the CPU that saves nothing (--quantize int8 and --dtype bf16 do)" in err

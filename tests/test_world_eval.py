@@ -224,7 +224,7 @@ def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_d
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--guidance", "1.5",
                  "--json", str(out)]) == 0
     assert seen == [(1, 1.5)] * 5  # one video per row
-    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "student": False}
+    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "student": False, "dtype": "float32"}
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--json", str(out)]) == 0
     assert seen[-1] == (1, None) and json.loads(out.read_text())["sampling"]["guidance"] == Pipeline.from_pretrained(
         tiny_model_dir).cfg.sampling.guidance  # the model's default, recorded

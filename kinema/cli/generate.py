@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
                         "less than X (relative; 0 = off, the default; ~0.05-0.2 trades quality for speed)")
     g.add_argument("--lora", type=_lora, action="append", metavar="FILE[:SCALE]", help="apply a LoRA (repeatable)")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="precision; auto (the default): bf16 where the device computes it natively (CUDA, or a CPU "
+                        "with AVX-512 BF16 / AMX), else fp32")
     g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("-o", "--output", help="output file: .mp4 .webm .gif .png, or a folder for PNG frames")
     g.add_argument("-q", "--quiet", action="store_true")
@@ -138,7 +140,7 @@ def cmd_generate(args) -> int:
     if not args.quiet:
         t = video.timings
         print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
-              f"{video.fps} fps; seed {settings.seed})")
+              f"{video.fps} fps; seed {settings.seed}; {video.notes.get('dtype', 'float32')})")
         if "student" in video.notes:
             print(f"sampled by the model's {settings.steps}-step student (guidance baked in; --no-student for the teacher)")
         print(f"time: load {load_s:.2f}s, text {t['text']:.2f}s, sampling {t['sample']:.2f}s, decode {t['decode']:.2f}s "
@@ -225,7 +227,8 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     from ..infer.memory import check_memory
     from ..infer.offload import MemoryFitError, MemoryPlan
     from ..infer.parallel import ParallelError, init_mesh, parallelize, plan_parallel
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    from ..infer.pipeline import resolve_dtype, usable_dtype
+    dtype = usable_dtype(device, resolve_dtype(args.dtype, device))
     memory = MemoryPlan.for_mode(args.offload, args.quantize)
     layout = None
     try:

@@ -21,7 +21,8 @@ def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--seconds", type=csv, help="accepted durations, e.g. 2,4 (default: from each model)", **d)
     p.add_argument("--workers", type=int, help="worker processes started by `kinema serve` (default 1)", **d)
     p.add_argument("--device", help="worker device, e.g. cuda (default cpu)", **d)
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), **d)
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="workers' precision (default auto: bf16 where the device has it natively, else fp32)", **d)
     p.add_argument("--offload", choices=("none", "model", "block"),
                    help="workers' memory mode, as `kinema generate --offload` (default none)", **d)
     p.add_argument("--quantize", choices=("none", "int8"),

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     e.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     e.add_argument("--no-student", action="store_true",
                    help="sample with the teacher even when the model has a few-step student for --steps")
+    e.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="sampling precision (default fp32, so scores do not depend on the CPU; bf16 falls back to "
+                        "fp32 with a warning where the CPU would emulate it; auto: as `kinema generate`)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write the report here as JSON")
     e.add_argument("--ground-truth", action="store_true", help="score rendered ground truth instead (validates the evaluator)")

@@ -18,6 +18,16 @@ from ..nn import FP32LayerNorm, apply_rope, attention, gelu_tanh, rope_3d, times
 from .patchify import patch_grid, patchify, unpatchify
 
 
+HALF = (torch.bfloat16, torch.float16)
+FP32_MODULES = ("time_embedder", "scale_shift_table", "norm2")  # diffusers' _keep_in_fp32_modules, less its norms
+                                                                # without weights and the rope with no parameters
+
+
+def keeps_fp32(name: str) -> bool:
+    """Whether the parameter ``name`` stays fp32 when the DiT runs in half precision."""
+    return any(part in FP32_MODULES for part in name.split("."))
+
+
 class Attention(nn.Module):
     """Multi-head attention with q/k RMS-normed across heads; self-attention gets RoPE, cross-attention a key mask."""
 
@@ -107,11 +117,12 @@ def _modulate(norm_x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) ->
 
 
 def _gate(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Residual ``x + y * gate`` in fp32, cast back to x's dtype."""
+    """Residual ``x + y * gate`` in fp32, cast back to x's dtype (the fp32 gate promotes x and y inside the
+    one kernel, so a bf16 stream is not copied to fp32 first)."""
     if gate.ndim == 4:
         f = gate.shape[1]
-        return torch.addcmul(x.float().unflatten(1, (f, -1)), y.float().unflatten(1, (f, -1)), gate).flatten(1, 2).type_as(x)
-    return torch.addcmul(x.float(), y.float(), gate).type_as(x)
+        return torch.addcmul(x.unflatten(1, (f, -1)), y.unflatten(1, (f, -1)), gate).flatten(1, 2).type_as(x)
+    return torch.addcmul(x, y, gate).type_as(x)
 
 
 class Block(nn.Module):
@@ -135,10 +146,10 @@ class Block(nn.Module):
         """``x`` (B, N, D); ``modulation`` (B, 6, D) or per frame (B, f, 6, D) -> (B, N, D)."""
         mod = (self.scale_shift_table + modulation.float()).unsqueeze(-2)  # (..., 6, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(-3)
-        h = _modulate(self.norm1(x).float(), shift1, scale1).type_as(x)
+        h = _modulate(self.norm1.fp32(x), shift1, scale1).type_as(x)
         x = _gate(x, self.attn1(h, rope=rope), gate1)
         x = x + self.attn2(self.norm2(x), text, text_mask, image_context=image_context)
-        h = _modulate(self.norm3(x).float(), shift2, scale2).type_as(x)
+        h = _modulate(self.norm3.fp32(x), shift2, scale2).type_as(x)
         return _gate(x, self.ffn(h), gate2)
 
 
@@ -198,6 +209,20 @@ class DiT(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (that of the patch embedding and the blocks; see ``to_precision``)."""
+        return self.patch_embedding.weight.dtype
+
+    def to_precision(self, dtype: torch.dtype) -> DiT:
+        """Cast to ``dtype``; in half precision the timestep embedder, the adaLN tables and the cross-attention
+        norm stay fp32, as Wan and diffusers keep them (they are tiny; the timestep's features need the bits)."""
+        for name, p in self.named_parameters():
+            want = torch.float32 if dtype in HALF and keeps_fp32(name) else dtype
+            if p.dtype != want:
+                p.data = p.data.to(want)
+        return self
+
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables for a token grid, cached per (grid, device)."""
         key = (grid, str(device))
@@ -233,5 +258,5 @@ class DiT(nn.Module):
             x = block(x, text, text_mask, modulation, rope, image_context)
 
         shift, scale = (self.scale_shift_table + temb.float().unsqueeze(-2)).unsqueeze(-2).unbind(-3)
-        x = _modulate(self.norm_out(x).float(), shift, scale).type_as(x)
+        x = _modulate(self.norm_out.fp32(x), shift, scale).type_as(x)
         return unpatchify(self.proj_out(x), grid, patch)

@@ -56,7 +56,8 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
-    for flag, given in (("--guidance", args.guidance is not None), ("--no-student", args.no_student)):
+    for flag, given in (("--guidance", args.guidance is not None), ("--no-student", args.no_student),
+                        ("--dtype", getattr(args, "dtype", "fp32") != "fp32")):
         if given and (args.ground_truth or args.reconstruct):
             raise EvalArgumentError(f"{flag} applies to generated videos, not to --ground-truth or --reconstruct")
     if args.suite == "tasks":
@@ -72,7 +73,7 @@ def run_eval(args) -> int:
             generate, label = _round_trip(generate, args.model), f"{args.model or 'bundled model'} VAE reconstructions"
     else:
         from ..infer import Pipeline
-        pipe = Pipeline.from_pretrained(args.model, student=not args.no_student)
+        pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=_dtype(args))
         steps, guidance = args.steps, args.guidance
 
         def generate(prompt: str, seed: int):
@@ -81,7 +82,7 @@ def run_eval(args) -> int:
         label = args.model or "bundled model"
         defaults = pipe.cfg.sampling
         sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance,
-                    "student": _samples_with_student(pipe, steps)}
+                    "student": _samples_with_student(pipe, steps), "dtype": str(pipe.dtype).removeprefix("torch.")}
     t = time.perf_counter()
     report = run_world_eval(generate, n_per_row=args.n, width=width, height=height, frames=frames, fps=fps,
                             seed=args.seed)
@@ -103,15 +104,21 @@ def _run_tasks(args) -> int:
     if args.ground_truth or args.reconstruct:
         raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
     t = time.perf_counter()
-    pipe = Pipeline.from_pretrained(args.model, student=not args.no_student)
+    pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=_dtype(args))
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
+    report["settings"]["dtype"] = str(pipe.dtype).removeprefix("torch.")
     report["model"] = args.model or "bundled model"
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")
     print(format_report(report))
     _save(report, args.json)
     return 0
+
+
+def _dtype(args) -> str:
+    """The sampling precision asked for (the pipeline falls back to fp32 where the CPU would emulate bf16)."""
+    return getattr(args, "dtype", "fp32")
 
 
 def _samples_with_student(pipe, steps: int | None) -> bool:

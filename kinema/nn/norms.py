@@ -11,9 +11,13 @@ class FP32LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back (stable under bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fp32(x).type_as(x)
+
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised ``x`` kept in fp32 (for an fp32 modulation that follows: no round trip through bf16)."""
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
 
 
 class ChannelRMSNorm(nn.Module):

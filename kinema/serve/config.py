@@ -38,7 +38,7 @@ class ServeConfig:
     seconds: tuple[str, ...] = ()  # accepted durations; empty = derived from each model's default length
     workers: int = 1  # worker processes started by ``kinema serve`` (one per GPU is usual)
     device: str = "cpu"
-    dtype: str = "fp32"
+    dtype: str = "auto"  # bf16 where the device has it natively, else fp32 (as `kinema generate`)
     offload: str = "none"  # workers' memory mode, as ``kinema generate --offload``: "none" | "model" | "block"
     quantize: str = "none"  # "int8": workers store the DiT blocks' linear weights in 8 bits
     threads: int | None = None  # CPU threads per worker
@@ -63,8 +63,8 @@ class ServeConfig:
                               f"got host {self.host!r}; create a key with `kinema serve keys create` instead")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        if self.dtype not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
         self.memory_plan()  # an unknown offload or quantize value is refused here, by name
         if not self.lease_s > 0 or self.max_attempts < 1:
             raise ConfigError(f"lease must be > 0 s and max attempts >= 1, got {self.lease_s} s / {self.max_attempts}")

@@ -41,9 +41,9 @@ def task_overrides(s: Settings, *drop: str) -> dict:
     return {k: v for k, v in vars(s).items() if k not in ("prompt", "strength", *drop)}
 
 
-def _torch_dtype(name: str):
-    import torch
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+def _torch_dtype(name: str, device: str = "cpu"):
+    from ..infer.pipeline import resolve_dtype, usable_dtype
+    return usable_dtype(device, resolve_dtype(name, device))
 
 
 def worker_name(slot: int) -> str:
@@ -127,11 +127,11 @@ class Worker:
         """
         from ..infer.memory import check_memory
         from ..infer.offload import MemoryFitError
-        plan = self.cfg.memory_plan()
+        plan, dtype = self.cfg.memory_plan(), _torch_dtype(self.cfg.dtype, self.cfg.device)
         for spec in self.catalog.values():
             width, height, frames = spec.largest_request
             try:
-                check_memory(spec.cfg, width, height, frames, _torch_dtype(self.cfg.dtype), plan, self.cfg.device,
+                check_memory(spec.cfg, width, height, frames, dtype, plan, self.cfg.device,
                              smaller="smaller --sizes or fewer --seconds", gpus=None)
             except MemoryFitError as e:
                 raise MemoryFitError(f"model {spec.name!r}, at its largest offered size and duration: {e}") from None
@@ -141,7 +141,7 @@ class Worker:
         if model not in self.pipes:
             from ..infer import Pipeline
             self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device,
-                                                         dtype=_torch_dtype(self.cfg.dtype),
+                                                         dtype=_torch_dtype(self.cfg.dtype, self.cfg.device),
                                                          memory=self.cfg.memory_plan())
         return self.pipes[model]
 

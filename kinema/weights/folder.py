@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from ..common.io import atomic_path, atomic_write_text
 from ..config import ConfigError, DiTConfig, ModelConfig, SamplingDefaults, TextConfig, VAEConfig
 from ..dit import DiT
+from ..dit.model import keeps_fp32
 from ..vae import VAE
 
 FORMAT_VERSION = 1
@@ -41,18 +43,20 @@ class WeightsError(ValueError):
 
 # -- reading tensors -------------------------------------------------------------------------------------
 
-def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, dtype: torch.dtype | None = None,
+                     keep_fp32: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """All tensors of one safetensors file, or of a sharded set named by a ``*.safetensors.index.json``.
 
     With ``dtype``, floating-point tensors are cast one at a time as they are read, so peak memory is the
-    weights in ``dtype`` plus one tensor (a 14B fp32 checkpoint loads into bf16 without 56 GB of RAM).
+    weights in ``dtype`` plus one tensor (a 14B fp32 checkpoint loads into bf16 without 56 GB of RAM);
+    those whose name ``keep_fp32`` accepts are read as fp32 instead.
     """
     path = Path(path)
     if path.name.endswith(".index.json"):
         index = json.loads(path.read_text())
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            state.update(read_safetensors(path.parent / shard, dtype))
+            state.update(read_safetensors(path.parent / shard, dtype, keep_fp32))
         return state
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -63,7 +67,8 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, 
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 t = f.get_tensor(key)
-                out[key] = t.to(dtype) if t.is_floating_point() else t
+                want = torch.float32 if keep_fp32 is not None and keep_fp32(key) else dtype
+                out[key] = t.to(want) if t.is_floating_point() else t
         return out
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"cannot read {path}: {e} (truncated or not a safetensors file?)") from e
@@ -213,8 +218,8 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype = torch.float32, weight
         src = _component_weights(comp)
     with torch.device("meta"):  # no memory until the weights arrive, already in their final dtype
         model = DiT(cfg)
-    load_into(model, read_safetensors(src, dtype), str(src), assign=True)
-    return model.to(dtype).eval()
+    load_into(model, read_safetensors(src, dtype, keeps_fp32), str(src), assign=True)
+    return model.to_precision(dtype).eval()
 
 
 def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VAE:
