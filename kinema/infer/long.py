@@ -241,6 +241,7 @@ def long_video(pipe: Pipeline, prompts: str | list[tuple[float, str]], seconds: 
     tick, bar = _window_progress(progress, windows)
     vae_dtype = next(pipe.vae.parameters()).dtype
     metadata = {"prompt": prompts[0][1], "seed": str(s.seed), "model": pipe.name, "software": "kinema",
+                "dtype": str(pipe.dtype).removeprefix("torch."),
                 "settings": json.dumps({**asdict(replace(s, prompt="")), "seconds": seconds, "overlap": overlap,
                                         "windows": windows, "prompts": prompts})}
     used, timings = [], {"sample": 0.0, "decode": 0.0}
