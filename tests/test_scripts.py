@@ -102,3 +102,27 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
     bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec2/model "
               f"--student {runs}/world-small-distill/model")
     assert calls[-1].endswith(bundle)
+
+
+def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_path):
+    """scripts/gpu_round.sh on the CPU with tiny batches: a dit round that runs out of time still hands back its
+    checkpoint's weights (marked), and a distill round makes a student of that DiT; a bad round is refused."""
+    env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
+    tiny = ["--data.num_workers", "0", "--data.buckets", '[{"frames": 5, "height": 32, "width": 32, "batch_size": 2}]',
+            "--optim.warmup_steps", "1", "--log.every", "1"]
+    script = str(Path(__file__).parent.parent / "scripts" / "gpu_round.sh")
+    run = lambda *args: subprocess.run(["bash", script, *args], env=env, capture_output=True, text=True)  # noqa: E731
+    dit = run("dit", "0.001", "--max_steps", "50", "--data.echo", "1", *tiny)
+    assert dit.returncode == 0, dit.stderr[-2000:]
+    assert "stopped at step 1" in dit.stdout
+    model = tmp_path / "out" / "dit" / "model"
+    assert (model / "transformer.safetensors").is_file() and (model / "vae.safetensors").is_file()
+    assert "before max_steps" in (model / "STOPPED_EARLY").read_text()
+    assert (tmp_path / "out" / "dit" / "metrics.jsonl").read_text().strip()
+    student = run("distill", "5", "--max_steps", "2", *tiny)
+    assert student.returncode == 0, student.stderr[-2000:]
+    assert f"distilling {tmp_path / 'work' / 'dit' / 'model'} into a 4-step student" in student.stdout
+    out = tmp_path / "out" / "distill" / "model"
+    assert json.loads((out / "student.json").read_text())["steps"] == 4 and not (out / "STOPPED_EARLY").exists()
+    bad = run("vae", "1")
+    assert bad.returncode == 2 and "the round must be dit or distill, got 'vae'" in bad.stderr
