@@ -165,3 +165,24 @@ def test_fast_gelu_is_wan_tanh_gelu_with_and_without_autograd():
     ref = x.clone().requires_grad_()
     F.gelu(ref, approximate="tanh").sum().backward()
     assert torch.equal(y.detach(), F.gelu(x, approximate="tanh")) and torch.allclose(leaf.grad, ref.grad)
+
+
+def test_fast_rms_norm_is_torchs_with_and_without_autograd():
+    from kinema.nn import RMSNorm
+
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(64, eps=1e-6), torch.nn.RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ref.weight.copy_(ours.weight)
+    x = torch.randn(2, 30, 64) * 3
+    x0, xb = x.clone(), x.bfloat16()
+    xb0 = xb.clone()
+    with torch.inference_mode():
+        fast = ours(x)
+        assert torch.allclose(fast, ref(x), atol=1e-5, rtol=1e-5)
+        half = ours(xb)
+    assert half.dtype == torch.bfloat16 and (half.float() - fast).abs().max() < 0.05
+    assert torch.equal(x, x0) and torch.equal(xb, xb0)  # inputs are not normalised in place
+    y = ours(x.clone().requires_grad_())  # training takes torch's own path
+    assert y.requires_grad and torch.allclose(y, fast, atol=1e-5, rtol=1e-5)

