@@ -5,5 +5,5 @@ from .attention import attention
 from .embeddings import apply_rope, rope_3d, rope_split, timestep_features
 from .norms import ChannelRMSNorm, FP32LayerNorm, FrameNorm, RMSNorm
 
-__all__ = ["gelu_tanh", "attention", "apply_rope", "rope_3d", "rope_split", "timestep_features", "ChannelRMSNorm", "FP32LayerNorm", "FrameNorm",
-           "RMSNorm"]
+__all__ = ["gelu_tanh", "attention", "apply_rope", "rope_3d", "rope_split", "timestep_features", "ChannelRMSNorm",
+           "FP32LayerNorm", "FrameNorm", "RMSNorm"]
