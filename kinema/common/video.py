@@ -17,13 +17,15 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:  # PyAV is imported where a file is opened: training imports this module without it
+    import av
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -109,6 +111,8 @@ def _require_exists(path: Path) -> None:
 
 def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     """An open PyAV container with a video stream; VideoDecodeError (with the reason) otherwise."""
+    import av
+
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -218,6 +222,8 @@ def read_video(
 
 
 def _read_av(path: Path, max_frames: int | None, fps: float | None) -> tuple[np.ndarray, float]:
+    import av
+
     frames: list[np.ndarray] = []
     with open_video(path) as container:
         stream = container.streams.video[0]
@@ -300,6 +306,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def _count_packets(path: Path) -> int:
     """Frames by demuxing (no decoding), for containers whose index does not list a count."""
+    import av
+
     with open_video(path) as container:
         try:
             return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
@@ -309,6 +317,8 @@ def _count_packets(path: Path) -> int:
 
 def probe_video(path: str | os.PathLike) -> dict[str, Any]:
     """dict(frames, fps, width, height, duration, codec, rotation); width/height are as displayed (upright)."""
+    import av
+
     path = Path(path)
     _require_exists(path)
     if path.is_dir():
