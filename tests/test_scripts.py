@@ -126,3 +126,27 @@ def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_pat
     assert json.loads((out / "student.json").read_text())["steps"] == 4 and not (out / "STOPPED_EARLY").exists()
     bad = run("vae", "1")
     assert bad.returncode == 2 and "the round must be dit or distill, got 'vae'" in bad.stderr
+
+
+def test_minilm_pack_keeps_the_world_captions_word_pieces_and_refuses_others(tmp_path, monkeypatch):
+    """scripts/minilm_pack.py: packed small enough to travel, unpacked into a folder the encoder loads through
+    KINEMA_MINILM_DIR, encoding world captions as the full model does, refusing words it does not hold."""
+    from kinema.data.world import caption
+    from kinema.data.world.sample import sample_spec
+    from kinema.text.minilm import MiniLMEncoder, default_model_dir
+
+    tool = load_script("minilm_pack")
+    tool.main(["pack", str(tmp_path / "packed"), "--samples", "300"])
+    assert sum(f.stat().st_size for f in (tmp_path / "packed").iterdir()) < 24 * 2**20
+    tool.main(["unpack", str(tmp_path / "packed"), str(tmp_path / "minilm")])
+    full = MiniLMEncoder(model_dir=default_model_dir())
+    monkeypatch.setenv("KINEMA_MINILM_DIR", str(tmp_path / "minilm"))
+    assert default_model_dir() == tmp_path / "minilm"
+    cut = MiniLMEncoder()
+    rng = np.random.default_rng(123)  # captions the pack did not sample
+    prompts = [caption(sample_spec(rng, held_out="allow"), rng, style) for style in ("train", "heldout_phrasing")
+               for _ in range(20)]
+    (a, mask), (b, _) = full.encode(prompts), cut.encode(prompts)
+    assert ((a - b)[mask].norm() / a[mask].norm()) < 5e-3
+    with pytest.raises(ValueError, match=r"only the word pieces of the world's captions.*'cat'"):
+        cut.encode(["a red ball bounces", "a cat"])

