@@ -10,9 +10,11 @@
 # measured on one H200, the dit round ran 4.8 steps/s (1900 steps in 392 s), the distill round 1.5 steps/s (457
 # in 5 minutes, its 4x buckets from scripts/world_small.sh stage 10). MINUTES is a safety net: a round that runs
 # out of time stops at a checkpoint, and its EMA weights are exported anyway, marked in STOPPED_EARLY.
-# Runs train under $WORK (default /tmp/kinema-gpu; running a round again resumes it); each round's model/
-# folder and metrics.jsonl are copied to $OUT/ROUND/ (the device tool's output folder; runs/gpu when unset).
-# Then, on the CPU machine: move them to runs/, bundle (scripts/bundle_model.py), evaluate (README).
+# Runs train under $WORK (default /tmp/kinema-gpu; running a round again resumes it); each round hands back
+# to $OUT/ROUND/ (the device tool's output folder; runs/gpu when unset) its kinema.json, metrics.jsonl and
+# weights in fp16: the dit round its transformer and (the shipped, untrained) VAE, the distill round
+# student.safetensors and student.json. Then, on the CPU machine:
+# `python scripts/bundle_model.py OUT/dit --student OUT/distill`, evaluate (README).
 #
 # kinema runs from the repository (python3 -m kinema, no install): the lent GPUs' image has PyTorch and kinema's
 # other dependencies except PyAV (not needed to train) and the MiniLM package, whose weights do not fit the
@@ -52,23 +54,36 @@ run="$work/$round"
 resume=()
 if [ -d "$run/checkpoints" ]; then resume=(--resume); fi
 python3 -m kinema train "${args[@]}" --out_dir "$run" --stop_after_minutes "$minutes" "$@" "${resume[@]}"
-if [ ! -f "$run/model/kinema.json" ]; then  # stopped on time: export the last checkpoint's EMA weights
-    python3 - "$run" <<'EOF'
+python3 - "$run" "$out/$round" "$round" <<'EOF'
+# Export a time-stopped run's last checkpoint, then hand back what bundling needs, within what a device call
+# returns (8 files of <= 16 MiB, 2 folders down): weights in fp16 (as bundled), the teacher only from the dit round.
+import shutil
 import sys
 from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 
 from kinema.train.checkpoint import latest_checkpoint
 from kinema.train.exporter import export
 
-run = Path(sys.argv[1])
-last = latest_checkpoint(run / "checkpoints")
-export(last, run / "model")
-(run / "model" / "STOPPED_EARLY").write_text(f"exported from {last.name} before max_steps: the schedule had not annealed\n")
-print(f"exported {last.name} to {run / 'model'} (stopped before max_steps)")
+run, back, round_ = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+model = run / "model"
+if not (model / "kinema.json").is_file():
+    last = latest_checkpoint(run / "checkpoints")
+    export(last, model)
+    (model / "STOPPED_EARLY").write_text(f"exported from {last.name} before max_steps: the schedule had not annealed\n")
+    print(f"exported {last.name} to {model} (stopped before max_steps)")
+shutil.rmtree(back, ignore_errors=True)
+back.mkdir(parents=True)
+weights = {"dit": ["transformer.safetensors", "vae.safetensors"], "distill": ["student.safetensors"]}[round_]
+for name in ["kinema.json", "student.json", "STOPPED_EARLY", *weights]:
+    if not (model / name).is_file():
+        continue
+    if name.endswith(".safetensors"):
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(model / name).items()}
+        save_file(state, str(back / name))
+    else:
+        shutil.copy(model / name, back / name)
+shutil.copy(run / "metrics.jsonl", back / "metrics.jsonl")
+print(f"handed back {sorted(f.name for f in back.iterdir())} in {back} (weights in fp16)")
 EOF
-fi
-mkdir -p "$out/$round"
-rm -rf "${out:?}/$round/model"
-cp -r "$run/model" "$out/$round/"
-cp "$run/metrics.jsonl" "$out/$round/"
-echo "copied $run/model and metrics.jsonl to $out/$round/"

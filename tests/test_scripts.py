@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,24 +107,35 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
 
 def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_path):
     """scripts/gpu_round.sh on the CPU with tiny batches: a dit round that runs out of time still hands back its
-    checkpoint's weights (marked), and a distill round makes a student of that DiT; a bad round is refused."""
+    checkpoint's weights (marked), a distill round makes a student of that DiT, both hand back what a device call
+    returns (fp16 weights under 16 MiB a file) and they bundle into a model that generates; a bad round is refused."""
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
     tiny = ["--data.num_workers", "0", "--data.buckets", '[{"frames": 5, "height": 32, "width": 32, "batch_size": 2}]',
             "--optim.warmup_steps", "1", "--log.every", "1"]
-    script = str(Path(__file__).parent.parent / "scripts" / "gpu_round.sh")
-    run = lambda *args: subprocess.run(["bash", script, *args], env=env, capture_output=True, text=True)  # noqa: E731
+    root = Path(__file__).parent.parent
+    run = lambda *args: subprocess.run(["bash", str(root / "scripts" / "gpu_round.sh"), *args], env=env,  # noqa: E731
+                                       capture_output=True, text=True)
     dit = run("dit", "0.001", "--max_steps", "50", "--data.echo", "1", *tiny)
     assert dit.returncode == 0, dit.stderr[-2000:]
     assert "stopped at step 1" in dit.stdout
-    model = tmp_path / "out" / "dit" / "model"
-    assert (model / "transformer.safetensors").is_file() and (model / "vae.safetensors").is_file()
-    assert "before max_steps" in (model / "STOPPED_EARLY").read_text()
-    assert (tmp_path / "out" / "dit" / "metrics.jsonl").read_text().strip()
+    back = tmp_path / "out" / "dit"
+    assert sorted(f.name for f in back.iterdir()) == ["STOPPED_EARLY", "kinema.json", "metrics.jsonl",
+                                                      "transformer.safetensors", "vae.safetensors"]
+    assert "before max_steps" in (back / "STOPPED_EARLY").read_text()
     student = run("distill", "5", "--max_steps", "2", *tiny)
     assert student.returncode == 0, student.stderr[-2000:]
     assert f"distilling {tmp_path / 'work' / 'dit' / 'model'} into a 4-step student" in student.stdout
-    out = tmp_path / "out" / "distill" / "model"
-    assert json.loads((out / "student.json").read_text())["steps"] == 4 and not (out / "STOPPED_EARLY").exists()
+    out = tmp_path / "out" / "distill"
+    assert sorted(f.name for f in out.iterdir()) == ["kinema.json", "metrics.jsonl", "student.json",
+                                                     "student.safetensors"]
+    assert all(f.stat().st_size < 16 * 2**20 for f in [*back.iterdir(), *out.iterdir()])
+    bundled = subprocess.run([sys.executable, str(root / "scripts" / "bundle_model.py"), str(back), "--student", str(out),
+                              "--out", str(tmp_path / "bundle")], capture_output=True, text=True)
+    assert bundled.returncode == 0, bundled.stderr[-2000:]
+    from kinema.infer import Pipeline
+    pipe = Pipeline.from_pretrained(tmp_path / "bundle")
+    assert pipe.student is not None
+    assert pipe.generate("a red ball", steps=4, frames=5, width=64, height=64).frames.shape == (5, 64, 64, 3)
     bad = run("vae", "1")
     assert bad.returncode == 2 and "the round must be dit or distill, got 'vae'" in bad.stderr
 
