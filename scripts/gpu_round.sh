@@ -3,8 +3,8 @@
 # (kinema/assets/world-small), so that a short device session spends its minutes training, not setting up:
 #
 #   bash scripts/gpu_round.sh dit MINUTES [--key value ...]       the DiT further: configs/world-small-dit-echo3.toml
-#   bash scripts/gpu_round.sh distill MINUTES [--key value ...]   a 4-step student of the dit round's DiT (of the
-#                                                                 shipped DiT when no dit round ran): world-small-distill
+#   bash scripts/gpu_round.sh distill MINUTES [--key value ...]   a 4-step student of the dit round's DiT (of
+#                                                                 the shipped DiT without one): world-small-distill
 #
 # Size a round with --max_steps (and --optim.schedule_steps) so that its learning rate anneals within MINUTES:
 # measured on one H200, the dit round ran 4.8 steps/s (1900 steps in 392 s), the distill round 1.5 steps/s (457

@@ -58,7 +58,8 @@ def pack(out: Path, samples: int) -> None:
     ids = sorted({i for enc in tokenizer.encode_batch(world_texts(samples)) for i in enc.ids}
                  | {tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")})
     state = load_file(src / "model.safetensors")
-    packed = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in state.items() if k != WORD_EMBEDDINGS}
+    packed = {k: (v.to(torch.float16) if v.is_floating_point() else v)
+              for k, v in state.items() if k != WORD_EMBEDDINGS}
     packed["word_rows"] = state[WORD_EMBEDDINGS][ids].contiguous()
     packed["word_ids"] = torch.tensor(ids, dtype=torch.int64)
     out.mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,8 @@ def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_pat
     assert sorted(f.name for f in out.iterdir()) == ["kinema.json", "metrics.jsonl", "student.json",
                                                      "student.safetensors"]
     assert all(f.stat().st_size < 16 * 2**20 for f in [*back.iterdir(), *out.iterdir()])
-    bundled = subprocess.run([sys.executable, str(root / "scripts" / "bundle_model.py"), str(back), "--student", str(out),
-                              "--out", str(tmp_path / "bundle")], capture_output=True, text=True)
+    bundled = subprocess.run([sys.executable, str(root / "scripts" / "bundle_model.py"), str(back),
+                              "--student", str(out), "--out", str(tmp_path / "bundle")], capture_output=True, text=True)
     assert bundled.returncode == 0, bundled.stderr[-2000:]
     from kinema.infer import Pipeline
     pipe = Pipeline.from_pretrained(tmp_path / "bundle")

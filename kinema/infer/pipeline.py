@@ -158,9 +158,9 @@ class Pipeline:
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | str | None = None,
-                        lora: list[tuple[str, float]] | None = None, memory: str | MemoryPlan = "none",
-                        student: bool = True) -> Pipeline:
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
+                        dtype: torch.dtype | str | None = None, lora: list[tuple[str, float]] | None = None,
+                        memory: str | MemoryPlan = "none", student: bool = True) -> Pipeline:
         """Load a kinema or diffusers Wan folder (None = the bundled model) ready to generate.
 
         ``student``: load the folder's few-step student, if it has one (not with LoRAs or a memory plan,
