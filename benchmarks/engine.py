@@ -118,7 +118,7 @@ def dit_flops(cfg, tokens: int, text_len: int) -> float:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
-    from kinema.infer.pipeline import native_cpu_dtypes
+    from kinema.common.precision import native_cpu_dtypes
 
     return torch.cuda.is_available() or torch.bfloat16 in native_cpu_dtypes()
 

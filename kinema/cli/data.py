@@ -78,13 +78,12 @@ def cmd_data(args) -> int:
 
 
 def _world(args) -> int:
-    import torch
-
+    from ..common.precision import DTYPES
     from ..data.config import Bucket
     from ..data.world_cache import encode_world
     from ..weights import WeightsError
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     buckets = [Bucket.parse(b) for b in (args.bucket or ["17x64x64"])]
     try:
         out = encode_world(args.out, args.model, args.clips, buckets, args.seed, args.fps, args.batch_size,

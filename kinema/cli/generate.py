@@ -221,13 +221,11 @@ def _extend_prompt(args, prompt: str, rank: int, world: int):
 
 def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     """The pipeline in the asked memory mode, spread over the torchrun ranks; refused first if it cannot fit."""
-    import torch
-
     from ..infer import Pipeline
     from ..infer.memory import check_memory
     from ..infer.offload import MemoryFitError, MemoryPlan
     from ..infer.parallel import ParallelError, init_mesh, parallelize, plan_parallel
-    from ..infer.pipeline import resolve_dtype, usable_dtype
+    from ..common.precision import resolve_dtype, usable_dtype
     dtype = usable_dtype(device, resolve_dtype(args.dtype, device))
     memory = MemoryPlan.for_mode(args.offload, args.quantize)
     layout = None

@@ -17,8 +17,7 @@ import dataclasses
 import json
 from argparse import Namespace
 
-import torch
-
+from kinema.common.precision import DTYPES
 from kinema.data.caption import caption
 from kinema.data.config import Bucket, PipelineConfig, load_data_config
 from kinema.data.encode import encode
@@ -29,7 +28,6 @@ from kinema.data.shards import resolve_shard
 from kinema.data.split import split
 
 COMMANDS = ("ingest", "split", "score", "caption", "encode", "inspect")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def config_with_flags(args: Namespace) -> PipelineConfig:

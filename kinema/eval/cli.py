@@ -57,7 +57,7 @@ def run_eval(args) -> int:
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
     for flag, given in (("--guidance", args.guidance is not None), ("--no-student", args.no_student),
-                        ("--dtype", getattr(args, "dtype", "fp32") != "fp32")):
+                        ("--dtype", args.dtype != "fp32")):
         if given and (args.ground_truth or args.reconstruct):
             raise EvalArgumentError(f"{flag} applies to generated videos, not to --ground-truth or --reconstruct")
     if args.suite == "tasks":
@@ -73,7 +73,7 @@ def run_eval(args) -> int:
             generate, label = _round_trip(generate, args.model), f"{args.model or 'bundled model'} VAE reconstructions"
     else:
         from ..infer import Pipeline
-        pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=_dtype(args))
+        pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
         steps, guidance = args.steps, args.guidance
 
         def generate(prompt: str, seed: int):
@@ -104,7 +104,7 @@ def _run_tasks(args) -> int:
     if args.ground_truth or args.reconstruct:
         raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
     t = time.perf_counter()
-    pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=_dtype(args))
+    pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["settings"]["dtype"] = str(pipe.dtype).removeprefix("torch.")
@@ -114,11 +114,6 @@ def _run_tasks(args) -> int:
     print(format_report(report))
     _save(report, args.json)
     return 0
-
-
-def _dtype(args) -> str:
-    """The sampling precision asked for (the pipeline falls back to fp32 where the CPU would emulate bf16)."""
-    return getattr(args, "dtype", "fp32")
 
 
 def _samples_with_student(pipe, steps: int | None) -> bool:

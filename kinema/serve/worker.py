@@ -42,7 +42,7 @@ def task_overrides(s: Settings, *drop: str) -> dict:
 
 
 def _torch_dtype(name: str, device: str = "cpu"):
-    from ..infer.pipeline import resolve_dtype, usable_dtype
+    from ..common.precision import resolve_dtype, usable_dtype
     return usable_dtype(device, resolve_dtype(name, device))
 
 
