@@ -123,8 +123,12 @@ def test_cli_refuses_no_auth_off_loopback(tmp_path, capsys):
 # -- memory modes: --offload / --quantize, as `kinema generate` takes them ----------------------------------------
 
 def test_an_offloading_worker_makes_the_video_of_one_without(worker, tmp_path, monkeypatch):
-    """--offload model (fp32, CPU): the same latents; frames within one level (its VAE decodes frame by frame)."""
-    offloaded = Worker(replace(worker.cfg, data_dir=str(tmp_path), offload="model"), "test-offload")
+    """--offload model (fp32, CPU): the same latents; frames within one level (its VAE decodes frame by frame).
+    Pinned to fp32: ``auto`` means bf16 on CPUs with AVX-512 BF16, where decoding frame by frame rounds
+    differently from decoding 4 latent frames at a time (oneDNN blocks a channels-last map by its extent)."""
+    plain_cfg = replace(worker.cfg, data_dir=str(tmp_path / "plain"), dtype="fp32")
+    worker = Worker(plain_cfg, "test-w0")
+    offloaded = Worker(replace(plain_cfg, data_dir=str(tmp_path / "offload"), offload="model"), "test-offload")
     videos = {}
     for w in (worker, offloaded):
         pipe = w.pipeline("tiny")

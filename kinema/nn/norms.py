@@ -71,10 +71,13 @@ class FrameNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = (1, 3, 4) if x.ndim == 5 else tuple(range(1, x.ndim))  # channels and pixels, never time
-        xf = x.float()
         if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
+            xf = x.float()
             var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
             return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.gamma.to(x.dtype)
+        if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+            return self._channels_last(x)
+        xf = x.float()
         # inference: the same two-pass statistics, each reduction first over the contiguous pixel axes and
         # then over channels, and the squares summed inside ``vector_norm`` rather than materialised: on a
         # CPU 20x faster than ``square().sum()`` over the strided axes (0.6 vs 12.5 ms for (1, 32, 17, 128,
@@ -85,3 +88,15 @@ class FrameNorm(nn.Module):
         centred = xf.sub_(mean) if xf is not x else xf - mean  # a bf16 input was already copied to fp32
         var = torch.linalg.vector_norm(centred, dim=pixels, keepdim=True).square_().sum(dim=1, keepdim=True)
         return centred.mul_(var.div_(count).add_(self.eps).rsqrt_()).to(x.dtype).mul_(self.gamma.to(x.dtype))
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on a channels-last map: a frame's pixels and channels are one contiguous run, so the same
+        two-pass statistics reduce over a single axis."""
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C), contiguous
+        flat = frames.float().view(b, t, -1)
+        mean = flat.mean(-1, keepdim=True)
+        centred = flat - mean if x.dtype == torch.float32 else flat.sub_(mean)  # a bf16 input was copied
+        var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(flat.shape[-1])
+        y = centred.mul_(var.add_(self.eps).rsqrt_()).view(frames.shape).to(x.dtype)
+        return y.mul_(self.gamma.view(-1).to(x.dtype)).permute(0, 4, 1, 2, 3)

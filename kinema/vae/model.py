@@ -9,7 +9,9 @@ memory is bounded by the chunk, not the clip.
 Why it is fast on a CPU: the reference implementation streams one latent frame (4 video frames) at a
 time, so every 3D convolution runs on a temporal extent of 1-4 frames, where PyTorch falls back to a slow
 path. Here a chunk spans several latent frames (16+ video frames) and each convolution is one large
-``conv3d`` call on the whole chunk.
+``conv3d`` call on the whole chunk. Inference on a CPU also keeps activations channels-last
+(``channels_last_3d``: each pixel's channels adjacent in memory), the layout oneDNN's convolutions run
+fastest on: the bundled decode 14-16% faster in fp32 and bf16, its encode 8-15% (``channels_last``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ from ..nn import ChannelRMSNorm, FrameNorm
 Stream = dict  # per-module carried state for one encode/decode pass: {id(module): tensor}
 
 _MKLDNN = torch.backends.mkldnn.is_available()
+CHANNELS_LAST = torch.channels_last_3d
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout a pass should run in: channels-last for CPU inference (without autograd), as it is
+    otherwise. Every layer keeps the layout it is given (convolutions, norms, the causal carry, resampling)."""
+    if x.device.type == "cpu" and not torch.is_grad_enabled():
+        return x.contiguous(memory_format=CHANNELS_LAST)
+    return x
 NORMS = {"rms": ChannelRMSNorm, "frame": FrameNorm}  # VAEConfig.norm: Wan's per-pixel RMS norm | per-frame layer norm
 
 
@@ -52,8 +63,10 @@ class CausalConv3d(nn.Conv3d):
         """``(B, C, T, H, W) -> (B, C_out, T, H, W)``; with ``stream``, continues from the previous chunk."""
         if self.time_pad:
             past = None if stream is None else stream.get(id(self))
-            if past is None:
-                past = x.new_zeros(x.shape[0], x.shape[1], self.time_pad, *x.shape[3:])
+            if past is None:  # zeros in x's layout
+                layout = CHANNELS_LAST if x.is_contiguous(memory_format=CHANNELS_LAST) else torch.contiguous_format
+                past = torch.empty(x.shape[0], x.shape[1], self.time_pad, *x.shape[3:], dtype=x.dtype,
+                                   device=x.device, memory_format=layout).zero_()
             x = torch.cat([past, x], dim=2)
             if stream is not None:
                 stream[id(self)] = x[:, :, -self.time_pad:]
@@ -129,10 +142,15 @@ class Resample(nn.Module):
             first, x = x[:, :, :1], x[:, :, 1:]
             if stream is not None:
                 stream[key] = True
-        if x.shape[2]:
+        if x.shape[2]:  # channels [0, c) of the conv's output are each frame's first frame, [c, 2c) its second
             b, c, t, h, w = x.shape
-            pair = self.time_conv(x, stream).reshape(b, 2, c, t, h, w)
-            x = torch.stack((pair[:, 0], pair[:, 1]), dim=3).reshape(b, c, 2 * t, h, w)
+            y = self.time_conv(x, stream)
+            if y.is_contiguous(memory_format=CHANNELS_LAST):  # stored (b, t, h, w, 2, c) -> (b, t, 2, h, w, c)
+                pairs = y.permute(0, 2, 3, 4, 1).unflatten(-1, (2, c)).permute(0, 1, 4, 2, 3, 5).contiguous()
+                x = pairs.view(b, 2 * t, h, w, c).permute(0, 4, 1, 2, 3)
+            else:
+                pair = y.reshape(b, 2, c, t, h, w)
+                x = torch.stack((pair[:, 0], pair[:, 1]), dim=3).reshape(b, c, 2 * t, h, w)
         return x if first is None else torch.cat([first, x], dim=2)
 
     def _halve_time(self, x: torch.Tensor, stream: Stream | None) -> torch.Tensor:
@@ -270,11 +288,12 @@ class VAE(nn.Module):
         frames = video.shape[2]
         start, end = 0, 1 + tf * (n - 1)  # first chunk: frame 0 plus n-1 latent frames' worth
         while start < frames:
-            outs.append(self.encoder(video[:, :, start:end].to(self.quant_conv.weight.dtype), stream))
+            chunk = channels_last(video[:, :, start:end].to(self.quant_conv.weight.dtype))
+            outs.append(self.encoder(chunk, stream))
             start, end = end, end + tf * n
         moments = self.quant_conv(torch.cat(outs, dim=2))
         mean, logvar = moments.chunk(2, dim=1)
-        return mean, logvar.clamp(-30.0, 20.0)
+        return mean.contiguous(), logvar.clamp(-30.0, 20.0).contiguous()
 
     def encode(self, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
                normalize: bool = True) -> torch.Tensor:
@@ -303,11 +322,11 @@ class VAE(nn.Module):
         if latents.ndim != 5 or latents.shape[1] != self.cfg.z_dim:
             raise ValueError(f"latents must be (B, {self.cfg.z_dim}, F, H, W), got {tuple(latents.shape)}")
         z = self.denormalize(latents) if normalized else latents
-        z = self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype))
+        z = self.post_quant_conv(channels_last(z.to(self.post_quant_conv.weight.dtype)))
         stream = {} if stream is None else stream
         n = self.cfg.chunk_latent_frames
         for start in range(0, z.shape[2], n):
-            yield self.decoder(z[:, :, start:start + n], stream).clamp(-1.0, 1.0)
+            yield self.decoder(z[:, :, start:start + n], stream).clamp(-1.0, 1.0).contiguous()
 
     def decode(self, latents: torch.Tensor, normalized: bool = True) -> torch.Tensor:
         """Video (B, 3, 4k+1, H, W) in [-1, 1] from latents (B, z_dim, k+1, H/8, W/8)."""
