@@ -6,6 +6,9 @@ For each model folder, round-trips ``--clips`` world clips (seeds 2001, 2002, ..
 through encode and decode and prints the mean absolute error on the [-1, 1] scale over the pixels the
 renderer drew objects on, per frame, then the whole-clip PSNR (8-bit). Frame 0 is encoded alone; every later
 latent frame carries four frames, so a VAE that fails at temporal compression shows it in frames 1+.
+Then the round trip's motion against the clip's: its mean frame-to-frame step over the clip's (1 = no added
+flicker), the mean error of its steps (|recon step - clip step|, 8-bit levels), and its steps across latent
+frames (frame 4k -> 4k+1) over its steps within one (what makes a loop's wrap or a window's join stand out).
 ``kinema eval world --reconstruct`` is the benchmark's verdict on the same round trip; this says where
 the pixels go wrong.
 """
@@ -40,6 +43,7 @@ def measure(model: str | Path, data: list[tuple[np.ndarray, np.ndarray]]) -> dic
     vae = load_vae(model).float().eval()
     frames = data[0][0].shape[0]
     sums, counts, psnrs = np.zeros(frames), np.zeros(frames), []
+    clip_steps, recon_steps, step_errors = [], [], []
     with torch.inference_mode():
         for clip, mask in data:
             video = to_model(clip)
@@ -50,10 +54,23 @@ def measure(model: str | Path, data: list[tuple[np.ndarray, np.ndarray]]) -> dic
                     sums[f] += err[f][torch.from_numpy(mask[f])].mean().item()
                     counts[f] += 1
             psnrs.append(psnr(from_model(recon), clip))
+            if frames > 1:  # mean absolute steps per frame pair, in 8-bit levels
+                steps_v, steps_r = video.diff(dim=2), recon.diff(dim=2)
+                clip_steps.append(steps_v.abs().mean((0, 1, 3, 4)).numpy() * 127.5)
+                recon_steps.append(steps_r.abs().mean((0, 1, 3, 4)).numpy() * 127.5)
+                step_errors.append((steps_r - steps_v).abs().mean().item() * 127.5)
     per_frame = [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
-    return {"model": str(model), "object_l1_per_frame": per_frame, "object_l1_frame0": per_frame[0],
-            "object_l1_later": float(np.nanmean(per_frame[1:])) if frames > 1 else float("nan"),
-            "psnr_db": float(np.mean(psnrs))}
+    out = {"model": str(model), "object_l1_per_frame": per_frame, "object_l1_frame0": per_frame[0],
+           "object_l1_later": float(np.nanmean(per_frame[1:])) if frames > 1 else float("nan"),
+           "psnr_db": float(np.mean(psnrs))}
+    if frames > 1:
+        clip_mean, recon_mean = np.mean(clip_steps, 0), np.mean(recon_steps, 0)  # per step position
+        across = [i for i in range(frames - 1) if i % 4 == 0]  # frame 4k -> 4k+1: from one latent frame to the next
+        within = [i for i in range(frames - 1) if i % 4]
+        out.update(step_ratio=float(recon_mean.mean() / clip_mean.mean()), step_error=float(np.mean(step_errors)),
+                   across_within=float(recon_mean[across].mean() / recon_mean[within].mean()) if within else float("nan"),
+                   clip_across_within=float(clip_mean[across].mean() / clip_mean[within].mean()) if within else float("nan"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -74,6 +91,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(r)
         print(f"{model}: object L1 frame 0 {r['object_l1_frame0']:.3f}, frames 1+ {r['object_l1_later']:.3f}, "
               f"PSNR {r['psnr_db']:.1f} dB | per frame " + " ".join(f"{v:.2f}" for v in r["object_l1_per_frame"]))
+        if "step_ratio" in r:
+            print(f"  steps: {r['step_ratio']:.2f}x the clip's, off by {r['step_error']:.2f} levels; across / within "
+                  f"latent frames {r['across_within']:.2f} (the clip's own: {r['clip_across_within']:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

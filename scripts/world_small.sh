@@ -2,8 +2,8 @@
 # The bundled model (kinema/assets/world-small) from scratch, stage by stage, as its weights were trained:
 #   bash scripts/world_small.sh          (RUNS=DIR to put the runs elsewhere; default runs/)
 # A stopped stage resumes where it stopped when the script is run again; a finished one (its model/ folder
-# exists) is skipped. Step counts are the shipped weights'. Stages 1-4 and 6 ran on 2 CPU cores (1.3-1.6 s
-# per step), stages 5 and 7 on one H200 (1536 steps in 11 minutes, then 6000 echoed steps in 10; stage 5's
+# exists) is skipped. Step counts are the shipped weights'. Stages 1-4, 6, 11 and 12 ran on 2 CPU cores (1.2-1.6
+# s per step), stages 5 and 7 on one H200 (1536 steps in 11 minutes, then 6000 echoed steps in 10; stage 5's
 # batches are 4x the CPU recipe's, so about 6 s a step on 2 cores), 8 on one H100, 9 and 10 one after the
 # other on one H200. The numbers a rerun reaches will differ a little: the VAE's first 8600 steps ran before
 # crops kept the busiest window (crop_tries), stages 5, 7 and 8 stopped on a time limit and resumed once, and
@@ -39,4 +39,9 @@ stage world-small-dit-echo3 configs/world-small-dit-echo3.toml --init_from "$R/w
 #     schedule in 5 minutes, 4x the config's batches).
 stage world-small-distill configs/world-small-distill.toml --init_from "$R/world-small-dit-echo3/model" --max_steps 457 --optim.schedule_steps 600 --sample.every 0 --data.num_workers 14 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 16}, {"frames": 17, "height": 96, "width": 160, "batch_size": 16, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 16, "weight": 0.25}, {"frames": 33, "height": 128, "width": 128, "batch_size": 8, "weight": 0.25}, {"frames": 1, "height": 128, "width": 128, "batch_size": 64, "weight": 0.25}]'
 
-python scripts/bundle_model.py "$R/world-small-dit-echo3/model" --vae "$R/world-small-vae-dec2/model" --student "$R/world-small-distill/model"
+# 11-12. The decoder again, with the temporal term (frame-to-frame steps against the clip's; 2 CPU cores, 30 and
+#     12 minutes), the second with the steps across latent frames weighted 4x. The DiT's latents do not change.
+stage world-small-vae-dec3 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec2/model" --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 1500 --data.buckets '[{"frames": 17, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4}, {"frames": 9, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4, "weight": 0.5}, {"frames": 1, "height": 64, "width": 64, "batch_size": 8, "crop_scale": 2, "crop_tries": 4, "weight": 0.2}]'
+stage world-small-vae-dec4 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec3/model" --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --vae_loss.temporal_across_weight 4 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 600 --data.buckets '[{"frames": 17, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4}, {"frames": 9, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4, "weight": 0.5}, {"frames": 1, "height": 64, "width": 64, "batch_size": 8, "crop_scale": 2, "crop_tries": 4, "weight": 0.2}]'
+
+python scripts/bundle_model.py "$R/world-small-dit-echo3/model" --vae "$R/world-small-vae-dec4/model" --student "$R/world-small-distill/model"

@@ -47,6 +47,30 @@ def test_vae_objects_scores_a_vae_per_frame(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())[0]["psnr_db"] == pytest.approx(result["psnr_db"])
     with pytest.raises(SystemExit):
         script.main([str(tiny_model_dir), "--frames", "6"])
+    assert result["step_ratio"] > 0 and result["step_error"] >= 0 and result["across_within"] > 0
+
+
+def test_vae_objects_temporal_measures_are_exact_for_a_lossless_vae(monkeypatch):
+    """A VAE that returns its input: steps 1x the clip's, no step error, the clip's own across / within ratio."""
+    script = load_script("vae_objects")
+
+    class Lossless:
+        def float(self):
+            return self
+
+        def eval(self):
+            return self
+
+        def encode(self, video):
+            return video
+
+        def decode(self, z):
+            return z
+
+    monkeypatch.setattr("kinema.weights.load_vae", lambda model: Lossless())
+    r = script.measure("lossless", script.clips(3, 32, 9))
+    assert r["psnr_db"] > 60 and r["step_ratio"] == pytest.approx(1.0) and r["step_error"] == 0
+    assert r["across_within"] == pytest.approx(r["clip_across_within"])
 
 
 # -- scripts/world_small.sh: the bundled model's training, stage by stage ------------------------------
@@ -100,7 +124,7 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
     assert len(trains) == len(names) - 1
     assert trains[0].endswith(f"--out_dir {runs / names[1]} --resume")
     assert not any("--resume" in c for c in trains[1:])
-    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec2/model "
+    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec4/model "
               f"--student {runs}/world-small-distill/model")
     assert calls[-1].endswith(bundle)
 

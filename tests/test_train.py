@@ -402,6 +402,52 @@ def test_object_weight_weighs_the_pixels_the_world_drew_objects_on():
         VAELossConfig(object_weight=0)
 
 
+def test_temporal_weight_scores_flicker_not_motion():
+    """The temporal term compares frame-to-frame steps: a reconstruction that moves as the clip does scores 0
+    whatever its per-frame error, one that flickers scores its flicker; a single frame has no steps."""
+    from kinema.train.config import VAELossConfig
+    from kinema.train.objective import vae_losses
+
+    torch.manual_seed(0)
+    video = torch.linspace(-1, 1, 5).view(1, 1, 5, 1, 1).expand(2, 3, 5, 8, 8).contiguous()  # a steady fade
+    flicker = torch.tensor([0.0, 0.2, 0.0, 0.2, 0.0]).view(1, 1, 5, 1, 1)
+    cases = {"offset": video + 0.3, "flicker": video + flicker}
+
+    def losses(recon, weight):
+        class Fixed(torch.nn.Module):
+            def forward(self, x, generator=None):
+                return recon, torch.zeros(2, 4, 2, 1, 1), torch.zeros(2, 4, 2, 1, 1)
+        return vae_losses(Fixed(), video, None, VAELossConfig(temporal_weight=weight))
+
+    total_off, parts = losses(cases["offset"], 1.0)
+    assert torch.allclose(parts["temporal"], torch.zeros(2), atol=1e-6)  # the same error every frame: no flicker
+    total_fl, parts = losses(cases["flicker"], 1.0)
+    assert torch.allclose(parts["temporal"], torch.full((2,), 0.2), atol=1e-6)  # every step off by 0.2
+    plain, no_term = losses(cases["flicker"], 0.0)
+    assert "temporal" not in no_term and torch.allclose(total_fl - plain, torch.full((2,), 0.2), atol=1e-6)
+    image = video[:, :, :1]
+    class One(torch.nn.Module):
+        def forward(self, x, generator=None):
+            return image + 0.1, torch.zeros(2, 4, 1, 1, 1), torch.zeros(2, 4, 1, 1, 1)
+    _, parts = vae_losses(One(), image, None, VAELossConfig(temporal_weight=1.0))
+    assert torch.equal(parts["temporal"], torch.zeros(2))
+    with pytest.raises(ConfigError, match=r"temporal=-1"):
+        VAELossConfig(temporal_weight=-1)
+    with pytest.raises(ConfigError, match=r"temporal_across_weight must be > 0, got 0"):
+        VAELossConfig(temporal_across_weight=0)
+    # steps across latent frames (0 -> 1 and 4 -> 5 of 9 frames, temporal factor 4) weighted: a jump there only
+    clip = torch.zeros(2, 3, 9, 4, 4)
+    jump = clip.clone()
+    jump[:, :, 1:] = 0.4  # the first latent frame's (4-frame) group starts 0.4 higher: steps 0 -> 1 off by 0.4
+
+    class Jump(torch.nn.Module):
+        def forward(self, x, generator=None):
+            return jump, torch.zeros(2, 4, 3, 1, 1), torch.zeros(2, 4, 3, 1, 1)
+    for across, expect in ((1.0, 0.4 / 8), (3.0, 3 * 0.4 / (2 * 3 + 6))):  # 8 steps, 2 of them across
+        _, parts = vae_losses(Jump(), clip, None, VAELossConfig(temporal_weight=1.0, temporal_across_weight=across))
+        assert torch.allclose(parts["temporal"], torch.full((2,), expect), atol=1e-6)
+
+
 def test_vae_trains_on_the_world_with_object_weight(tmp_path):
     result = train(dict(model="vae", preset="tiny", out_dir=str(tmp_path / "vae"), max_steps=2,
                         data=dict(kind="world", num_clips=8, buckets=[dict(frames=5, height=32, width=32, crop_scale=2)]),

@@ -148,8 +148,9 @@ def test_training_pass_has_gradients():
     assert vae.encoder.conv_in.weight.grad is not None and vae.decoder.conv_out.weight.grad is not None
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("norm", ["rms", "frame"])
-def test_norm_inference_path_equals_the_autograd_path(norm):
+def test_norm_inference_path_equals_the_autograd_path(norm, layout):
     from kinema.nn import ChannelRMSNorm, FrameNorm
 
     layer = {"rms": ChannelRMSNorm, "frame": FrameNorm}[norm](6)
@@ -157,7 +158,35 @@ def test_norm_inference_path_equals_the_autograd_path(norm):
         layer.gamma.uniform_(0.5, 1.5)
     x = torch.randn(2, 6, 3, 5, 7) * 3 + 2
     x[1, :, 2] = 4.0  # a flat frame: zero variance (frame) / a constant vector (rms)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    original = x.clone()
     trained = layer(x.clone().requires_grad_())
     with torch.no_grad():
         fast = layer(x)
-    assert torch.allclose(fast, trained.detach(), atol=1e-5) and torch.equal(x[1, :, 2], torch.full_like(x[1, :, 2], 4.0))
+    assert torch.allclose(fast, trained.detach(), atol=1e-5) and torch.equal(x, original)  # input untouched
+    for bf16 in (x.bfloat16(),):  # a half-precision input is normalised in fp32 and left as it was
+        with torch.no_grad():
+            out = layer(bf16)
+        assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), trained.detach(), atol=0.05, rtol=0.02)
+        assert torch.equal(bf16, original.bfloat16())
+
+
+@pytest.mark.parametrize("norm", ["rms", "frame"])
+def test_cpu_inference_runs_channels_last_and_equals_the_autograd_layout(norm):
+    """Without autograd a CPU pass runs channels-last (oneDNN's fast layout); with it, contiguous. The two agree,
+    and what comes back is contiguous either way."""
+    vae = _random_vae(chunk=2, norm=norm)
+    x = torch.rand(1, 3, 13, 32, 32) * 2 - 1
+    layouts = []
+    hook = vae.decoder.conv_out.register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    mean, _ = vae.encode_moments(x)  # autograd on: the training layout
+    video = vae.decode(mean)
+    with torch.no_grad():
+        fast_mean, _ = vae.encode_moments(x)
+        fast_video = vae.decode(fast_mean)
+    hook.remove()
+    assert layouts == [False, False, True, True]  # two chunks each
+    assert fast_mean.is_contiguous() and fast_video.is_contiguous()
+    assert (fast_mean - mean.detach()).abs().max() <= 1e-4 and (fast_video - video.detach()).abs().max() <= 1e-4

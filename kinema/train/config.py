@@ -142,10 +142,21 @@ class VAELossConfig:
     # textured backgrounds and returns them nearly grey (measured: object-pixel L1 0.50 -> 0.40 in 150
     # fine-tuning steps at weight 10, 0.47 at weight 1).
     object_weight: float = 1.0
+    # L1 between the frame-to-frame differences of the reconstruction and of the clip: the per-frame terms
+    # above let each frame miss in its own way, which a viewer sees as flicker, worst where one latent frame's
+    # four frames meet the next's (measured on the world before this term: round-trip steps 2.2x the clip's,
+    # 1.45x larger across latent frames than within one).
+    temporal_weight: float = 0.0
+    # Within that term, the steps from one latent frame's last frame to the next's first (frame 4k -> 4k+1)
+    # count this many times: each latent frame's four frames share its errors, the next frame's are its own.
+    temporal_across_weight: float = 1.0
 
     def __post_init__(self):
-        _check(self.kl_weight >= 0 and self.edge_weight >= 0 and self.mse_weight >= 0,
-               f"vae_loss weights must be >= 0, got kl={self.kl_weight} edge={self.edge_weight} mse={self.mse_weight}")
+        _check(self.kl_weight >= 0 and self.edge_weight >= 0 and self.mse_weight >= 0 and self.temporal_weight >= 0,
+               f"vae_loss weights must be >= 0, got kl={self.kl_weight} edge={self.edge_weight} mse={self.mse_weight} "
+               f"temporal={self.temporal_weight}")
+        _check(self.temporal_across_weight > 0,
+               f"vae_loss.temporal_across_weight must be > 0, got {self.temporal_across_weight}")
         _check(self.object_weight > 0, f"vae_loss.object_weight must be > 0, got {self.object_weight}")
 
 

@@ -341,7 +341,8 @@ class Trainer:
     def _losses(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.cfg.model == "vae":
             g = torch.Generator(device=self.d.device).manual_seed(sample_seed(self.cfg.seed, step, self.d.rank))
-            return vae_losses(self.train_model, batch.video, g, self.cfg.vae_loss, batch.object_mask)
+            return vae_losses(self.train_model, batch.video, g, self.cfg.vae_loss, batch.object_mask,
+                              self.model_cfg.vae.temporal_factor)
         if self.distiller is not None:
             return self.distiller.losses(self.train_model, batch.latents, batch.noise, batch.frame_mask,
                                          batch.text_tokens, batch.text_mask)

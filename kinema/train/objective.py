@@ -93,10 +93,12 @@ def _edges(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg: VAELossConfig,
-               object_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Per-sample VAE loss (B,): L1 + kl_weight * KL + edge_weight * L1 of image gradients + mse_weight * MSE;
-    and the parts. With ``object_mask`` (B, 1, F, H, W), L1 and MSE are means over pixels weighted
-    ``cfg.object_weight`` where the mask is set and 1 elsewhere."""
+               object_mask: torch.Tensor | None = None, temporal_factor: int = 4) -> tuple[torch.Tensor, dict]:
+    """Per-sample VAE loss (B,): L1 + kl_weight * KL + edge_weight * L1 of image gradients + mse_weight * MSE
+    + temporal_weight * L1 of frame-to-frame differences; and the parts. With ``object_mask`` (B, 1, F, H, W),
+    L1 and MSE are means over pixels weighted ``cfg.object_weight`` where the mask is set and 1 elsewhere;
+    in the temporal term, steps across latent frames (frame ``temporal_factor * k`` -> the next) weigh
+    ``cfg.temporal_across_weight``, the others 1."""
     recon, mean, logvar = vae(video, generator)
     recon, mean, logvar, video = recon.float(), mean.float(), logvar.float(), video.float()
     dims = tuple(range(1, video.ndim))
@@ -111,7 +113,15 @@ def vae_losses(vae, video: torch.Tensor, generator: torch.Generator | None, cfg:
     (rx, ry), (vx, vy) = _edges(recon), _edges(video)
     edge = 0.5 * ((rx - vx).abs().mean(dims) + (ry - vy).abs().mean(dims))
     total = l1 + cfg.kl_weight * kl + cfg.edge_weight * edge + cfg.mse_weight * mse
-    return total, {"l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach(), "mse": mse.detach()}
+    parts = {"l1": l1.detach(), "kl": kl.detach(), "edge": edge.detach(), "mse": mse.detach()}
+    if cfg.temporal_weight:  # a one-frame clip has no steps: 0
+        steps = (recon.diff(dim=2) - video.diff(dim=2)).abs().mean((1, 3, 4))  # (B, F - 1)
+        weight = torch.ones(steps.shape[1], device=steps.device)
+        weight[::temporal_factor] = cfg.temporal_across_weight  # step i goes from frame i to frame i + 1
+        temporal = (steps * weight).sum(1) / weight.sum() if steps.shape[1] else recon.new_zeros(recon.shape[0])
+        total = total + cfg.temporal_weight * temporal
+        parts["temporal"] = temporal.detach()
+    return total, parts
 
 
 def timestep_bins(t: torch.Tensor, bins: int) -> torch.Tensor:
