@@ -37,6 +37,8 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and not torch.is_grad_enabled():
         return x.contiguous(memory_format=CHANNELS_LAST)
     return x
+
+
 NORMS = {"rms": ChannelRMSNorm, "frame": FrameNorm}  # VAEConfig.norm: Wan's per-pixel RMS norm | per-frame layer norm
 
 
