@@ -31,11 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import compare, dit_flops, matmul_peak, reference_dit, reference_vae  # noqa: E402
 
+from kinema.common.precision import dtype_name  # noqa: E402
 from kinema.eval.tasks import psnr  # noqa: E402
 from kinema.infer import Pipeline, Video  # noqa: E402
 from kinema.infer.pipeline import bundled_model_path  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def model_folder(path: str | None, scratch: Path) -> tuple[Path, str]:
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--no-diffusers", action="store_true", help="skip the kinema vs diffusers rows")
     ap.add_argument("--compile", action="store_true", help="also time the DiT step and VAE decode under torch.compile")
     ap.add_argument("--json", help="write the results here")
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         scratch = Path(tmp)
         folder, kind = model_folder(args.model, scratch)
         t = time.perf_counter()
-        pipe = Pipeline.from_pretrained(folder, device=args.device, dtype=DTYPES[args.dtype])
+        pipe = Pipeline.from_pretrained(folder, device=args.device, dtype=args.dtype)
         load_s = time.perf_counter() - t
         peak = matmul_peak(pipe.dtype, n=2048, device=args.device)
         base = pipe.settings(args.prompt, steps=args.steps, frames=args.frames, width=width, height=height)
@@ -245,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "matmul_peak_gflops": peak},
             "model": {"path": None if kind == "random" else str(folder), "kind": kind, "name": pipe.cfg.name,
-                      "dtype": str(pipe.dtype).removeprefix("torch.")},
+                      "dtype": dtype_name(pipe.dtype)},
             "request": {"width": base.width, "height": base.height, "frames": base.frames, "fps": base.fps,
                         "steps": base.steps, "guidance": base.guidance, "sampler": base.sampler,
                         "student": pipe.uses_student(base),

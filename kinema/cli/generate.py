@@ -225,8 +225,8 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     from ..infer.memory import check_memory
     from ..infer.offload import MemoryFitError, MemoryPlan
     from ..infer.parallel import ParallelError, init_mesh, parallelize, plan_parallel
-    from ..common.precision import resolve_dtype, usable_dtype
-    dtype = usable_dtype(device, resolve_dtype(args.dtype, device))
+    from ..common.precision import compute_dtype
+    dtype = compute_dtype(args.dtype, device)
     memory = MemoryPlan.for_mode(args.offload, args.quantize)
     layout = None
     try:

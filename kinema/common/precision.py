@@ -29,13 +29,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = 
     return DTYPES[dtype]
 
 
+def compute_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """What a model on ``device`` runs in when ``dtype`` is asked for: ``resolve_dtype``, then ``usable_dtype``."""
+    return usable_dtype(device, resolve_dtype(dtype, device))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> "bfloat16" (as reports, notes and metadata print it)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def usable_dtype(device: str | torch.device, dtype: torch.dtype) -> torch.dtype:
     """``dtype``, or float32 with a warning where the CPU would only emulate it (no AVX-512 BF16 / AMX)."""
     if torch.device(device).type != "cpu" or dtype == torch.float32:
         return dtype
     if dtype in native_cpu_dtypes():
         return dtype
-    warnings.warn(f"{str(dtype).removeprefix('torch.')} requested, but this CPU "
+    warnings.warn(f"{dtype_name(dtype)} requested, but this CPU "
                   f"({torch.backends.cpu.get_cpu_capability()}) has no native support and would emulate it, "
                   f"slower than float32: using float32", stacklevel=3)
     return torch.float32

@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..common.io import atomic_write_text
+from ..common.precision import dtype_name
 
 
 class EvalArgumentError(ValueError):
@@ -82,7 +83,7 @@ def run_eval(args) -> int:
         label = args.model or "bundled model"
         defaults = pipe.cfg.sampling
         sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance,
-                    "student": _samples_with_student(pipe, steps), "dtype": str(pipe.dtype).removeprefix("torch.")}
+                    "student": _samples_with_student(pipe, steps), "dtype": dtype_name(pipe.dtype)}
     t = time.perf_counter()
     report = run_world_eval(generate, n_per_row=args.n, width=width, height=height, frames=frames, fps=fps,
                             seed=args.seed)
@@ -107,7 +108,7 @@ def _run_tasks(args) -> int:
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
-    report["settings"]["dtype"] = str(pipe.dtype).removeprefix("torch.")
+    report["settings"]["dtype"] = dtype_name(pipe.dtype)
     report["model"] = args.model or "bundled model"
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")

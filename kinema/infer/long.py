@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..common.io import atomic_path
+from ..common.precision import dtype_name
 from ..common.video import from_model
 from ..tasks.builders import place
 from ..tasks.frames import frame_at, latent_count, pixel_count
@@ -241,7 +242,7 @@ def long_video(pipe: Pipeline, prompts: str | list[tuple[float, str]], seconds: 
     tick, bar = _window_progress(progress, windows)
     vae_dtype = next(pipe.vae.parameters()).dtype
     metadata = {"prompt": prompts[0][1], "seed": str(s.seed), "model": pipe.name, "software": "kinema",
-                "dtype": str(pipe.dtype).removeprefix("torch."),
+                "dtype": dtype_name(pipe.dtype),
                 "settings": json.dumps({**asdict(replace(s, prompt="")), "seconds": seconds, "overlap": overlap,
                                         "windows": windows, "prompts": prompts})}
     used, timings = [], {"sample": 0.0, "decode": 0.0}

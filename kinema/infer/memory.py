@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kinema.common.precision import dtype_name
 from kinema.infer.offload import MEMORY_MODES, QUANTIZE, MemoryFitError, MemoryPlan
 
 GB = 1024**3
@@ -182,7 +183,7 @@ def check_memory(cfg, width: int, height: int, frames: int, dtype: torch.dtype, 
     if est.total + overhead <= free:
         return est
     options = [(o, q) for q in QUANTIZE for o in (MEMORY_MODES if cuda else ("none",))]
-    what = f"{cfg.name} at {width}x{height}x{frames} in {str(dtype).removeprefix('torch.')}"
+    what = f"{cfg.name} at {width}x{height}x{frames} in {dtype_name(dtype)}"
     need = f"needs about {est.total / GB:.1f} GB ({est.weights / GB:.1f} GB weights + {est.activations / GB:.1f} GB " \
            f"activations at the {est.stage} stage) with --offload {plan.offload}" + \
            (f" --quantize {plan.quantize}" if plan.quantize != "none" else "")

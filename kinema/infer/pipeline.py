@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..common.precision import resolve_dtype, usable_dtype
+from ..common.precision import compute_dtype, dtype_name, resolve_dtype, usable_dtype  # noqa: F401 (re-exported)
 from ..config import SAMPLERS, ModelConfig
 from ..dit import DiT
 from ..flow import get_sampler, guided, sampling_schedule
@@ -181,7 +181,7 @@ class Pipeline:
             from ..common.malloc import keep_freed_memory
             keep_freed_memory()  # CPU tensors reuse freed memory (first clip 22% faster; KINEMA_MALLOC=system: off)
         path = Path(path) if path is not None else bundled_model_path()
-        dtype = usable_dtype(device, resolve_dtype(dtype, device))
+        dtype = compute_dtype(dtype, device)
         plan = MemoryPlan.for_mode(memory) if isinstance(memory, str) else memory
         home = "cpu" if plan.offload != "none" else device  # offloaded components move on first use
         cfg = read_config(path)
@@ -331,7 +331,7 @@ class Pipeline:
         frames = self.decode(latents, cyclic=cyclic)
         t3 = time.perf_counter()
         timings = {"text": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0}
-        notes = {"dtype": str(self.dtype).removeprefix("torch.")}
+        notes = {"dtype": dtype_name(self.dtype)}
         if self.cache_stats is not None:
             notes["step_cache"] = str(self.cache_stats)
         notes.update(self.student_notes(s))

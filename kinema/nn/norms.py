@@ -70,8 +70,8 @@ class FrameNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = (1, 3, 4) if x.ndim == 5 else tuple(range(1, x.ndim))  # channels and pixels, never time
         if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
+            dims = (1, 3, 4) if x.ndim == 5 else tuple(range(1, x.ndim))  # channels and pixels, never time
             xf = x.float()
             var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
             return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.gamma.to(x.dtype)

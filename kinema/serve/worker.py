@@ -41,11 +41,6 @@ def task_overrides(s: Settings, *drop: str) -> dict:
     return {k: v for k, v in vars(s).items() if k not in ("prompt", "strength", *drop)}
 
 
-def _torch_dtype(name: str, device: str = "cpu"):
-    from ..common.precision import resolve_dtype, usable_dtype
-    return usable_dtype(device, resolve_dtype(name, device))
-
-
 def worker_name(slot: int) -> str:
     """A stable name for this host's worker ``slot`` (a restarted worker recognises its own jobs by it)."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
@@ -127,7 +122,8 @@ class Worker:
         """
         from ..infer.memory import check_memory
         from ..infer.offload import MemoryFitError
-        plan, dtype = self.cfg.memory_plan(), _torch_dtype(self.cfg.dtype, self.cfg.device)
+        from ..common.precision import compute_dtype
+        plan, dtype = self.cfg.memory_plan(), compute_dtype(self.cfg.dtype, self.cfg.device)
         for spec in self.catalog.values():
             width, height, frames = spec.largest_request
             try:
@@ -141,7 +137,7 @@ class Worker:
         if model not in self.pipes:
             from ..infer import Pipeline
             self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device,
-                                                         dtype=_torch_dtype(self.cfg.dtype, self.cfg.device),
+                                                         dtype=self.cfg.dtype,
                                                          memory=self.cfg.memory_plan())
         return self.pipes[model]
 
