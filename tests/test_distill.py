@@ -115,6 +115,8 @@ def test_student_euler_steps_on_the_targets_land_where_the_teacher_does():
     (dict(init_from=None), r"distill needs a teacher: set distill\.teacher or init_from"),
     (dict(lora=dict(rank=4)), r"lora\.rank must be 0, got 4"),
     (dict(model="vae", data=dict(kind="world")), r"distill applies to model: dit, got model: 'vae'"),
+    (dict(init_from=None, distill=dict(teacher="t/", continue_student=True)),
+     r"distill\.continue_student starts from init_from's student: set init_from"),
 ])
 def test_bad_distill_settings_are_refused_naming_the_value(tmp_path, changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -149,6 +151,24 @@ def test_distillation_closes_most_of_the_gap_between_four_student_steps_and_the_
     assert after < 0.2 * before, (before, after)  # measured: 0.063 -> 0.0022
     curve = losses(distilled)
     assert sum(curve[-5:]) < 0.5 * sum(curve[:5]), curve
+
+
+def test_a_student_continues_from_an_exported_one_and_a_mismatched_start_is_refused(distilled, teacher_dir, cache,
+                                                                                     tmp_path):
+    """distill.continue_student: the run starts at the exported student (its loss where the first run ended, far
+    below where that one began), the teacher stays the folder's DiT, and train_steps adds up; a folder without a
+    student, or a student of another schedule, is refused before training."""
+    more = train(recipe(tmp_path / "more", distilled.exported, cache, max_steps=3, distill=dict(continue_student=True),
+                        optim=dict(lr=1e-4)))
+    first, again = losses(distilled), losses(more)
+    assert again[0] < 0.5 * first[0] and again[0] < 2 * max(first[-5:]), (first, again)
+    assert read_student(more.exported).train_steps == 30 + 3
+    teacher = load_file(teacher_dir / "transformer.safetensors")
+    assert all(torch.equal(teacher[k], v) for k, v in load_file(more.exported / "transformer.safetensors").items())
+    with pytest.raises(ConfigError, match=r"has no few-step student .* drop the option"):
+        train(recipe(tmp_path / "none", teacher_dir, cache, distill=dict(continue_student=True)))
+    with pytest.raises(ConfigError, match=r"samples differently from this run's \(steps 4 vs 2; times .*\)"):
+        train(recipe(tmp_path / "other", distilled.exported, cache, distill=dict(continue_student=True, steps=2)))
 
 
 def test_export_writes_the_teacher_folder_with_the_student_and_its_schedule(distilled, teacher_dir):

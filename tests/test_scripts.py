@@ -124,15 +124,16 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
     assert len(trains) == len(names) - 1
     assert trains[0].endswith(f"--out_dir {runs / names[1]} --resume")
     assert not any("--resume" in c for c in trains[1:])
-    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec4/model "
-              f"--student {runs}/world-small-distill/model")
+    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec5/model "
+              f"--student {runs}/world-small-distill3/model")
     assert calls[-1].endswith(bundle)
 
 
 def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_path):
     """scripts/gpu_round.sh on the CPU with tiny batches: a dit round that runs out of time still hands back its
     checkpoint's weights (marked), a distill round makes a student of that DiT, both hand back what a device call
-    returns (fp16 weights under 16 MiB a file) and they bundle into a model that generates; a bad round is refused."""
+    returns (fp16 weights under 16 MiB a file) and they bundle into a model that generates; a student round starts
+    from the shipped student with the shipped DiT as its teacher; a bad round is refused."""
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
     tiny = ["--data.num_workers", "0", "--data.buckets", '[{"frames": 5, "height": 32, "width": 32, "batch_size": 2}]',
             "--optim.warmup_steps", "1", "--log.every", "1"]
@@ -160,8 +161,14 @@ def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_pat
     pipe = Pipeline.from_pretrained(tmp_path / "bundle")
     assert pipe.student is not None
     assert pipe.generate("a red ball", steps=4, frames=5, width=64, height=64).frames.shape == (5, 64, 64, 3)
+    again = run("student", "5", "--max_steps", "1", *tiny)  # the shipped student further, its teacher frozen
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continuing the student of kinema/assets/world-small" in again.stdout
+    shipped = json.loads((root / "kinema" / "assets" / "world-small" / "student.json").read_text())
+    info = json.loads((tmp_path / "out" / "student" / "student.json").read_text())
+    assert info["teacher"] == "kinema/assets/world-small" and info["train_steps"] == shipped["train_steps"] + 1
     bad = run("vae", "1")
-    assert bad.returncode == 2 and "the round must be dit or distill, got 'vae'" in bad.stderr
+    assert bad.returncode == 2 and "the round must be dit, distill or student, got 'vae'" in bad.stderr
 
 
 def test_minilm_pack_keeps_the_world_captions_word_pieces_and_refuses_others(tmp_path, monkeypatch):

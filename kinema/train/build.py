@@ -66,7 +66,11 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
             vae.quant_conv.requires_grad_(False)
         return Models(model_cfg, vae.to(device).train(), None, None)
 
-    if cfg.init_source:
+    if cfg.distill is not None and cfg.distill.continue_student:
+        from kinema.train.distill import start_student
+
+        dit = start_student(cfg)
+    elif cfg.init_source:
         from kinema.weights import load_dit
 
         dit = load_dit(cfg.init_source)

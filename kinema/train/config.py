@@ -294,6 +294,9 @@ class DistillConfig:
     negative_prompt: str | None = None  # the teacher's unconditional text; None = the teacher's sampling default
     shift: float | None = None  # time shift of the student's schedule; None = the teacher's sampling default
     states: str = "teacher"  # where segments start: "teacher" (its own trajectory from noise) | "noised" (real latents)
+    # Start from init_from's few-step student (its student.safetensors), not its DiT: distil an exported
+    # student further (its schedule and guidance must be this run's; its train_steps carry on).
+    continue_student: bool = False
 
     def __post_init__(self):
         _check(1 <= self.steps <= 64, f"distill.steps must be an integer in [1, 64], got {self.steps}")
@@ -370,6 +373,8 @@ class TrainConfig:
             _check(self.teacher is not None, "distill needs a teacher: set distill.teacher or init_from to a model folder")
             _check(not self.lora.rank, f"distill trains every weight of the student; lora.rank must be 0, got {self.lora.rank}")
             _check(not self.model_config, "distill: the student has its teacher's config; drop model_config")
+            _check(not self.distill.continue_student or self.init_from,
+                   "distill.continue_student starts from init_from's student: set init_from to a model folder with one")
 
     @property
     def init_source(self) -> str | None:

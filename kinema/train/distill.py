@@ -55,6 +55,27 @@ def student_info(cfg: TrainConfig, teacher_cfg: ModelConfig, train_steps: int = 
                        shift=shift, teacher=str(cfg.teacher), train_steps=train_steps)
 
 
+def start_student(cfg: TrainConfig):
+    """``distill.continue_student``: init_from's exported student, refused unless it samples as this run's will."""
+    from kinema.weights import read_config
+    from kinema.weights.student import load_student
+
+    loaded = load_student(cfg.init_from)
+    if loaded is None:
+        raise ConfigError(f"distill.continue_student: {cfg.init_from} has no few-step student (student.json and "
+                          "student.safetensors) to start from; drop the option to start from its DiT")
+    dit, had = loaded
+    want = student_info(cfg, read_config(cfg.teacher))
+    sampling = lambda info: {"steps": info.steps, "times": tuple(info.times), "guidance": info.guidance,  # noqa: E731
+                             "negative_prompt": info.negative_prompt, "shift": info.shift}
+    had_s, want_s = sampling(had), sampling(want)
+    differ = [f"{k} {had_s[k]!r} vs {want_s[k]!r}" for k in had_s if had_s[k] != want_s[k]]
+    if differ:
+        raise ConfigError(f"distill.continue_student: the student of {cfg.init_from} samples differently from this "
+                          f"run's ({'; '.join(differ)}); set [distill] to match it, or start from a DiT")
+    return dit
+
+
 def _pad(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> Text:
     """(B, L, D), (B, L) zero-padded (mask False) to ``length`` tokens."""
     extra = length - tokens.shape[1]
@@ -135,8 +156,11 @@ class Distiller:
 def export_student(checkpoint_meta: dict, cfg: TrainConfig, student, vae, out: str | Path) -> Path:
     """The teacher's model folder at ``out`` (its DiT, the run's VAE) with the student beside it."""
     from kinema.weights import load_dit, read_config, save_model
-    from kinema.weights.student import save_student
+    from kinema.weights.student import read_student, save_student
 
     model_cfg = ModelConfig.from_dict(checkpoint_meta["model_config"])
+    steps = checkpoint_meta["step"]
+    if cfg.distill.continue_student:  # the student's own count: its earlier training plus this run's
+        steps += read_student(cfg.init_from).train_steps
     save_model(out, model_cfg, dit=load_dit(cfg.teacher), vae=vae)
-    return save_student(out, student, student_info(cfg, read_config(cfg.teacher), checkpoint_meta["step"]))
+    return save_student(out, student, student_info(cfg, read_config(cfg.teacher), steps))

@@ -257,7 +257,8 @@ class Trainer:
         if self.distiller is not None:
             dc, info = cfg.distill, self.distiller.info
             print0(f"distilling {cfg.teacher} into a {dc.steps}-step student: {dc.substeps} {dc.sampler} teacher "
-                   f"sub-steps per step, guidance {info.guidance} baked in, shift {info.shift}, {dc.states} states")
+                   f"sub-steps per step, guidance {info.guidance} baked in, shift {info.shift}, {dc.states} states"
+                   + (f"; continuing the student of {cfg.init_from}" if dc.continue_student else ""))
 
     def _echo_note(self) -> str:
         data = self.cfg.data

@@ -39,7 +39,7 @@ class StudentInfo:
     negative_prompt: str = ""  # the teacher's unconditional text during distillation
     shift: float = 1.0  # times = sampling_schedule(steps, shift)
     teacher: str = ""  # the teacher's model folder, as the run named it
-    train_steps: int = 0  # optimizer steps of the distillation run
+    train_steps: int = 0  # optimizer steps the student has trained (continued runs add theirs)
 
     def __post_init__(self):
         times = tuple(float(t) for t in self.times)
