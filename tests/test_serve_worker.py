@@ -153,6 +153,14 @@ def test_an_int8_worker_stores_the_dit_blocks_in_8_bits(worker, tmp_path):
     assert "Int8Linear" in kinds and "Linear" not in kinds
 
 
+def test_a_compile_worker_loads_compiled_pipelines_and_refuses_offloading(worker, tmp_path):
+    assert not worker.pipeline("tiny").compiled
+    assert Worker(replace(worker.cfg, data_dir=str(tmp_path), compile=True), "test-compile").pipeline("tiny").compiled
+    for memory in (dict(offload="model"), dict(quantize="int8")):
+        with pytest.raises(ConfigError, match=r"--compile does not combine with --offload \w+ / --quantize \w+"):
+            replace(worker.cfg, compile=True, **memory)
+
+
 @pytest.mark.parametrize("flag, value, accepted", [("--offload", "blocks", "'none', 'model', 'block'"),
                                                    ("--quantize", "int4", "'none', 'int8'")])
 def test_bad_memory_flags_are_refused_naming_the_value_and_the_choices(tmp_path, capsys, flag, value, accepted):

@@ -58,6 +58,10 @@ def add_parser(sub) -> None:
                    help="precision; auto (the default): bf16 where the device computes it natively (CUDA, or a CPU "
                         "with AVX-512 BF16 / AMX), else fp32")
     g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    g.add_argument("--compile", action="store_true",
+                   help="run the DiT and VAE decode through torch.compile: the first clip compiles (about a minute "
+                        "on 2 CPU cores, seconds once cached), later ones in the process run about 1.2x faster; for "
+                        "long videos and many clips")
     g.add_argument("-o", "--output", help="output file: .mp4 .webm .gif .png, or a folder for PNG frames")
     g.add_argument("-q", "--quiet", action="store_true")
     m = g.add_argument_group("memory and GPUs", "A request that cannot fit the chosen mode is refused before "
@@ -230,6 +234,9 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     memory = MemoryPlan.for_mode(args.offload, args.quantize)
     layout = None
     try:
+        if args.compile and (world > 1 or memory != MemoryPlan()):
+            raise CLIError("--compile runs the model in one process where it was loaded; drop it, or drop "
+                           + ("--gpus" if world > 1 else f"--offload {args.offload} / --quantize {args.quantize}"))
         if world > 1:
             if settings.cache_threshold > 0:  # ranks holding token shards would decide to skip differently
                 raise CLIError(f"--cache-threshold {settings.cache_threshold} runs in one process; drop it or --gpus")
@@ -242,7 +249,7 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
-                                    student=not args.no_student)
+                                    student=not args.no_student, compile=args.compile)
     if layout is not None:
         parallelize(pipe.dit, init_mesh(layout))
     return pipe

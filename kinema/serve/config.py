@@ -42,6 +42,7 @@ class ServeConfig:
     offload: str = "none"  # workers' memory mode, as ``kinema generate --offload``: "none" | "model" | "block"
     quantize: str = "none"  # "int8": workers store the DiT blocks' linear weights in 8 bits
     threads: int | None = None  # CPU threads per worker
+    compile: bool = False  # workers load their pipelines with torch.compile (Pipeline.compile)
     auth: bool = True  # False (``--no-auth``) is only allowed on a loopback address
     lease_s: float = 60.0  # a job whose worker sent no heartbeat for this long is retried
     max_attempts: int = 3  # claims per job before it fails as "worker_lost"
@@ -66,6 +67,8 @@ class ServeConfig:
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
         self.memory_plan()  # an unknown offload or quantize value is refused here, by name
+        if self.compile and (self.offload, self.quantize) != ("none", "none"):
+            raise ConfigError(f"--compile does not combine with --offload {self.offload} / --quantize {self.quantize}")
         if not self.lease_s > 0 or self.max_attempts < 1:
             raise ConfigError(f"lease must be > 0 s and max attempts >= 1, got {self.lease_s} s / {self.max_attempts}")
         if not self.ttl_s > 0 or not self.poll_ms > 0:

@@ -137,7 +137,7 @@ class Worker:
         if model not in self.pipes:
             from ..infer import Pipeline
             self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device,
-                                                         dtype=self.cfg.dtype,
+                                                         dtype=self.cfg.dtype, compile=self.cfg.compile,
                                                          memory=self.cfg.memory_plan())
         return self.pipes[model]
 
