@@ -164,10 +164,12 @@ def versus_diffusers(pipe: Pipeline, s, repeats: int) -> list[dict]:
     return rows + [{"case": "VAE decode", "kinema_s": dec_k, "diffusers_s": dec_d, "ratio": dec_d / dec_k}]
 
 
-def versus_compiled(pipe: Pipeline, folder: Path, s, repeats: int) -> list[dict]:
+def versus_compiled(pipe: Pipeline, folder: Path, s, repeats: int, diffusers: bool) -> tuple[list[dict], list[dict]]:
     """Eager ``pipe`` against a twin loaded with ``compile=True`` (what ``--compile`` runs: the DiT or student
     and the VAE decode through ``torch.compile``), interleaved: one DiT step, the VAE decode and the whole clip.
-    The twin's first clip (compiling) is timed apart. ratio = eager / compiled, > 1 means compiling helps."""
+    The twin's first clip (compiling) is timed apart. ratio = eager / compiled, > 1 means compiling helps.
+    With ``diffusers``, also the compiled DiT against diffusers' transformer compiled alike (same weights, the
+    request's step without a text mask): ratio = diffusers / kinema."""
     twin = Pipeline.from_pretrained(folder, device=pipe.device, dtype=pipe.dtype, compile=True)
     started = time.perf_counter()
     twin.run(s)
@@ -184,7 +186,16 @@ def versus_compiled(pipe: Pipeline, folder: Path, s, repeats: int) -> list[dict]
             e, c = compare(lambda: call(pipe), lambda: call(twin), repeats)
             rows.append({"case": case, "eager_s": e, "compiled_s": c, "ratio": e / c})
     rows[0]["compile_s"] = compile_s  # the twin's first clip: every graph of this request compiled
-    return rows
+    both = []
+    if diffusers:
+        with torch.inference_mode():
+            ref = reference_dit(twin.dit)
+            ref.compile()
+            x, t, txt, _ = dit_inputs(pipe, s, text, None)  # diffusers' Wan attends to every text token
+            k, d = compare(lambda: twin.dit(x, t, txt), lambda: ref(x, t, txt, return_dict=False), repeats)
+        both.append({"case": f"DiT step ({x.shape[0]} rows, no text mask), both compiled", "kinema_s": k,
+                     "diffusers_s": d, "ratio": d / k})
+    return rows, both
 
 
 def print_table(result: dict) -> None:
@@ -210,7 +221,7 @@ def print_table(result: dict) -> None:
         note = f" (the first clip, compiling: {r['compile_s']:.0f} s)" if "compile_s" in r else ""
         print(f"  {r['case'] + ', --compile':36s} eager  {r['eager_s'] * 1000:8.1f} ms   compiled  "
               f"{r['compiled_s'] * 1000:8.1f} ms   x{r['ratio']:.2f}{note}")
-    for r in result.get("vs_diffusers", []):
+    for r in result.get("vs_diffusers", []) + result.get("vs_diffusers_compiled", []):
         print(f"  {r['case']:36s} kinema {r['kinema_s'] * 1000:8.1f} ms   diffusers {r['diffusers_s'] * 1000:8.1f} ms"
               f"   x{r['ratio']:.2f}")
 
@@ -271,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
             row["psnr_db"] = None if math.isinf(db) else db  # None: identical frames
             result["runs"].append(row)
         if args.compile:
-            result["vs_compiled"] = versus_compiled(pipe, folder, base, args.repeats)
+            result["vs_compiled"], result["vs_diffusers_compiled"] = versus_compiled(
+                pipe, folder, base, args.repeats, diffusers=not args.no_diffusers)
         if not args.no_diffusers:
             try:
                 result["vs_diffusers"] = versus_diffusers(pipe, base, args.repeats)
