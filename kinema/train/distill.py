@@ -55,6 +55,12 @@ def student_info(cfg: TrainConfig, teacher_cfg: ModelConfig, train_steps: int = 
                        shift=shift, teacher=str(cfg.teacher), train_steps=train_steps)
 
 
+def _sampling(info: StudentInfo) -> dict:
+    """What makes two students sample alike: their step times, baked-in guidance and negative prompt."""
+    return {"steps": info.steps, "times": tuple(info.times), "guidance": info.guidance,
+            "negative_prompt": info.negative_prompt, "shift": info.shift}
+
+
 def start_student(cfg: TrainConfig):
     """``distill.continue_student``: init_from's exported student, refused unless it samples as this run's will."""
     from kinema.weights import read_config
@@ -65,10 +71,7 @@ def start_student(cfg: TrainConfig):
         raise ConfigError(f"distill.continue_student: {cfg.init_from} has no few-step student (student.json and "
                           "student.safetensors) to start from; drop the option to start from its DiT")
     dit, had = loaded
-    want = student_info(cfg, read_config(cfg.teacher))
-    sampling = lambda info: {"steps": info.steps, "times": tuple(info.times), "guidance": info.guidance,  # noqa: E731
-                             "negative_prompt": info.negative_prompt, "shift": info.shift}
-    had_s, want_s = sampling(had), sampling(want)
+    had_s, want_s = _sampling(had), _sampling(student_info(cfg, read_config(cfg.teacher)))
     differ = [f"{k} {had_s[k]!r} vs {want_s[k]!r}" for k in had_s if had_s[k] != want_s[k]]
     if differ:
         raise ConfigError(f"distill.continue_student: the student of {cfg.init_from} samples differently from this "
