@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--no-diffusers", action="store_true", help="skip the kinema vs diffusers rows")
-    ap.add_argument("--compile", action="store_true", help="also time the DiT step and VAE decode under torch.compile")
+    ap.add_argument("--compile", action="store_true", help="also time a --compile twin: DiT step, VAE decode, whole clip (and the DiT against diffusers' "
+                         "compiled alike)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.threads:
