@@ -2,7 +2,7 @@
 # The bundled model (kinema/assets/world-small) from scratch, stage by stage, as its weights were trained:
 #   bash scripts/world_small.sh          (RUNS=DIR to put the runs elsewhere; default runs/)
 # A stopped stage resumes where it stopped when the script is run again; a finished one (its model/ folder
-# exists) is skipped. Step counts are the shipped weights'. Stages 1-4, 6, 11-13 and 16 ran on 2 CPU cores (1.2-1.6
+# exists) is skipped. Step counts are the shipped weights'. Stages 1-4, 6, 11-13 and 16-18 ran on 2 CPU cores (1.2-1.6
 # s per step), stages 5 and 7 on one H200 (1536 steps in 11 minutes, then 6000 echoed steps in 10; stage 5's
 # batches are 4x the CPU recipe's, so about 6 s a step on 2 cores), 8 on one H100, 9 and 10 one after the
 # other on one H200, and so 14 and 15. The numbers a rerun reaches will differ a little: the VAE's first 8600
@@ -53,4 +53,9 @@ stage world-small-distill3 configs/world-small-distill.toml --init_from "$R/worl
 # 16. The decoder once more, the steps across latent frames weighted 16x (2 CPU cores, 13 minutes).
 stage world-small-vae-dec6 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec5/model" --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --vae_loss.temporal_across_weight 16 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 600 --data.buckets '[{"frames": 17, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4}, {"frames": 9, "height": 64, "width": 64, "batch_size": 4, "crop_scale": 2, "crop_tries": 4, "weight": 0.5}, {"frames": 1, "height": 64, "width": 64, "batch_size": 8, "crop_scale": 2, "crop_tries": 4, "weight": 0.2}]'
 
-python scripts/bundle_model.py "$R/world-small-dit-echo3/model" --vae "$R/world-small-vae-dec6/model" --student "$R/world-small-distill3/model"
+# 17-18. The decoder on whole frames (every stage before saw crops): its per-frame norm's statistics are a whole
+#     frame's at inference, and a sky over a meadow came back as smears of colour. 1000 + 1400 steps (2 CPU
+#     cores, 26 + 36 minutes; the second with another data seed, so it sees new clips).
+stage world-small-vae-dec7 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec6/model" --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --vae_loss.temporal_across_weight 16 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 1000 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 1}, {"frames": 17, "height": 96, "width": 160, "batch_size": 1, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 1, "weight": 0.25}, {"frames": 9, "height": 128, "width": 128, "batch_size": 2, "weight": 0.5}, {"frames": 1, "height": 128, "width": 128, "batch_size": 4, "weight": 0.25}]'
+stage world-small-vae-dec8 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec7/model" --seed 1 --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --vae_loss.temporal_across_weight 16 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 1400 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 1}, {"frames": 17, "height": 96, "width": 160, "batch_size": 1, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 1, "weight": 0.25}, {"frames": 9, "height": 128, "width": 128, "batch_size": 2, "weight": 0.5}, {"frames": 1, "height": 128, "width": 128, "batch_size": 4, "weight": 0.25}]'
+python scripts/bundle_model.py "$R/world-small-dit-echo3/model" --vae "$R/world-small-vae-dec8/model" --student "$R/world-small-distill3/model"

@@ -124,7 +124,7 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
     assert len(trains) == len(names) - 1
     assert trains[0].endswith(f"--out_dir {runs / names[1]} --resume")
     assert not any("--resume" in c for c in trains[1:])
-    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec6/model "
+    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec8/model "
               f"--student {runs}/world-small-distill3/model")
     assert calls[-1].endswith(bundle)
 
