@@ -160,6 +160,7 @@ def test_the_bundled_vae_reconstructs_whole_frames_of_every_background(one_threa
     from kinema.common.video import from_model, to_model
     from kinema.data.world import render, scene_from_prompt
     from kinema.data.world.vocab import BACKGROUNDS
+    from kinema.eval.tasks import psnr
     from kinema.infer.pipeline import bundled_model_path
     from kinema.weights import load_vae
 
@@ -173,7 +174,5 @@ def test_the_bundled_vae_reconstructs_whole_frames_of_every_background(one_threa
             scene = scene_from_prompt(f"a red ball bounces {phrase}", 128, 128, 17, 8, 0)
             assert scene.background == background
             clip = render(scene)
-            out = from_model(vae.decode(vae.encode(to_model(clip))))
-            mse = np.mean((out.astype(np.float64) - clip.astype(np.float64)) ** 2)
-            scores[background] = 10 * np.log10(255.0**2 / mse)
+            scores[background] = psnr(from_model(vae.decode(vae.encode(to_model(clip)))), clip)
     assert min(scores.values()) >= 17.0 and np.mean(list(scores.values())) >= 21.0, scores

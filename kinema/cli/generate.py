@@ -234,7 +234,7 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     memory = MemoryPlan.for_mode(args.offload, args.quantize)
     layout = None
     try:
-        if args.compile and (world > 1 or memory != MemoryPlan()):
+        if args.compile and (world > 1 or not memory.weights_as_loaded):
             raise CLIError("--compile runs the model in one process where it was loaded; drop it, or drop "
                            + ("--gpus" if world > 1 else f"--offload {args.offload} / --quantize {args.quantize}"))
         if world > 1:

@@ -63,6 +63,12 @@ class MemoryPlan:
             return cls(offload, quantize, vae_chunk=1, vae_tile=32, vae_overlap=8)
         return cls(offload, quantize)
 
+    @property
+    def weights_as_loaded(self) -> bool:
+        """Whether the weights stay where they were loaded, in their stored precision (no offloading, no int8):
+        what a compiled graph, which holds them, needs."""
+        return (self.offload, self.quantize) == ("none", "none")
+
     def note_on(self, device: torch.device | str) -> str | None:
         """Why this plan's offloading saves nothing on ``device`` when that is the CPU; None where it helps."""
         if self.offload == "none" or torch.device(device).type != "cpu":

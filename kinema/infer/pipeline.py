@@ -187,7 +187,7 @@ class Pipeline:
         path = Path(path) if path is not None else bundled_model_path()
         dtype = compute_dtype(dtype, device)
         plan = MemoryPlan.for_mode(memory) if isinstance(memory, str) else memory
-        if compile and (plan.offload, plan.quantize) != ("none", "none"):
+        if compile and not plan.weights_as_loaded:
             raise InputError(f"compile does not combine with offload {plan.offload!r} / quantize {plan.quantize!r}: "
                              f"compiled graphs hold the weights where they were loaded, in their stored precision")
         home = "cpu" if plan.offload != "none" else device  # offloaded components move on first use

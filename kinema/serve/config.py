@@ -66,8 +66,8 @@ class ServeConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
-        self.memory_plan()  # an unknown offload or quantize value is refused here, by name
-        if self.compile and (self.offload, self.quantize) != ("none", "none"):
+        plan = self.memory_plan()  # an unknown offload or quantize value is refused here, by name
+        if self.compile and not plan.weights_as_loaded:
             raise ConfigError(f"--compile does not combine with --offload {self.offload} / --quantize {self.quantize}")
         if not self.lease_s > 0 or self.max_attempts < 1:
             raise ConfigError(f"lease must be > 0 s and max attempts >= 1, got {self.lease_s} s / {self.max_attempts}")
