@@ -204,6 +204,7 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     assert 0.0 <= report["loop"]["seam_within_typical"] <= 1.0 and report["loop"]["median_typical_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_boundary"] <= 1.0 and report["loop"]["median_latent_boundary_step"] >= 0.0
     assert 0.0 <= report["image_loop"]["seam_within_typical"] <= 1.0
+    assert 0.0 <= report["loop"]["inner_within_typical"] <= 1.0 and 0.0 <= report["image_loop"]["inner_within_typical"] <= 1.0
 
 
 def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_dir, tmp_path, one_thread, monkeypatch):
@@ -262,3 +263,14 @@ def test_eval_samples_with_the_models_student_unless_told_not_to(tiny_model_dir,
     assert main(["eval", "world", "--model", str(folder), "--n", "1", "--steps", "2", "--json", str(out)]) == 0
     assert used == [False] * 5  # another step count: the teacher
     assert main(["eval", "world", "--reconstruct", "--no-student", "--n", "1"]) == 2  # refused: nothing is sampled
+
+
+def test_loop_steps_reference_is_the_share_of_inner_latent_steps_within_the_median_step():
+    from kinema.eval.tasks import _loop_steps
+
+    # 9 flat frames (tf = 4), steps 1, 1, 1, 3 | 1, 1, 2, 1: the steps between latent frames are 3->4 and 7->8
+    levels = np.cumsum([0, 1, 1, 1, 3, 1, 1, 2, 1])
+    frames = np.broadcast_to(levels[:, None, None, None], (9, 2, 2, 3)).astype(np.uint8)
+    seam, typical, inner_median, inner_share = _loop_steps(frames, 4)
+    assert (seam, typical) == (11.0, 1.0)
+    assert (inner_median, inner_share) == (2.0, 0.5)  # inner steps 3 and 1: one passes the seam rule
