@@ -193,9 +193,10 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
 
     out = tmp_path / "tasks.json"
     assert main(["eval", "tasks", "--model", str(tiny_model_dir), "--n", "2", "--steps", "2", "--guidance", "2.5",
-                 "--json", str(out)]) == 0
+                 "--shift", "4", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["cases"] == 2 and report["settings"]["steps"] == 2 and report["settings"]["guidance"] == 2.5
+    assert report["settings"]["shift"] == 4.0
     assert report["settings"]["student"] is False  # the tiny model has none
     # the pinned first latent frame is decoded by a causal decoder: the first frame is the VAE's round trip
     i2v = report["image_to_video"]
@@ -217,19 +218,22 @@ def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_d
     original = Pipeline.generate
 
     def spy(self, prompt, **kw):
-        seen.append((kw["steps"], kw["guidance"]))
+        seen.append((kw["steps"], kw["guidance"], kw["shift"]))
         return original(self, prompt, **kw)
 
     monkeypatch.setattr(Pipeline, "generate", spy)
     out = tmp_path / "world.json"
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--guidance", "1.5",
-                 "--json", str(out)]) == 0
-    assert seen == [(1, 1.5)] * 5  # one video per row
-    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "student": False, "dtype": "float32"}
+                 "--shift", "5", "--json", str(out)]) == 0
+    assert seen == [(1, 1.5, 5.0)] * 5  # one video per row
+    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "shift": 5.0, "student": False,
+                                                       "dtype": "float32"}
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--json", str(out)]) == 0
-    assert seen[-1] == (1, None) and json.loads(out.read_text())["sampling"]["guidance"] == Pipeline.from_pretrained(
-        tiny_model_dir).cfg.sampling.guidance  # the model's default, recorded
+    defaults = Pipeline.from_pretrained(tiny_model_dir).cfg.sampling
+    sampling = json.loads(out.read_text())["sampling"]
+    assert seen[-1] == (1, None, None) and (sampling["guidance"], sampling["shift"]) == (defaults.guidance, defaults.shift)
     assert main(["eval", "world", "--reconstruct", "--guidance", "2", "--n", "1"]) == 2  # refused: nothing is sampled
+    assert main(["eval", "world", "--ground-truth", "--shift", "3", "--n", "1"]) == 2
 
 
 def test_eval_samples_with_the_models_student_unless_told_not_to(tiny_model_dir, tmp_path, one_thread, monkeypatch):

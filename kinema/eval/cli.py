@@ -57,7 +57,8 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
-    for flag, given in (("--guidance", args.guidance is not None), ("--no-student", args.no_student),
+    for flag, given in (("--guidance", args.guidance is not None), ("--shift", args.shift is not None),
+                        ("--no-student", args.no_student),
                         ("--dtype", args.dtype != "fp32")):
         if given and (args.ground_truth or args.reconstruct):
             raise EvalArgumentError(f"{flag} applies to generated videos, not to --ground-truth or --reconstruct")
@@ -75,14 +76,15 @@ def run_eval(args) -> int:
     else:
         from ..infer import Pipeline
         pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
-        steps, guidance = args.steps, args.guidance
+        steps, guidance, shift = args.steps, args.guidance, args.shift
 
         def generate(prompt: str, seed: int):
             return pipe.generate(prompt, width=width, height=height, frames=frames, fps=fps, steps=steps,
-                                 guidance=guidance, seed=seed).frames
+                                 guidance=guidance, shift=shift, seed=seed).frames
         label = args.model or "bundled model"
         defaults = pipe.cfg.sampling
         sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance,
+                    "shift": defaults.shift if shift is None else shift,
                     "student": _samples_with_student(pipe, steps), "dtype": dtype_name(pipe.dtype)}
     t = time.perf_counter()
     report = run_world_eval(generate, n_per_row=args.n, width=width, height=height, frames=frames, fps=fps,
@@ -106,7 +108,7 @@ def _run_tasks(args) -> int:
         raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
     t = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
-    report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["settings"]["dtype"] = dtype_name(pipe.dtype)
     report["model"] = args.model or "bundled model"

@@ -76,7 +76,7 @@ def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: i
 
 
 def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0,
-                   guidance: float | None = None) -> dict:
+                   guidance: float | None = None, shift: float | None = None) -> dict:
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
@@ -86,7 +86,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
     i2v, ceiling, extended, loops, image_loops = [], [], [], [], []
     for i, (prompt, clip, move) in enumerate(cases):
-        settings = {"seed": seed + i, **{k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}}
+        asked = (("steps", steps), ("guidance", guidance), ("shift", shift))
+        settings = {"seed": seed + i, **{k: v for k, v in asked if v is not None}}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
         i2v.append(psnr(out[0], image))
@@ -103,7 +104,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     return {
         "cases": n,
         "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
-                     "guidance": s.guidance if guidance is None else guidance, "extend_seconds": extend_seconds,
+                     "guidance": s.guidance if guidance is None else guidance,
+                     "shift": s.shift if shift is None else shift, "extend_seconds": extend_seconds,
                      "seed": seed},
         "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
                            "vae_round_trip_psnr_db": float(np.mean(ceiling))},
