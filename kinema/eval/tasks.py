@@ -15,7 +15,8 @@ say an object that reaches a wall, are redrawn). Per case:
   4k-1 -> 4k), which the VAE makes larger than steps within one, since the wrap is always such a step;
   and the rule's reference: the share of those inner steps that pass it themselves. A loop whose wrap is
   as smooth as its own inside passes at about that rate, not at 100% (a median step is larger than about
-  half the steps by definition, and the steps between latent frames are the larger ones).
+  half the steps by definition, and the VAE makes the steps between latent frames larger or smaller than
+  the rest).
 """
 
 from __future__ import annotations
