@@ -159,13 +159,13 @@ def test_the_bundled_vae_reconstructs_whole_frames_of_every_background(one_threa
     whole frame's: a sky over a meadow came back as smears of colour (14 dB; the checkered floor 19 dB)."""
     from kinema.common.video import from_model, to_model
     from kinema.data.world import render, scene_from_prompt
+    from kinema.data.world.captions import BACKGROUND_WORDS
     from kinema.data.world.vocab import BACKGROUNDS
     from kinema.eval.tasks import psnr
     from kinema.infer.pipeline import bundled_model_path
     from kinema.weights import load_vae
 
-    phrases = {"black": "on a black background", "white": "on a white background", "grey": "on a grey background",
-               "sky": "under a blue sky", "night": "at night", "checkered": "on a checkered floor"}
+    phrases = {background: BACKGROUND_WORDS[background][0][0] for background in BACKGROUNDS}  # "under a blue sky", ...
     assert set(phrases) == set(BACKGROUNDS)
     vae = load_vae(bundled_model_path()).eval()
     scores = {}

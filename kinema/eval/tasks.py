@@ -12,7 +12,7 @@ say an object that reaches a wall, are redrawn). Per case:
 * loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
   |last - first|) must be no larger than the median frame-to-frame difference inside it
   (``tasks.loop_seam``). Also reported: the median step between latent frames inside the loop (frames
-  4k-1 -> 4k), which the VAE makes larger than steps within one, since the wrap is always such a step;
+  4k-1 -> 4k), which the VAE can make larger than steps within one, since the wrap is always such a step;
   and the rule's reference: the share of those inner steps that pass it themselves. A loop whose wrap is
   as smooth as its own inside passes at about that rate, not at 100% (a median step is larger than about
   half the steps by definition, and the VAE makes the steps between latent frames larger or smaller than
@@ -86,9 +86,9 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     tf = pipe.cfg.vae.temporal_factor
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
     i2v, ceiling, extended, loops, image_loops = [], [], [], [], []
+    asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift)) if v is not None}
     for i, (prompt, clip, move) in enumerate(cases):
-        asked = (("steps", steps), ("guidance", guidance), ("shift", shift))
-        settings = {"seed": seed + i, **{k: v for k, v in asked if v is not None}}
+        settings = {"seed": seed + i, **asked}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
         i2v.append(psnr(out[0], image))
