@@ -176,10 +176,13 @@ def test_eval_reconstruct_scores_the_vae_round_trip_not_the_renders(tiny_model_d
 def test_task_cases_move_the_way_they_say_and_direction_reads_them_back():
     from kinema.eval.tasks import MOVES, direction, task_cases
 
-    cases = task_cases(8, 128, 128, 17, 8.0, seed=1)
-    assert [move for _, _, move in cases] == list(MOVES) * 2
-    for prompt, clip, move in cases:
+    cases = task_cases(8, 128, 128, 17, 8.0, seed=1, after=8)
+    assert [case[2] for case in cases] == list(MOVES) * 2
+    for prompt, clip, move, continuation in cases:
         assert clip.shape == (17, 128, 128, 3) and direction(clip, 8.0) == move
+        # the world goes on the same way after the clip: what an extension is asked to do
+        assert continuation.shape == (9, 128, 128, 3) and np.array_equal(continuation[0], clip[-1])
+        assert direction(continuation, 8.0) == move
         opposite = {"moves_left": "moves_right", "moves_right": "moves_left", "moves_up": "moves_down",
                     "moves_down": "moves_up"}[move]
         assert direction(clip[::-1].copy(), 8.0) == opposite  # played backwards: the other way

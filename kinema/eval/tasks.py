@@ -2,13 +2,17 @@
 
 Every case is a rendered clip of one object moving left, right, up or down (the four directions in turn),
 whose direction the world evaluator's detector reads back from the render itself (cases it cannot read,
-say an object that reaches a wall, are redrawn). Per case:
+say an object that reaches a wall, are redrawn). The scene is set up for the clip and the extension after
+it, and the world's own continuation must move the same way too: a scene set up for the clip alone ends
+with its object near the wall it travels towards (it crosses most of the frame), and the world bounces it
+off that wall, so its true continuation reverses (9 in 10 such clips) and "keep the direction" would be
+the wrong answer. Per case:
 
 * image-to-video: the clip's first frame is the image; PSNR of the generated first frame against it,
   next to the PSNR of the VAE's own round trip of that image (the ceiling: the pinned latent frame is
   decoded, not copied);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
-  clip did (detector direction of the new frames, starting at the clip's last frame);
+  clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
 * loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
   |last - first|) must be no larger than the median frame-to-frame difference inside it
   (``tasks.loop_seam``). Also reported: the median step between latent frames inside the loop (frames
@@ -62,17 +66,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
-def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: int = 0):
-    """``n`` (prompt, clip, direction) cases: one object moving in each direction in turn, on a static camera."""
+def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: int = 0, after: int = 0):
+    """``n`` (prompt, clip, direction, continuation) cases: one object moving in each direction in turn, on a
+    static camera.
+
+    Each scene is set up for ``frames + after`` frames: the clip is its first ``frames``, the continuation its
+    last ``after + 1`` (from the clip's last frame on), and both move the object the same way.
+    """
     rng = np.random.default_rng(seed)
     cases = []
     while len(cases) < n:
         spec = sample_spec(rng, 1, "exclude")
         move = MOVES[len(cases) % len(MOVES)]
         spec = SceneSpec((dataclasses.replace(spec.objects[0], motion=move),), spec.background, "static")
-        clip = render(scene_from_spec(spec, width, height, frames, fps, rng))
-        if direction(clip, fps) == move:
-            cases.append((caption(spec, rng), clip, move))
+        video = render(scene_from_spec(spec, width, height, frames + after, fps, rng))
+        clip, continuation = video[:frames], video[frames - 1:]
+        if direction(clip, fps) == move and (not after or direction(continuation, fps) == move):
+            cases.append((caption(spec, rng), clip, move, continuation))
     return cases
 
 
@@ -81,13 +91,15 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
+    from kinema.tasks.frames import grid_count
 
     s = pipe.cfg.sampling  # the model's default size, length, fps and steps
     tf = pipe.cfg.vae.temporal_factor
-    cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed)
+    after = grid_count(extend_seconds * s.fps, tf, offset=0, minimum=tf)  # the frames ``tasks.extend`` adds
+    cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after)
     i2v, ceiling, extended, loops, image_loops = [], [], [], [], []
     asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift)) if v is not None}
-    for i, (prompt, clip, move) in enumerate(cases):
+    for i, (prompt, clip, move, _) in enumerate(cases):
         settings = {"seed": seed + i, **asked}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
