@@ -15,6 +15,7 @@ from kinema.infer import InputError
 from kinema.infer import tasks
 from kinema.tasks import cyclic_velocity
 from kinema.tasks.builders import place
+from kinema.tasks.fit import fit_latents
 from kinema.tasks.frames import (frame_mask, grid_count, latent_count, latent_index, masked_pixel_frames, pad_frames,
                                  pixel_count, pixel_span, valid_length)
 
@@ -125,6 +126,46 @@ def test_keyframes_hold_every_image(pipe, media):
     fitted = resize_video(media["image"][None], 32, 32, "crop")
     assert same(video.latents[:, :, :1], encode(pipe, media["other"][None]))
     assert same(video.latents[:, :, 2:3], encode(pipe, np.repeat(fitted, 1 + TF, axis=0))[:, :, 1:])
+
+
+def test_fit_latents_reaches_least_squares_never_loses_and_leaves_the_decoder_alone():
+    torch.manual_seed(0)
+    decoder = torch.nn.Linear(4, 12)  # a decoder with a known best latent: least squares
+    target, z0 = torch.randn(3, 12).clamp(-1, 1), torch.randn(3, 4)
+
+    @torch.no_grad()
+    def loss(z):
+        return float(torch.nn.functional.mse_loss(decoder(z), target))
+
+    with torch.no_grad():
+        best = torch.linalg.lstsq(decoder.weight, (target - decoder.bias).T).solution.T
+    with torch.inference_mode():  # as the tasks call it
+        ten, many = fit_latents(decoder, z0, target, steps=10), fit_latents(decoder, z0, target, steps=400)
+    assert loss(best) < loss(ten) < loss(z0)
+    assert loss(many) == pytest.approx(loss(best), abs=1e-4)
+    assert loss(fit_latents(decoder, z0, target, steps=3, lr=100.0)) <= loss(z0)  # overshooting keeps the best seen
+    assert fit_latents(decoder, z0, target, steps=0) is z0
+    assert all(p.grad is None for p in decoder.parameters())  # only the latents were differentiated
+    with pytest.raises(ValueError, match="fit steps must be an integer >= 0"):
+        fit_latents(decoder, z0, target, steps=-1)
+
+
+def test_a_first_frame_image_is_decoded_fitted_to_it_and_sampled_from_its_encoding(pipe, media):
+    image = media["other"]
+    for run in (lambda **kw: tasks.image_to_video(pipe, "a ball", image, **kw, **KW),
+                lambda **kw: tasks.keyframes(pipe, "a ball", [(0.0, image), (1.0, media["image"])], **kw, **KW)):
+        plain, fitted = run(fit_steps=0), run()
+        assert same(fitted.latents, plain.latents)  # the DiT saw the encoder's latent either way
+        assert np.array_equal(plain.frames, pipe.decode(plain.latents))
+
+        def error(video):
+            return np.abs(video.frames[0].astype(float) - image).mean()
+
+        assert error(fitted) < error(plain)
+        assert not np.array_equal(fitted.frames[1:], plain.frames[1:])  # later frames decode after the fitted one
+        assert fitted.timings["fit"] > 0 and "fit" not in plain.timings
+    later = tasks.image_to_video(pipe, "a ball", image, frame=5, **KW)  # a still later on: nothing fitted
+    assert "fit" not in later.timings and np.array_equal(later.frames, pipe.decode(later.latents))
 
 
 def test_extend_forward_starts_from_the_end_of_the_input(pipe, media):
@@ -288,6 +329,8 @@ def broken(tmp_path):
     (lambda p, d, m: tasks.loop(p, "x", frames=5, **KW), "at least 9 frames"),
     (lambda p, d, m: tasks.image(p, "x", frames=9, **KW), "sets .*frames"),
     (lambda p, d, m: tasks.image_to_video(p, "x", m["other"], resize="squash", **KW), "resize policy"),
+    (lambda p, d, m: tasks.image_to_video(p, "x", m["other"], fit_steps=-1, **KW), "fit steps must be an integer"),
+    (lambda p, d, m: tasks.keyframes(p, "x", [(0.0, m["other"])], fit_steps=2.5, **KW), "fit steps"),
 ])
 def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, match):
     with pytest.raises(InputError, match=match):
@@ -308,6 +351,9 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--long", "10", "-o", "{d}/long.gif"], "--long streams to .mp4 or .webm"),
     (["--image", "{d}/key.png", "-o", "{d}/x.png"], "a .png holds one frame"),
     (["--loop", "--overlap", "1"], "--overlap goes with --extend, --connect or --long (a loop"),
+    (["--extend", "{d}/clip.mp4", "--fit-steps", "5"], "--fit-steps goes with --image or --keyframe"),
+    (["--loop", "--image", "{d}/key.png", "--fit-steps", "5"], "--fit-steps goes with --image or --keyframe, not --loop"),
+    (["--image", "{d}/key.png", "--fit-steps", "-1"], "--fit-steps must be >= 0"),
 ])
 def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):
     write_video(broken / "clip.mp4", media["video"], fps=8)
@@ -315,6 +361,19 @@ def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args,
     argv = ["generate", "a ball", "--model", str(tiny_model_dir), *[a.format(d=broken) for a in args]]
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_cli_image_to_video_fits_the_first_frame_unless_told_not_to(tiny_model_dir, media, tmp_path):
+    write_video(tmp_path / "key.png", media["other"][None], fps=8)
+    errors = {}
+    for steps in ("0", None):
+        out = tmp_path / f"i2v-{steps}"  # a folder of PNG frames: lossless
+        fit = ["--fit-steps", steps] if steps else []
+        assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--image", str(tmp_path / "key.png"),
+                     *fit, "--size", "32x32", "--steps", "2", "-o", str(out), "-q"]) == 0
+        frames, _ = read_video(out)
+        errors[steps] = np.abs(frames[0].astype(float) - media["other"]).mean()
+    assert errors[None] < errors["0"]
 
 
 def test_cli_connect_writes_joined_and_transition(tiny_model_dir, media, tmp_path):

@@ -97,6 +97,22 @@ def test_decode_is_causal_and_streams(norm):
     assert torch.equal(torch.cat(chunks, dim=2), whole)
 
 
+def test_a_first_frame_convolves_only_with_the_last_temporal_tap_and_streams_on():
+    from kinema.vae.model import CausalConv3d
+
+    torch.manual_seed(0)
+    conv = CausalConv3d(3, 5, 3, padding=1)
+    x = torch.randn(1, 3, 5, 6, 7)
+    with torch.no_grad():
+        padded = torch.nn.functional.conv3d(torch.cat([torch.zeros(1, 3, 2, 6, 7), x], dim=2), conv.weight,
+                                            conv.bias, padding=(0, 1, 1))  # the causal zeros written out
+        stream: dict = {}
+        first, rest = conv(x[:, :, :1], stream), conv(x[:, :, 1:], stream)  # 1 frame, then 4 more
+        assert torch.allclose(first, padded[:, :, :1], atol=1e-6)
+        assert torch.allclose(torch.cat([first, rest], dim=2), padded, atol=1e-6)
+        assert torch.allclose(conv(x[:, :, :1]), padded[:, :, :1], atol=1e-6)  # no stream: the same
+
+
 def test_frame_norm_normalises_each_frame_alone_and_keeps_the_parameter_layout():
     from kinema.nn import FrameNorm
 

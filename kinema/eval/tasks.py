@@ -9,8 +9,8 @@ off that wall, so its true continuation reverses (9 in 10 such clips) and "keep 
 the wrong answer. Per case:
 
 * image-to-video: the clip's first frame is the image; PSNR of the generated first frame against it,
-  next to the PSNR of the VAE's own round trip of that image (the ceiling: the pinned latent frame is
-  decoded, not copied);
+  next to the PSNR of the VAE's own round trip of that image (what the encoder's latent, which the
+  sampling holds, decodes to; the task decodes that latent fitted to the image, ``kinema.tasks.fit``);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
   clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
 * loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
@@ -91,6 +91,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
+    from kinema.tasks.fit import FIT_STEPS
     from kinema.tasks.frames import grid_count
 
     s = pipe.cfg.sampling  # the model's default size, length, fps and steps
@@ -117,6 +118,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     return {
         "cases": n,
         "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
+                     "fit_steps": FIT_STEPS,
                      "guidance": s.guidance if guidance is None else guidance,
                      "shift": s.shift if shift is None else shift, "extend_seconds": extend_seconds,
                      "seed": seed},
@@ -150,7 +152,8 @@ def format_report(report: dict) -> str:
     i2v, ext, loop, image_loop = report["image_to_video"], report["extend"], report["loop"], report["image_loop"]
     rows = [
         ("image-to-video: first frame PSNR vs the image", f"{i2v['psnr_db']:.1f} dB (min {i2v['psnr_db_min']:.1f}; "
-                                                          f"VAE round trip {i2v['vae_round_trip_psnr_db']:.1f})"),
+                                                          f"the VAE's round trip, unfitted: "
+                                                          f"{i2v['vae_round_trip_psnr_db']:.1f})"),
         ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}%"),
         ("loop: seam <= typical frame step", f"{100 * loop['seam_within_typical']:.0f}% (median seam "
                                              f"{loop['median_seam']:.1f} vs step {loop['median_typical_step']:.1f}; "

@@ -334,8 +334,14 @@ class Pipeline:
             before = [(i - LOOP_WARMUP) % n for i in range(LOOP_WARMUP)]
             frames = self.decode(torch.cat([latents[:, :, before], latents], dim=2))
             return frames[len(frames) - self.cfg.vae.temporal_factor * n:]
-        video = self.vae.decode(latents) if self.vae_tiles is None else decode_tiled(self.vae, latents, *self.vae_tiles)
+        video = self.decode_pixels(latents)
         return ((video[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's decoding (1, 3, F, H, W) in [-1, 1] of ``latents`` (cast to its dtype), tiled if asked
+        (``vae_tiles``); differentiable where autograd is on."""
+        latents = latents.to(next(self.vae.parameters()).dtype)
+        return self.vae.decode(latents) if self.vae_tiles is None else decode_tiled(self.vae, latents, *self.vae_tiles)
 
     def generate(self, prompt: str, *, negative_prompt: str | None = None, width: int | None = None,
                  height: int | None = None, frames: int | None = None, fps: int | None = None, steps: int | None = None,
@@ -348,9 +354,12 @@ class Pipeline:
         return self.run(s, progress=progress)
 
     def run(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
-            progress: bool | Callable[[int, int], None] = False, cyclic: bool = False) -> Video:
+            progress: bool | Callable[[int, int], None] = False, cyclic: bool = False,
+            decode_with: Condition | None = None) -> Video:
         """Sample and decode for validated settings; timings per stage are recorded on the result. ``cyclic``:
-        the latent frames are one period of a loop (``sample``, ``decode``)."""
+        the latent frames are one period of a loop (``sample``, ``decode``). ``decode_with``: latent frames
+        decoded in place of the sampled ones (given frames fitted to their pixels, ``kinema.tasks.fit``);
+        ``Video.latents`` stays what was sampled."""
         callback, bar = _progress(progress, s.steps)
         t0 = time.perf_counter()
         self.encode_prompts([s.prompt, s.negative_prompt])
@@ -359,7 +368,7 @@ class Pipeline:
         t2 = time.perf_counter()
         if bar is not None:
             bar.close()
-        frames = self.decode(latents, cyclic=cyclic)
+        frames = self.decode(latents if decode_with is None else decode_with.apply(latents), cyclic=cyclic)
         t3 = time.perf_counter()
         timings = {"text": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0}
         notes = {"dtype": dtype_name(self.dtype)}

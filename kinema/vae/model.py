@@ -51,6 +51,13 @@ def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, st
     return F.conv3d(x, weight, bias, stride, padding)
 
 
+def _zeros_before(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """``frames`` frames of zeros shaped like ``x``'s, in its layout: the causal history of a first chunk."""
+    layout = CHANNELS_LAST if x.is_contiguous(memory_format=CHANNELS_LAST) else torch.contiguous_format
+    return torch.empty(x.shape[0], x.shape[1], frames, *x.shape[3:], dtype=x.dtype, device=x.device,
+                       memory_format=layout).zero_()
+
+
 class CausalConv3d(nn.Conv3d):
     """3D convolution that only looks back in time; carries its last ``kt - 1`` input frames between chunks."""
 
@@ -65,10 +72,14 @@ class CausalConv3d(nn.Conv3d):
         """``(B, C, T, H, W) -> (B, C_out, T, H, W)``; with ``stream``, continues from the previous chunk."""
         if self.time_pad:
             past = None if stream is None else stream.get(id(self))
-            if past is None:  # zeros in x's layout
-                layout = CHANNELS_LAST if x.is_contiguous(memory_format=CHANNELS_LAST) else torch.contiguous_format
-                past = torch.empty(x.shape[0], x.shape[1], self.time_pad, *x.shape[3:], dtype=x.dtype,
-                                   device=x.device, memory_format=layout).zero_()
+            if past is None and x.shape[2] == 1 and self.stride[0] == 1:
+                # One frame after no history (an image, a clip's first latent frame): the zeros before it meet
+                # every temporal tap but the last, so only that tap is computed (1/kt of the work).
+                if stream is not None:
+                    stream[id(self)] = torch.cat([_zeros_before(x, self.time_pad - 1), x], dim=2)
+                return _conv3d(x, self.weight[:, :, -1:], self.bias, self.stride, self.space_pad)
+            if past is None:
+                past = _zeros_before(x, self.time_pad)
             x = torch.cat([past, x], dim=2)
             if stream is not None:
                 stream[id(self)] = x[:, :, -self.time_pad:]
