@@ -168,19 +168,39 @@ def test_a_first_frame_image_is_decoded_fitted_to_it_and_sampled_from_its_encodi
     assert "fit" not in later.timings and np.array_equal(later.frames, pipe.decode(later.latents))
 
 
+def fades(out: np.ndarray, start: np.ndarray, end: np.ndarray) -> bool:
+    """Whether ``out`` goes from ``start``'s frames towards ``end``'s: each pixel between the two, and each
+    frame nearer ``end`` than the one before it."""
+    lo, hi = np.minimum(start, end), np.maximum(start, end)
+    if not ((out >= lo) & (out <= hi)).all():
+        return False
+    share = [np.abs(o.astype(float) - s).sum() / max(np.abs(e.astype(float) - s).sum(), 1.0)
+             for o, s, e in zip(out, start, end)]
+    return all(a < b for a, b in zip(share, share[1:])) and 0 < share[0] and share[-1] < 1
+
+
 def test_extend_forward_starts_from_the_end_of_the_input(pipe, media):
     clip = media["video"]
-    video = tasks.extend(pipe, "a ball", clip, seconds=1.0, **KW)
+    video = tasks.extend(pipe, "a ball", clip, seconds=1.0, join="cut", **KW)
     assert len(video.frames) == len(clip) + 8 and np.array_equal(video.frames[:len(clip)], clip)
     assert same(video.latents[:, :, :2], encode(pipe, clip[-5:]))  # last 2 latent frames' worth, a clip of its own
+    # by default the 5 frames the window shares with the input fade from the input to their decoding
+    faded = tasks.extend(pipe, "a ball", clip, seconds=1.0, **KW)
+    decoded = pipe.decode(faded.latents)
+    assert np.array_equal(faded.frames[:len(clip) - 5], clip[:-5]) and np.array_equal(faded.frames[len(clip):], video.frames[len(clip):])
+    assert fades(faded.frames[len(clip) - 5:len(clip)], clip[-5:], decoded[:5])
 
 
 def test_extend_backward_ends_with_the_start_of_the_input(pipe, media):
     clip = media["video"]
-    video = tasks.extend(pipe, "a ball", clip, seconds=1.0, direction="backward", **KW)
+    video = tasks.extend(pipe, "a ball", clip, seconds=1.0, direction="backward", join="cut", **KW)
     assert len(video.frames) == 9 + len(clip) and np.array_equal(video.frames[-len(clip):], clip)
     given = encode(pipe, np.concatenate([clip[:1], clip[:8]]))[:, :, 1:]  # a proper start, then frames 0..7
     assert same(video.latents[:, :, -2:], given)
+    faded = tasks.extend(pipe, "a ball", clip, seconds=1.0, direction="backward", **KW)
+    decoded = pipe.decode(faded.latents)  # 9 new frames, then the window's copy of the input's first 8
+    assert np.array_equal(faded.frames[:9], video.frames[:9]) and np.array_equal(faded.frames[9 + 8:], clip[8:])
+    assert fades(faded.frames[9:9 + 8], decoded[9:], clip[:8])
 
 
 def test_extend_a_clip_shorter_than_the_overlap(pipe, media):
@@ -194,9 +214,15 @@ def test_extend_a_clip_shorter_than_the_overlap(pipe, media):
 
 def test_connect_holds_both_ends_and_joins_the_inputs(pipe, media):
     a, b = media["video"], media["video"][::-1][:9].copy()
-    transition, joined = tasks.connect(pipe, "a ball", a, b, seconds=0.5, **KW)
+    transition, joined = tasks.connect(pipe, "a ball", a, b, seconds=0.5, join="cut", **KW)
     assert len(transition.frames) == 4
     assert np.array_equal(joined.frames, np.concatenate([a, transition.frames, b]))
+    _, faded = tasks.connect(pipe, "a ball", a, b, seconds=0.5, **KW)  # A's last 5 and B's first 8 frames fade
+    decoded = pipe.decode(faded.latents)  # A's last 5 frames, the transition, B's first 8
+    assert np.array_equal(faded.frames[len(a):len(a) + 4], transition.frames)
+    assert np.array_equal(faded.frames[:len(a) - 5], a[:-5]) and np.array_equal(faded.frames[-1:], b[-1:])
+    assert fades(faded.frames[len(a) - 5:len(a)], a[-5:], decoded[:5])
+    assert fades(faded.frames[len(a) + 4:len(a) + 12], decoded[9:], b[:8])
     assert same(transition.latents[:, :, :2], encode(pipe, a[-5:]))
     assert same(transition.latents[:, :, -2:], encode(pipe, np.concatenate([b[:1], b[:8]]))[:, :, 1:])
 
@@ -330,6 +356,8 @@ def broken(tmp_path):
     (lambda p, d, m: tasks.image(p, "x", frames=9, **KW), "sets .*frames"),
     (lambda p, d, m: tasks.image_to_video(p, "x", m["other"], resize="squash", **KW), "resize policy"),
     (lambda p, d, m: tasks.image_to_video(p, "x", m["other"], fit_steps=-1, **KW), "fit steps must be an integer"),
+    (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, join="blend", **KW), r"join must be one of \['fade', 'cut'\]"),
+    (lambda p, d, m: tasks.connect(p, "x", m["video"], m["video"], 1.0, join=None, **KW), "join must be"),
     (lambda p, d, m: tasks.keyframes(p, "x", [(0.0, m["other"])], fit_steps=2.5, **KW), "fit steps"),
 ])
 def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, match):
@@ -354,6 +382,7 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--extend", "{d}/clip.mp4", "--fit-steps", "5"], "--fit-steps goes with --image or --keyframe"),
     (["--loop", "--image", "{d}/key.png", "--fit-steps", "5"], "--fit-steps goes with --image or --keyframe, not --loop"),
     (["--image", "{d}/key.png", "--fit-steps", "-1"], "--fit-steps must be >= 0"),
+    (["--image", "{d}/key.png", "--join", "cut"], "--join goes with --extend or --connect"),
 ])
 def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):
     write_video(broken / "clip.mp4", media["video"], fps=8)
@@ -381,8 +410,15 @@ def test_cli_connect_writes_joined_and_transition(tiny_model_dir, media, tmp_pat
     write_video(tmp_path / "b", media["video"][:5], fps=8)
     out = tmp_path / "joined"
     assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--connect", str(tmp_path / "a"),
-                 str(tmp_path / "b"), "--seconds", "0.5", "--size", "32x32", "--steps", "2", "-o", str(out), "-q"]) == 0
+                 str(tmp_path / "b"), "--seconds", "0.5", "--size", "32x32", "--steps", "2", "--join", "cut",
+                 "-o", str(out), "-q"]) == 0
     joined, _ = read_video(out)
     transition, _ = read_video(tmp_path / "joined-transition")
     assert len(transition) == 4 and len(joined) == 11 + 4 + 5
     assert np.array_equal(joined[:11], media["video"]) and np.array_equal(joined[-5:], media["video"][:5])
+    faded = tmp_path / "faded"  # the default: the shared frames at both ends fade, the rest stays
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--connect", str(tmp_path / "a"),
+                 str(tmp_path / "b"), "--seconds", "0.5", "--size", "32x32", "--steps", "2", "-o", str(faded), "-q"]) == 0
+    faded, _ = read_video(faded)
+    assert np.array_equal(faded[:6], media["video"][:6]) and np.array_equal(faded[11:15], transition)
+    assert not np.array_equal(faded[6:11], media["video"][6:11])

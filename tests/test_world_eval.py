@@ -204,7 +204,7 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     # the pinned first latent frame is the encoder's, decoded fitted to the image: above the VAE's round trip
     i2v = report["image_to_video"]
     assert i2v["psnr_db"] > i2v["vae_round_trip_psnr_db"] and report["settings"]["fit_steps"] == 10
-    assert 0.0 <= report["extend"]["direction_kept"] <= 1.0
+    assert 0.0 <= report["extend"]["direction_kept"] <= 1.0 and report["extend"]["median_join_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_typical"] <= 1.0 and report["loop"]["median_typical_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_boundary"] <= 1.0 and report["loop"]["median_latent_boundary_step"] >= 0.0
     assert 0.0 <= report["image_loop"]["seam_within_typical"] <= 1.0
@@ -282,3 +282,18 @@ def test_loop_steps_reference_is_the_share_of_inner_latent_steps_within_the_medi
     seam, typical, inner_median, inner_share = _loop_steps(frames, 4)
     assert (seam, typical) == (11.0, 1.0)
     assert (inner_median, inner_share) == (2.0, 0.5)  # inner steps 3 and 1: one passes the seam rule
+
+
+def test_join_step_is_the_largest_step_through_the_join_over_the_new_frames_median():
+    from kinema.eval.tasks import _join_step
+
+    def clip(steps):
+        levels = np.cumsum([0, *steps])
+        return np.broadcast_to(levels[:, None, None, None], (len(levels), 2, 2, 3)).astype(np.uint8)
+
+    # 6 input frames (the last 2 shared with the window), then 4 new: steps 2 throughout -> 1
+    assert _join_step(clip([2] * 9), before=6, shared=2) == 1.0
+    # a jump of 8 into the first new frame, new frames stepping 2 -> 4
+    assert _join_step(clip([2, 2, 2, 2, 2, 8, 2, 2, 2]), before=6, shared=2) == 4.0
+    # a larger step before the shared frames is the input's own, not the join's
+    assert _join_step(clip([9, 2, 2, 2, 2, 2, 2, 2, 2]), before=6, shared=2) == 1.0

@@ -54,6 +54,9 @@ def add_task_flags(g: argparse.ArgumentParser) -> None:
                    "(first at 0), instead of the prompt argument")
     t.add_argument("--overlap", type=int, metavar="N", help="latent frames carried over (extend, connect, long; "
                    "default 2)")
+    t.add_argument("--join", choices=("fade", "cut"), help="with --extend or --connect: fade (default) the input "
+                   "frames the new part starts from (or ends on) to the model's decoding of them, so the join steps "
+                   "like the rest; cut keeps the input's frames exactly")
     t.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
                    help="how inputs of another size are fitted (default crop)")
 
@@ -69,6 +72,8 @@ def task_of(args) -> str:
                               ("--strength", "strength", "edit"), ("--prompts-file", "prompts_file", "long")):
         if getattr(args, dest) not in (None, False) and needs not in given:
             raise CLIError(f"{flag} goes with {_TASK_FLAGS[needs]}" + (", not --loop" if "loop" in given else ""))
+    if args.join is not None and not set(given) & {"extend", "connect"}:
+        raise CLIError("--join goes with --extend or --connect")
     if args.fit_steps is not None:
         if not set(given) & {"image", "keyframe"} or "loop" in given:
             raise CLIError("--fit-steps goes with --image or --keyframe" + (", not --loop" if "loop" in given else ""))
@@ -166,6 +171,8 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
         kw["resize"] = args.resize
     if args.fit_steps is not None:
         kw["fit_steps"] = args.fit_steps
+    if args.join is not None:
+        kw["join"] = args.join
     result = run(pipe, first_prompt, progress=progress, **inputs, **kw)
     video = result[1] if task == "connect" else result
     finish_distributed(world)

@@ -13,6 +13,7 @@ the wrong answer. Per case:
   sampling holds, decodes to; the task decodes that latent fitted to the image, ``kinema.tasks.fit``);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
   clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
+  and the join must step like the motion around it (``_join_step``);
 * loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
   |last - first|) must be no larger than the median frame-to-frame difference inside it
   (``tasks.loop_seam``). Also reported: the median step between latent frames inside the loop (frames
@@ -37,6 +38,7 @@ from kinema.data.world.sample import sample_spec, scene_from_spec
 from kinema.data.world.scene import SceneSpec
 from kinema.data.world.vocab import DIRECTIONS
 from kinema.eval.world.vision import detect
+from kinema.tasks.builders import forward_span
 
 MOVES = tuple(DIRECTIONS)  # moves_left, moves_right, moves_up, moves_down
 MIN_TRAVEL = 0.03  # of min(height, width): less than this reads as no motion
@@ -98,7 +100,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     tf = pipe.cfg.vae.temporal_factor
     after = grid_count(extend_seconds * s.fps, tf, offset=0, minimum=tf)  # the frames ``tasks.extend`` adds
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after)
-    i2v, ceiling, extended, loops, image_loops = [], [], [], [], []
+    i2v, ceiling, extended, joins, loops, image_loops = [], [], [], [], [], []
     asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift)) if v is not None}
     for i, (prompt, clip, move, _) in enumerate(cases):
         settings = {"seed": seed + i, **asked}
@@ -111,6 +113,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
 
         joined = tasks.extend(pipe, prompt, clip, extend_seconds, **settings).frames
         extended.append(direction(joined[len(clip) - 1:], s.fps) == move)
+        joins.append(_join_step(joined, len(clip), len(forward_span(clip, tasks.DEFAULT_OVERLAP, tf))))
 
         loops.append(_loop_steps(tasks.loop(pipe, prompt, **settings).frames, tf))
         image_loops.append(_loop_steps(tasks.loop(pipe, prompt, image, **settings).frames, tf))
@@ -124,7 +127,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
                      "seed": seed},
         "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
                            "vae_round_trip_psnr_db": float(np.mean(ceiling))},
-        "extend": {"direction_kept": float(np.mean(extended))},
+        "extend": {"direction_kept": float(np.mean(extended)), "median_join_step": float(np.median(joins))},
         "loop": {"seam_within_typical": float(np.mean(seams[:, 0] <= seams[:, 1])),
                  "inner_within_typical": float(np.mean(seams[:, 3])),
                  "median_seam": float(np.median(seams[:, 0])), "median_typical_step": float(np.median(seams[:, 1])),
@@ -135,6 +138,14 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
                        "median_typical_step": float(np.median(image_seams[:, 1])),
                        "inner_within_typical": float(np.mean(image_seams[:, 3]))},
     }
+
+
+def _join_step(joined: np.ndarray, before: int, shared: int) -> float:
+    """The largest frame step from the input's last frame left as it is to the first new frame (``shared``
+    input frames faded between them, ``tasks.extend``), over the median step among the new frames: 1 for a
+    join that steps like the motion around it (the world's own continuation: 1.0)."""
+    steps = np.abs(np.diff(joined.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # steps[j]: frame j -> j + 1
+    return float(steps[before - shared - 1:before].max() / max(np.median(steps[before:]), 1e-6))
 
 
 def _loop_steps(frames: np.ndarray, tf: int) -> tuple[float, float, float, float]:
@@ -155,6 +166,8 @@ def format_report(report: dict) -> str:
                                                           f"the VAE's round trip, unfitted: "
                                                           f"{i2v['vae_round_trip_psnr_db']:.1f})"),
         ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}%"),
+        ("extend forwards: largest step at the join over the new frames' median step",
+         f"{ext['median_join_step']:.2f} (median; 1 steps like the motion)"),
         ("loop: seam <= typical frame step", f"{100 * loop['seam_within_typical']:.0f}% (median seam "
                                              f"{loop['median_seam']:.1f} vs step {loop['median_typical_step']:.1f}; "
                                              f"the loops' inner steps between latent frames pass "

@@ -31,6 +31,7 @@ from .pipeline import InputError, Pipeline, Settings, Video
 
 Media = str | os.PathLike | np.ndarray
 DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 pins a frame, 2 also carry its motion
+JOINS = ("fade", "cut")  # how a continuation meets its input: see ``_join``
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
@@ -96,6 +97,14 @@ def check_fit_steps(steps: int, name: str = "fit steps") -> int:
     return steps
 
 
+def check_join(join: str) -> str:
+    """``join`` if it is one of ``JOINS``; InputError otherwise."""
+    if join not in JOINS:
+        raise InputError(f"join must be one of {list(JOINS)} (fade: the input's frames the window shares fade to "
+                         f"the model's; cut: kept exactly), got {join!r}")
+    return join
+
+
 def check_seconds(seconds: float, name: str = "seconds") -> float:
     """``seconds`` if it is a finite number > 0; InputError otherwise."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
@@ -154,8 +163,10 @@ def _settings(pipe: Pipeline, prompt: str, settings: dict, task: str, **fixed) -
 
 
 def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarray | None = None,
-         after: np.ndarray | None = None, first_image: np.ndarray | None = None, fit_steps: int = 0) -> Video:
-    """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``.
+         after: np.ndarray | None = None, first_image: np.ndarray | None = None, fit_steps: int = 0,
+         join: str = "cut") -> Video:
+    """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``, whose
+    end and start (respectively) the window begins and ends with (``_join``).
     ``first_image``: the image given as the window's first latent frame, which is decoded fitted to it
     (``fit_steps`` steps of ``kinema.tasks.fit``; the sampling sees the encoder's latent)."""
     t = time.perf_counter()
@@ -167,8 +178,30 @@ def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarr
                      cyclic=window.cyclic, decode_with=decode_with)
     if decode_with is not None:
         video.timings.update(fit=fit_s, total=video.timings["total"] + fit_s)
-    parts = [p for p in (before, video.frames[window.new], after) if p is not None]
+    decoded = video.frames
+    if before is not None and join == "fade":  # the window's frames before its new ones decode the end of ``before``
+        k = window.new.start
+        before = np.concatenate([before[:len(before) - k], _fade(before[len(before) - k:], decoded[:k])])
+    if after is not None and join == "fade":  # ... and those after them the start of ``after``
+        k = min(window.frames - window.new.stop, len(after))
+        after = np.concatenate([_fade(decoded[window.new.stop:window.new.stop + k], after[:k]), after[k:]])
+    parts = [p for p in (before, decoded[window.new], after) if p is not None]
     return replace(video, frames=np.concatenate(parts) if len(parts) > 1 else parts[0])
+
+
+def _fade(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Frames going from ``start``'s to ``end``'s over their common length k (frame j is (j+1)/(k+1) of ``end``).
+
+    How a continuation meets its input (``join="fade"``): the window's given frames decode to the model's
+    copy of the input's frames, not the frames themselves (the VAE's round trip), and the new frames
+    continue from that copy, so cut next to the input they jump by the round trip's error: for the
+    bundled model a jump of 2.2 typical frame steps at every join (1.2 between the decoded frames). Faded
+    over the frames both show, the join steps like the rest (``join="cut"`` keeps the input's frames as
+    they are).
+    """
+    k = len(start)
+    w = (np.arange(1, k + 1, dtype=np.float32) / (k + 1))[:, None, None, None]
+    return np.rint((1 - w) * start.astype(np.float32) + w * end.astype(np.float32)).astype(np.uint8)
 
 
 def _fit_first_frame(pipe: Pipeline, condition: Condition, image: np.ndarray, steps: int) -> Condition:
@@ -218,15 +251,19 @@ def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]],
 
 
 def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction: str = "forward", *,
-           overlap: int = DEFAULT_OVERLAP, resize: str = "crop", progress=False, **settings) -> Video:
+           overlap: int = DEFAULT_OVERLAP, resize: str = "crop", join: str = "fade", progress=False,
+           **settings) -> Video:
     """``video`` continued by about ``seconds`` forwards (after it) or backwards (before it), joined with it.
 
     Forwards, the window starts with the video's last ``overlap`` latent frames encoded as a clip of their
     own; backwards, it ends with the video's first ``overlap`` latent frames encoded as the middle of a clip
     (see ``kinema.tasks.builders``), so the model always generates forwards in time. New frames come in
-    steps of tf (forwards) or tf*k + 1 (backwards) frames, the nearest to ``seconds``.
+    steps of tf (forwards) or tf*k + 1 (backwards) frames, the nearest to ``seconds``. ``join``: "fade"
+    (the frames the window shares with the video fade from the video's to the model's, ``_fade``) or "cut"
+    (the video's frames kept exactly).
     """
     check_seconds(seconds)
+    check_join(join)
     if direction not in ("forward", "backward"):
         raise InputError(f"direction must be 'forward' or 'backward', got {direction!r}")
     _check_overlap(overlap)
@@ -236,21 +273,26 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
     forward = direction == "forward"
     new = grid_count(seconds * s.fps, tf, offset=0 if forward else 1, minimum=tf if forward else 1)
     window = extend_window(encoder(pipe), frames, new, overlap, tf, direction)
-    return _run(pipe, s, window, progress, before=frames if forward else None, after=None if forward else frames)
+    return _run(pipe, s, window, progress, before=frames if forward else None, after=None if forward else frames,
+                join=join)
 
 
 def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds: float, *,
-            overlap: int = DEFAULT_OVERLAP, resize: str = "crop", progress=False, **settings) -> tuple[Video, Video]:
-    """(transition, joined): about ``seconds`` from the end of A to the start of B, and A + transition + B."""
+            overlap: int = DEFAULT_OVERLAP, resize: str = "crop", join: str = "fade", progress=False,
+            **settings) -> tuple[Video, Video]:
+    """(transition, joined): about ``seconds`` from the end of A to the start of B, and A + transition + B
+    (``join`` as in ``extend``: A's last and B's first frames faded to the model's, or kept exactly)."""
     check_seconds(seconds)
+    check_join(join)
     _check_overlap(overlap)
     s = _settings(pipe, prompt, settings, "connect", frames=None)
     tf = _tf(pipe)
     a = load_video(video_a, s.fps, s.width, s.height, resize, name="video A")
     b = load_video(video_b, s.fps, s.width, s.height, resize, name="video B")
     new = grid_count(seconds * s.fps, tf, offset=0, minimum=tf)
-    transition = _run(pipe, s, connect_window(encoder(pipe), a, b, new, overlap, tf), progress)
-    return transition, replace(transition, frames=np.concatenate([a, transition.frames, b]))
+    joined = _run(pipe, s, connect_window(encoder(pipe), a, b, new, overlap, tf), progress, before=a, after=b,
+                  join=join)
+    return replace(joined, frames=joined.frames[len(a):len(a) + new]), joined
 
 
 def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str = "crop", progress=False,
