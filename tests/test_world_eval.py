@@ -204,6 +204,7 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     # the pinned first latent frame is the encoder's, decoded fitted to the image: above the VAE's round trip
     i2v = report["image_to_video"]
     assert i2v["psnr_db"] > i2v["vae_round_trip_psnr_db"] and report["settings"]["fit_steps"] == 10
+    assert 0.0 <= i2v["direction_as_asked"] <= 1.0 and 0.0 <= i2v["text_to_video_direction_as_asked"] <= 1.0
     assert 0.0 <= report["extend"]["direction_kept"] <= 1.0 and report["extend"]["median_join_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_typical"] <= 1.0 and report["loop"]["median_typical_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_boundary"] <= 1.0 and report["loop"]["median_latent_boundary_step"] >= 0.0

@@ -10,7 +10,9 @@ the wrong answer. Per case:
 
 * image-to-video: the clip's first frame is the image; PSNR of the generated first frame against it,
   next to the PSNR of the VAE's own round trip of that image (what the encoder's latent, which the
-  sampling holds, decodes to; the task decodes that latent fitted to the image, ``kinema.tasks.fit``);
+  sampling holds, decodes to; the task decodes that latent fitted to the image, ``kinema.tasks.fit``),
+  and whether the object then moves the way the prompt says (detector direction of the whole clip; next
+  to the same for a text-to-video clip of the prompt);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
   clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
   and the join must step like the motion around it (``_join_step``);
@@ -100,13 +102,15 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     tf = pipe.cfg.vae.temporal_factor
     after = grid_count(extend_seconds * s.fps, tf, offset=0, minimum=tf)  # the frames ``tasks.extend`` adds
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after)
-    i2v, ceiling, extended, joins, loops, image_loops = [], [], [], [], [], []
+    i2v, i2v_moves, t2v_moves, ceiling, extended, joins, loops, image_loops = [], [], [], [], [], [], [], []
     asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift)) if v is not None}
     for i, (prompt, clip, move, _) in enumerate(cases):
         settings = {"seed": seed + i, **asked}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
         i2v.append(psnr(out[0], image))
+        i2v_moves.append(direction(out, s.fps) == move)
+        t2v_moves.append(direction(pipe.generate(prompt, **settings).frames, s.fps) == move)  # the prompt alone
         with torch.inference_mode():
             round_trip = from_model(pipe.vae.decode(pipe.vae.encode(to_model(image[None], pipe.device, pipe.dtype))).float())
         ceiling.append(psnr(round_trip[0], image))
@@ -126,7 +130,9 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
                      "shift": s.shift if shift is None else shift, "extend_seconds": extend_seconds,
                      "seed": seed},
         "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
-                           "vae_round_trip_psnr_db": float(np.mean(ceiling))},
+                           "vae_round_trip_psnr_db": float(np.mean(ceiling)),
+                           "direction_as_asked": float(np.mean(i2v_moves)),
+                           "text_to_video_direction_as_asked": float(np.mean(t2v_moves))},
         "extend": {"direction_kept": float(np.mean(extended)), "median_join_step": float(np.median(joins))},
         "loop": {"seam_within_typical": float(np.mean(seams[:, 0] <= seams[:, 1])),
                  "inner_within_typical": float(np.mean(seams[:, 3])),
@@ -165,6 +171,9 @@ def format_report(report: dict) -> str:
         ("image-to-video: first frame PSNR vs the image", f"{i2v['psnr_db']:.1f} dB (min {i2v['psnr_db_min']:.1f}; "
                                                           f"the VAE's round trip, unfitted: "
                                                           f"{i2v['vae_round_trip_psnr_db']:.1f})"),
+        ("image-to-video: the object moves the way the prompt says",
+         f"{100 * i2v['direction_as_asked']:.0f}% (the prompt alone, text-to-video: "
+         f"{100 * i2v['text_to_video_direction_as_asked']:.0f}%)"),
         ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}%"),
         ("extend forwards: largest step at the join over the new frames' median step",
          f"{ext['median_join_step']:.2f} (median; 1 steps like the motion)"),
