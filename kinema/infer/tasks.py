@@ -168,10 +168,11 @@ def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarr
     """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``, whose
     end and start (respectively) the window begins and ends with (``_join``).
     ``first_image``: the image given as the window's first latent frame, which is decoded fitted to it
-    (``fit_steps`` steps of ``kinema.tasks.fit``; the sampling sees the encoder's latent)."""
+    (``fit_steps`` steps of ``kinema.tasks.fit``; the sampling sees the encoder's latent), unless the
+    pipeline decodes in tiles (asked for to bound memory, which a fit's backward pass would not)."""
     t = time.perf_counter()
     decode_with = None
-    if first_image is not None and fit_steps:
+    if first_image is not None and fit_steps and pipe.vae_tiles is None:  # tiles: to save memory, so no autograd
         decode_with = _fit_first_frame(pipe, window.condition, first_image, fit_steps)
     fit_s = time.perf_counter() - t
     video = pipe.run(replace(s, frames=window.frames), condition=window.condition, progress=progress,
