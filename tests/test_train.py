@@ -83,6 +83,15 @@ def test_data_echo_must_be_a_positive_integer():
         load_config({"preset": "tiny", "data": {"echo": 0}})
 
 
+def test_world_span_is_checked_and_reaches_the_world_dataset():
+    from kinema.train.data import build_dataset
+
+    with pytest.raises(ConfigError, match=r"data.world_span must be in \[1, 4\].*got 0.5"):
+        load_config({"preset": "tiny", "data": {"world_span": 0.5}})
+    cfg = load_config({"preset": "tiny", "data": {"world_span": 2.0}})
+    assert build_dataset(cfg.data, preset(cfg.preset), seed=0).span == 2.0
+
+
 # -- exact resume -----------------------------------------------------------------------------------
 
 

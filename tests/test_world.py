@@ -214,3 +214,21 @@ def test_camera_moves_the_background_but_not_the_world():
     assert np.array_equal(static[0], panned[0])  # the camera starts where a static one stays
     assert not np.array_equal(static[-1], panned[-1])
     assert np.array_equal(static[0], static[-1])
+
+
+def test_world_windows_start_mid_way_and_still_read_back_as_their_captions():
+    from kinema.data.world.captions import parse_caption
+    from kinema.eval.world.evaluate import judge_video
+    from kinema.train.data import render_world, world_window
+
+    starts = []
+    for seed in range(24):
+        scene, caption, start = world_window(seed, 96, 96, 17, 8.0, span=2.0)
+        assert 17 <= scene.frames <= 33 and 0 <= start <= scene.frames - 17
+        starts.append(start)
+        video, text = render_world(seed, 96, 96, 17, 8.0, span=2.0)
+        assert text == caption and video.shape == (17, 96, 96, 3)
+        assert judge_video(video, parse_caption(caption), 8.0)["all_correct"], (seed, caption, start)
+    assert sum(s > 0 for s in starts) >= 6  # many clips start mid-way through their motions
+    plain, start = world_window(5, 96, 96, 17, 8.0)[::2]  # span 1: a scene set up for the clip, from frame 0
+    assert plain.frames == 17 and start == 0

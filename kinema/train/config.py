@@ -81,6 +81,11 @@ class DataConfig:
     # encoding (the world on a GPU); 1 = every step loads. The buffer is not checkpointed: it refills on --resume.
     echo: int = 1
     echo_buffer: int = 64
+    # "world": scenes are set up for up to ``world_span`` times a clip's length and the clip is a random window
+    # of one that still reads back as its caption (``kinema.train.data.world_window``); 1 = every scene fits its
+    # clip, so a moving object always starts with room ahead. Above 1, clips also start mid-way through a
+    # motion, which continuations (extend, long video) start from.
+    world_span: float = 1.0
 
     def __post_init__(self):
         _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
@@ -93,6 +98,8 @@ class DataConfig:
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         _check(self.echo >= 1, f"data.echo must be an integer >= 1 (1 = no echoing), got {self.echo}")
         _check(self.echo_buffer >= 1, f"data.echo_buffer must be an integer >= 1, got {self.echo_buffer}")
+        _check(1.0 <= self.world_span <= 4.0, f"data.world_span must be in [1, 4] (1: scenes fit their clips), "
+               f"got {self.world_span}")
 
 
 @dataclass(frozen=True)

@@ -249,10 +249,19 @@ def _place(spec: ObjectSpec, box, unit, duration, fps, rng, shrink, min_view_sca
     return obj, reach
 
 
-def _agreement(scene: Scene) -> int:
-    """How many objects' simulated tracks show their motion label cleanly (none when objects
-    collide: a knock changes a motion in ways no caption says)."""
-    if scene.frames < 3:
+def window_reads_back(scene: Scene, start: int, frames: int) -> bool:
+    """Whether frames ``start .. start + frames - 1`` of ``scene`` show every object's motion cleanly on their
+    own: a window of a longer scene still matches its caption (a fall that has landed by then does not, nor,
+    later than frame 0, an object that grows or shrinks: its caption names its size at frame 0)."""
+    if start and any(o.growth for o in scene.objects):
+        return False
+    return _agreement(scene, slice(start, start + frames)) == len(scene.objects)
+
+
+def _agreement(scene: Scene, window: slice = slice(None)) -> int:
+    """How many objects' simulated tracks (in ``window`` of the frames) show their motion label cleanly (none
+    when objects collide: a knock changes a motion in ways no caption says)."""
+    if len(range(scene.frames)[window]) < 3:
         return len(scene.objects)
     tracks = simulate(scene)
     if tracks.collisions:
@@ -260,8 +269,10 @@ def _agreement(scene: Scene) -> int:
     unit = scene.unit
     good = 0
     for i, o in enumerate(scene.objects):
-        angle = None if o.shape == "circle" else tracks.angle[:, i]
-        reach = tracks.radius[:, i] * np.array([floor_reach(o.shape, a) for a in tracks.angle[:, i]])
-        reading = read_motion(tracks.centres[:, i], tracks.radius[:, i], angle, reach, scene.fps, unit, scene.height)
+        turns = tracks.angle[window, i]
+        angle = None if o.shape == "circle" else turns
+        radius = tracks.radius[window, i]
+        reach = radius * np.array([floor_reach(o.shape, a) for a in turns])
+        reading = read_motion(tracks.centres[window, i], radius, angle, reach, scene.fps, unit, scene.height)
         good += is_clean(reading, o.motion)
     return good
