@@ -2,7 +2,8 @@
 
 Every task here is the same three moves: load and check the inputs (before any sampling), build a
 ``Window`` (a condition over latent frames, ``kinema.tasks.builders``), and run it through the one
-conditioned sampling loop of ``Pipeline.run``; the result joins the window's new frames with the inputs.
+conditioned sampling loop of ``Pipeline.run``; the result joins the window's new frames with the inputs
+(the input frames the window shares faded into its decoding of them, ``_fade``).
 
 Inputs are paths or uint8 arrays ((H, W, 3) images, (F, H, W, 3) videos). Videos read from files are
 resampled to the request's fps; arrays are taken to be at that fps. Inputs of another size are resized to
@@ -31,7 +32,7 @@ from .pipeline import InputError, Pipeline, Settings, Video
 
 Media = str | os.PathLike | np.ndarray
 DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 pins a frame, 2 also carry its motion
-JOINS = ("fade", "cut")  # how a continuation meets its input: see ``_join``
+JOINS = ("fade", "cut")  # how a continuation meets its input: see ``_fade``
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarr
          after: np.ndarray | None = None, first_image: np.ndarray | None = None, fit_steps: int = 0,
          join: str = "cut") -> Video:
     """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``, whose
-    end and start (respectively) the window begins and ends with (``_join``).
+    end and start (respectively) the window begins and ends with (faded by ``join``, ``_fade``).
     ``first_image``: the image given as the window's first latent frame, which is decoded fitted to it
     (``fit_steps`` steps of ``kinema.tasks.fit``; the sampling sees the encoder's latent), unless the
     pipeline decodes in tiles (asked for to bound memory, which a fit's backward pass would not)."""
@@ -196,7 +197,7 @@ def _fade(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     How a continuation meets its input (``join="fade"``): the window's given frames decode to the model's
     copy of the input's frames, not the frames themselves (the VAE's round trip), and the new frames
     continue from that copy, so cut next to the input they jump by the round trip's error: for the
-    bundled model a jump of 2.2 typical frame steps at every join (1.2 between the decoded frames). Faded
+    bundled model a jump of about 2 typical frame steps at every join (1.2 between the decoded frames). Faded
     over the frames both show, the join steps like the rest (``join="cut"`` keeps the input's frames as
     they are).
     """
