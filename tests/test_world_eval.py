@@ -176,13 +176,15 @@ def test_eval_reconstruct_scores_the_vae_round_trip_not_the_renders(tiny_model_d
 def test_task_cases_move_the_way_they_say_and_direction_reads_them_back():
     from kinema.eval.tasks import MOVES, direction, task_cases
 
-    cases = task_cases(8, 128, 128, 17, 8.0, seed=1, after=8)
+    cases = task_cases(8, 128, 128, 17, 8.0, seed=1, after=8, before=9)
     assert [case[2] for case in cases] == list(MOVES) * 2
-    for prompt, clip, move, continuation in cases:
+    for prompt, clip, move, continuation, lead_in in cases:
         assert clip.shape == (17, 128, 128, 3) and direction(clip, 8.0) == move
-        # the world goes on the same way after the clip: what an extension is asked to do
+        # the world goes on the same way after the clip, and came the same way before it: what extensions
+        # forwards and backwards are asked to do
         assert continuation.shape == (9, 128, 128, 3) and np.array_equal(continuation[0], clip[-1])
-        assert direction(continuation, 8.0) == move
+        assert lead_in.shape == (10, 128, 128, 3) and np.array_equal(lead_in[-1], clip[0])
+        assert direction(continuation, 8.0) == move and direction(lead_in, 8.0) == move
         opposite = {"moves_left": "moves_right", "moves_right": "moves_left", "moves_up": "moves_down",
                     "moves_down": "moves_up"}[move]
         assert direction(clip[::-1].copy(), 8.0) == opposite  # played backwards: the other way
@@ -206,6 +208,7 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     assert i2v["psnr_db"] > i2v["vae_round_trip_psnr_db"] and report["settings"]["fit_steps"] == 10
     assert 0.0 <= i2v["direction_as_asked"] <= 1.0 and 0.0 <= i2v["text_to_video_direction_as_asked"] <= 1.0
     assert 0.0 <= report["extend"]["direction_kept"] <= 1.0 and report["extend"]["median_join_step"] >= 0.0
+    assert 0.0 <= report["extend"]["backward_direction_kept"] <= 1.0
     assert 0.0 <= report["loop"]["seam_within_typical"] <= 1.0 and report["loop"]["median_typical_step"] >= 0.0
     assert 0.0 <= report["loop"]["seam_within_boundary"] <= 1.0 and report["loop"]["median_latent_boundary_step"] >= 0.0
     assert 0.0 <= report["image_loop"]["seam_within_typical"] <= 1.0

@@ -2,8 +2,8 @@
 
 Every case is a rendered clip of one object moving left, right, up or down (the four directions in turn),
 whose direction the world evaluator's detector reads back from the render itself (cases it cannot read,
-say an object that reaches a wall, are redrawn). The scene is set up for the clip and the extension after
-it, and the world's own continuation must move the same way too: a scene set up for the clip alone ends
+say an object that reaches a wall, are redrawn). The scene is set up for the clip and the extensions before
+and after it, and the world's own lead-in and continuation must move the same way too: a scene set up for the clip alone ends
 with its object near the wall it travels towards (it crosses most of the frame), and the world bounces it
 off that wall, so its true continuation reverses (9 in 10 such clips) and "keep the direction" would be
 the wrong answer. Per case:
@@ -15,7 +15,9 @@ the wrong answer. Per case:
   to the same for a text-to-video clip of the prompt);
 * extension: the clip is extended forwards by one second; the new frames must move the object the way the
   clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
-  and the join must step like the motion around it (``_join_step``);
+  and the join must step like the motion around it (``_join_step``). Backwards too: the new second before
+  the clip must move the object the way the clip goes on to (up to the clip's first frame), as the world's
+  own lead-in does;
 * loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
   |last - first|) must be no larger than the median frame-to-frame difference inside it
   (``tasks.loop_seam``). Also reported: the median step between latent frames inside the loop (frames
@@ -70,12 +72,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
-def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: int = 0, after: int = 0):
-    """``n`` (prompt, clip, direction, continuation) cases: one object moving in each direction in turn, on a
-    static camera.
+def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: int = 0, after: int = 0,
+               before: int = 0):
+    """``n`` (prompt, clip, direction, continuation, lead-in) cases: one object moving in each direction in
+    turn, on a static camera.
 
-    Each scene is set up for ``frames + after`` frames: the clip is its first ``frames``, the continuation its
-    last ``after + 1`` (from the clip's last frame on), and both move the object the same way.
+    Each scene is set up for ``before + frames + after`` frames: the clip is ``frames`` of them after the
+    first ``before``, the continuation the ``after + 1`` from the clip's last frame on, the lead-in the
+    ``before + 1`` up to its first; all three move the object the same way.
     """
     rng = np.random.default_rng(seed)
     cases = []
@@ -83,10 +87,12 @@ def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: i
         spec = sample_spec(rng, 1, "exclude")
         move = MOVES[len(cases) % len(MOVES)]
         spec = SceneSpec((dataclasses.replace(spec.objects[0], motion=move),), spec.background, "static")
-        video = render(scene_from_spec(spec, width, height, frames + after, fps, rng))
-        clip, continuation = video[:frames], video[frames - 1:]
-        if direction(clip, fps) == move and (not after or direction(continuation, fps) == move):
-            cases.append((caption(spec, rng), clip, move, continuation))
+        video = render(scene_from_spec(spec, width, height, before + frames + after, fps, rng))
+        clip = video[before:before + frames]
+        continuation, lead_in = video[before + frames - 1:], video[:before + 1]
+        if (direction(clip, fps) == move and (not after or direction(continuation, fps) == move)
+                and (not before or direction(lead_in, fps) == move)):
+            cases.append((caption(spec, rng), clip, move, continuation, lead_in))
     return cases
 
 
@@ -101,10 +107,11 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     s = pipe.cfg.sampling  # the model's default size, length, fps and steps
     tf = pipe.cfg.vae.temporal_factor
     after = grid_count(extend_seconds * s.fps, tf, offset=0, minimum=tf)  # the frames ``tasks.extend`` adds
-    cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after)
-    i2v, i2v_moves, t2v_moves, ceiling, extended, joins, loops, image_loops = [], [], [], [], [], [], [], []
+    before = grid_count(extend_seconds * s.fps, tf, offset=1, minimum=1)  # ... and backwards
+    cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after, before)
+    i2v, i2v_moves, t2v_moves, ceiling, extended, backwards, joins, loops, image_loops = ([] for _ in range(9))
     asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift)) if v is not None}
-    for i, (prompt, clip, move, _) in enumerate(cases):
+    for i, (prompt, clip, move, _, _) in enumerate(cases):
         settings = {"seed": seed + i, **asked}
         image = clip[0]
         out = tasks.image_to_video(pipe, prompt, image, **settings).frames
@@ -118,6 +125,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
         joined = tasks.extend(pipe, prompt, clip, extend_seconds, **settings).frames
         extended.append(direction(joined[len(clip) - 1:], s.fps) == move)
         joins.append(_join_step(joined, len(clip), len(forward_span(clip, tasks.DEFAULT_OVERLAP, tf))))
+        earlier = tasks.extend(pipe, prompt, clip, extend_seconds, "backward", **settings).frames
+        backwards.append(direction(earlier[:len(earlier) - len(clip) + 1], s.fps) == move)
 
         loops.append(_loop_steps(tasks.loop(pipe, prompt, **settings).frames, tf))
         image_loops.append(_loop_steps(tasks.loop(pipe, prompt, image, **settings).frames, tf))
@@ -133,7 +142,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
                            "vae_round_trip_psnr_db": float(np.mean(ceiling)),
                            "direction_as_asked": float(np.mean(i2v_moves)),
                            "text_to_video_direction_as_asked": float(np.mean(t2v_moves))},
-        "extend": {"direction_kept": float(np.mean(extended)), "median_join_step": float(np.median(joins))},
+        "extend": {"direction_kept": float(np.mean(extended)), "median_join_step": float(np.median(joins)),
+                   "backward_direction_kept": float(np.mean(backwards))},
         "loop": {"seam_within_typical": float(np.mean(seams[:, 0] <= seams[:, 1])),
                  "inner_within_typical": float(np.mean(seams[:, 3])),
                  "median_seam": float(np.median(seams[:, 0])), "median_typical_step": float(np.median(seams[:, 1])),
@@ -175,6 +185,7 @@ def format_report(report: dict) -> str:
          f"{100 * i2v['direction_as_asked']:.0f}% (the prompt alone, text-to-video: "
          f"{100 * i2v['text_to_video_direction_as_asked']:.0f}%)"),
         ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}%"),
+        ("extend backwards: the new frames lead into the clip's motion", f"{100 * ext['backward_direction_kept']:.0f}%"),
         ("extend forwards: largest step at the join over the new frames' median step",
          f"{ext['median_join_step']:.2f} (median; 1 steps like the motion)"),
         ("loop: seam <= typical frame step", f"{100 * loop['seam_within_typical']:.0f}% (median seam "
