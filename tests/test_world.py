@@ -228,6 +228,7 @@ def test_world_windows_start_mid_way_and_still_read_back_as_their_captions():
         starts.append(start)
         video, text = render_world(seed, 96, 96, 17, 8.0, span=2.0)
         assert text == caption and video.shape == (17, 96, 96, 3)
+        assert np.array_equal(video, render(scene)[start:start + 17])  # only the window is drawn, the same
         assert judge_video(video, parse_caption(caption), 8.0)["all_correct"], (seed, caption, start)
     assert sum(s > 0 for s in starts) >= 6  # many clips start mid-way through their motions
     plain, start = world_window(5, 96, 96, 17, 8.0)[::2]  # span 1: a scene set up for the clip, from frame 0

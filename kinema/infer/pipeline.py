@@ -328,7 +328,6 @@ class Pipeline:
         of itself (continued backwards around the cycle) and only its own frames are kept: they begin as
         they follow its end when the loop plays.
         """
-        latents = latents.to(next(self.vae.parameters()).dtype)
         if cyclic:
             n = latents.shape[2]
             before = [(i - LOOP_WARMUP) % n for i in range(LOOP_WARMUP)]

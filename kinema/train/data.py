@@ -140,9 +140,9 @@ def render_world(seed: int, width: int, height: int, frames: int, fps: float, wi
         *sample_clip(seed, width, height, frames, fps, motion_check=False), 0)
     window = slice(start, start + frames)
     if not with_mask:
-        return render(scene)[window], caption
-    video, mask = render(scene, with_mask=True)
-    return video[window], caption, mask[window]
+        return render(scene, window=window), caption
+    video, mask = render(scene, with_mask=True, window=window)
+    return video, caption, mask
 
 
 WINDOW_TRIES = 4  # windows of a longer scene tried before falling back to a scene that fits the clip

@@ -33,17 +33,18 @@ STAR_CELL = 0.08  # one star at most per cell of this size, u
 STAR_SIGMA = 0.7  # screen px: stars stay points at any zoom
 
 
-def render(scene: Scene, with_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """The scene's frames as uint8, shape (F, H, W, 3); with ``with_mask``, also where objects changed the
-    background (F, H, W) bool, anti-aliased edges included."""
-    tracks = simulate(scene)
-    pan, scale = camera_at(scene.camera, scene.camera_rate, tracks.times)  # (F,), (F,)
+def render(scene: Scene, with_mask: bool = False, window: slice = slice(None)) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The scene's frames (only those in ``window``) as uint8, shape (F, H, W, 3); with ``with_mask``, also
+    where objects changed the background (F, H, W) bool, anti-aliased edges included."""
+    tracks = simulate(scene)  # the whole scene: a window's motion depends on what came before it
+    times = tracks.times[window]
+    pan, scale = camera_at(scene.camera, scene.camera_rate, times)  # (F,), (F,)
     canvas = render_background(scene, pan, scale)  # (F, H, W, 3) float32 in [0, 1]
     mask = np.zeros(canvas.shape[:3], dtype=bool) if with_mask else None
     for i, obj in enumerate(scene.objects):
-        screen, _ = to_screen(scene, tracks.centres[:, i], tracks.times)  # (F, 2) px
-        _draw(canvas, obj.shape, COLOURS[obj.colour], screen[:, 0], screen[:, 1], tracks.radius[:, i] * scale,
-              tracks.angle[:, i], mask)
+        screen, _ = to_screen(scene, tracks.centres[window, i], times)  # (F, 2) px
+        _draw(canvas, obj.shape, COLOURS[obj.colour], screen[:, 0], screen[:, 1], tracks.radius[window, i] * scale,
+              tracks.angle[window, i], mask)
     frames = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return frames if mask is None else (frames, mask)
 
