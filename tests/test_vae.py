@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kinema.config import ConfigError, VAEConfig
 from kinema.vae import VAE
@@ -164,9 +165,12 @@ def test_training_pass_has_gradients():
     assert vae.encoder.conv_in.weight.grad is not None and vae.decoder.conv_out.weight.grad is not None
 
 
+@pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("norm", ["rms", "frame"])
-def test_norm_inference_path_equals_the_autograd_path(norm, layout):
+def test_norm_inference_path_equals_the_autograd_path(norm, layout, silu):
+    """The inference path (and its SiLU applied in fp32 before the one rounding) equals the autograd path,
+    leaves its input as it was, and normalises a bf16 map in fp32 (closer to the fp32 answer than bf16 steps)."""
     from kinema.nn import ChannelRMSNorm, FrameNorm
 
     layer = {"rms": ChannelRMSNorm, "frame": FrameNorm}[norm](6)
@@ -177,15 +181,20 @@ def test_norm_inference_path_equals_the_autograd_path(norm, layout):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last_3d)
     original = x.clone()
-    trained = layer(x.clone().requires_grad_())
+    trained = layer(x.clone().requires_grad_(), silu=silu)
+    expected = (F.silu(layer(x.clone().requires_grad_())) if silu else trained).detach()
+    assert torch.allclose(trained.detach(), expected, atol=1e-6)
     with torch.no_grad():
-        fast = layer(x)
-    assert torch.allclose(fast, trained.detach(), atol=1e-5) and torch.equal(x, original)  # input untouched
-    for bf16 in (x.bfloat16(),):  # a half-precision input is normalised in fp32 and left as it was
+        fast = layer(x, silu=silu)
+        bf16 = layer(x.bfloat16(), silu=silu)
+    assert torch.allclose(fast, expected, atol=1e-5) and torch.equal(x, original)  # input untouched
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d) == (layout == "channels_last")
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), expected, atol=0.05, rtol=0.02)
+    if silu:  # normalised, scaled and activated in fp32, rounded once: as close as bf16 can hold the fp32 answer
         with torch.no_grad():
-            out = layer(bf16)
-        assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), trained.detach(), atol=0.05, rtol=0.02)
-        assert torch.equal(bf16, original.bfloat16())
+            exact = F.silu(layer(x.bfloat16().float()))
+        assert (bf16.float() - exact).abs().max() <= (exact.bfloat16().float() - exact).abs().max() + 1e-6
+    assert torch.equal(x.bfloat16(), original.bfloat16())
 
 
 @pytest.mark.parametrize("norm", ["rms", "frame"])

@@ -45,16 +45,24 @@ class ChannelRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
         self.bias = nn.Parameter(torch.zeros(dim, *([1] * spatial_dims))) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        """The normalised ``x``; ``silu``: followed by SiLU (at inference applied to the fp32 values in place,
+        before the one rounding back to ``x``'s dtype)."""
         gain = (self.scale * self.gamma).to(x.dtype)
         if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
             y = F.normalize(x.float(), dim=1).type_as(x) * gain
-        else:  # the same x / max(|x|, eps), 3x faster on a CPU than F.normalize's norm over a strided axis
-            xf = x.float()
-            norm = xf.square().sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)
-            y = xf.div_(norm) if xf is not x else xf / norm
+            y = y if self.bias is None else y + self.bias.to(x.dtype)
+            return F.silu(y) if silu else y
+        # the same x / max(|x|, eps), 3x faster on a CPU than F.normalize's norm over a strided axis
+        xf = x.float()
+        norm = xf.square().sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)
+        y = xf.div_(norm) if xf is not x else xf / norm
+        if not silu:
             y = y.type_as(x).mul_(gain)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
+        y = y.mul_(self.scale * self.gamma.float())
+        y = y if self.bias is None else y.add_(self.bias.float())
+        return F.silu(y, inplace=True).type_as(x)
 
 
 class FrameNorm(nn.Module):
@@ -69,14 +77,17 @@ class FrameNorm(nn.Module):
         self.eps = eps
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        """The normalised ``x``; ``silu``: followed by SiLU (at inference applied to the fp32 values in place,
+        before the one rounding back to ``x``'s dtype: one pass fewer, and a bf16 map rounded once, not thrice)."""
         if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
             dims = (1, 3, 4) if x.ndim == 5 else tuple(range(1, x.ndim))  # channels and pixels, never time
             xf = x.float()
             var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
-            return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.gamma.to(x.dtype)
+            y = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.gamma.to(x.dtype)
+            return F.silu(y) if silu else y
         if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-            return self._channels_last(x)
+            return self._channels_last(x, silu)
         xf = x.float()
         # inference: the same two-pass statistics, each reduction first over the contiguous pixel axes and
         # then over channels, and the squares summed inside ``vector_norm`` rather than materialised: on a
@@ -87,9 +98,12 @@ class FrameNorm(nn.Module):
         mean = xf.sum(dim=pixels, keepdim=True).sum(dim=1, keepdim=True).div_(count)
         centred = xf.sub_(mean) if xf is not x else xf - mean  # a bf16 input was already copied to fp32
         var = torch.linalg.vector_norm(centred, dim=pixels, keepdim=True).square_().sum(dim=1, keepdim=True)
-        return centred.mul_(var.div_(count).add_(self.eps).rsqrt_()).to(x.dtype).mul_(self.gamma.to(x.dtype))
+        y = centred.mul_(var.div_(count).add_(self.eps).rsqrt_())
+        if silu:
+            return F.silu(y.mul_(self.gamma.float()), inplace=True).to(x.dtype)
+        return y.to(x.dtype).mul_(self.gamma.to(x.dtype))
 
-    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+    def _channels_last(self, x: torch.Tensor, silu: bool) -> torch.Tensor:
         """Inference on a channels-last map: a frame's pixels and channels are one contiguous run, so the same
         two-pass statistics reduce over a single axis."""
         b, c, t, h, w = x.shape
@@ -98,5 +112,9 @@ class FrameNorm(nn.Module):
         mean = flat.mean(-1, keepdim=True)
         centred = flat - mean if x.dtype == torch.float32 else flat.sub_(mean)  # a bf16 input was copied
         var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(flat.shape[-1])
-        y = centred.mul_(var.add_(self.eps).rsqrt_()).view(frames.shape).to(x.dtype)
+        rstd = var.add_(self.eps).rsqrt_()
+        if silu:  # scale by rstd and gamma in one broadcast product over (B, T, pixels, C), then SiLU, in fp32
+            y = centred.view(b, t, h * w, c).mul_(rstd.unsqueeze(-1) * self.gamma.view(-1).float())
+            return F.silu(y, inplace=True).to(x.dtype).view(frames.shape).permute(0, 4, 1, 2, 3)
+        y = centred.mul_(rstd).view(frames.shape).to(x.dtype)
         return y.mul_(self.gamma.view(-1).to(x.dtype)).permute(0, 4, 1, 2, 3)

@@ -98,8 +98,8 @@ class ResidualBlock(nn.Module):
         self.conv_shortcut = CausalConv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)), stream)
-        h = self.conv2(F.silu(self.norm2(h)), stream)
+        h = self.conv1(self.norm1(x, silu=True), stream)
+        h = self.conv2(self.norm2(h, silu=True), stream)
         return h + self.conv_shortcut(x)
 
 
@@ -214,7 +214,7 @@ class Encoder(nn.Module):
         for layer in self.down_blocks:
             x = layer(x, stream)
         x = self.mid_block(x, stream)
-        return self.conv_out(F.silu(self.norm_out(x)), stream)
+        return self.conv_out(self.norm_out(x, silu=True), stream)
 
 
 class UpBlock(nn.Module):
@@ -251,7 +251,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z, stream), stream)
         for block in self.up_blocks:
             x = block(x, stream)
-        return self.conv_out(F.silu(self.norm_out(x)), stream)
+        return self.conv_out(self.norm_out(x, silu=True), stream)
 
 
 class VAE(nn.Module):
