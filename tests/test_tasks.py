@@ -252,24 +252,29 @@ def test_loop_is_a_cycle(pipe, media, with_image):
     assert same(tasks.loop(pipe, "a ball", image, frames=13, cache_threshold=0.9, **KW).latents, latents)
 
 
-def test_cyclic_velocity_turns_frames_and_their_times_together():
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_cyclic_velocity_turns_frames_and_their_times_together(context):
     x = torch.arange(4.0).view(1, 1, 4, 1, 1)
     t = torch.tensor([[0.0, 0.5, 0.5, 0.5]])  # frame 0 given (time 0)
     seen = []
 
     def weighted(x, t_frames):  # not shift-equivariant: each window position has its own weight
         seen.append((x.flatten().tolist(), t_frames.flatten().tolist()))
-        return x * torch.arange(1.0, 5.0).view(1, 1, 4, 1, 1)
+        return x * torch.arange(1.0, x.shape[2] + 1).view(1, 1, -1, 1, 1)
 
-    v = cyclic_velocity(weighted)
+    v = cyclic_velocity(weighted, context=context)
     for i in range(6):
         out = v(x, t).flatten().tolist()
         r = i % 4
         frames_in, times_in = seen[-1]
-        assert frames_in == [float((j + r) % 4) for j in range(4)]  # turned by r
-        assert times_in[(4 - r) % 4] == 0.0 and sorted(times_in) == [0.0, 0.5, 0.5, 0.5]  # frame 0's time with it
-        # frame j sat at window position (j - r) mod 4 (weight 1 + that) and comes back in place
-        assert out == [j * (1.0 + (j - r) % 4) for j in range(4)]
+        # turned by r, after copies of the `context` frames before the turned first one in the cycle
+        assert frames_in == [float((j + r) % 4) for j in range(-context, 4)]
+        assert times_in == [0.0 if (j + r) % 4 == 0 else 0.5 for j in range(-context, 4)]  # frame 0's time with it
+        # frame j sat at window position context + (j - r) mod 4 (weight 1 + that) and comes back in place;
+        # the copies' predictions are dropped
+        assert out == [j * (1.0 + context + (j - r) % 4) for j in range(4)]
+    with pytest.raises(ValueError, match="cannot be preceded by 5"):
+        cyclic_velocity(weighted, context=5)(x, t)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "unipc"])

