@@ -61,11 +61,11 @@ def losses(result) -> list[float]:
 
 
 def test_data_echo_loads_one_batch_in_n_and_trains_on_new_draws_in_between(tmp_path, cache, monkeypatch):
-    from kinema.train.loop import Trainer
+    from kinema.train.feed import Feed
 
     loaded = []  # the batches the data loader handed over, as sample indices
-    real = Trainer._load_batch
-    monkeypatch.setattr(Trainer, "_load_batch", lambda self, items, step: loaded.append([it.index for it in items])
+    real = Feed.load
+    monkeypatch.setattr(Feed, "load", lambda self, items, step: loaded.append([it.index for it in items])
                         or real(self, items, step))
     plain = train(recipe(tmp_path / "plain", cache, max_steps=6))
     assert len(loaded) == 6
@@ -467,11 +467,11 @@ def test_vae_trains_on_the_world_with_object_weight(tmp_path):
 
 
 def test_vae_run_echoes_its_rendered_batches_too(tmp_path, monkeypatch):
-    from kinema.train.loop import Trainer
+    from kinema.train.feed import Feed
 
     loaded = []
-    real = Trainer._load_batch
-    monkeypatch.setattr(Trainer, "_load_batch", lambda self, items, step: loaded.append(step) or real(self, items, step))
+    real = Feed.load
+    monkeypatch.setattr(Feed, "load", lambda self, items, step: loaded.append(step) or real(self, items, step))
     result = train(dict(model="vae", preset="tiny", out_dir=str(tmp_path / "vae"), max_steps=3,
                         data=dict(kind="world", num_clips=8, echo=3, buckets=[dict(frames=5, height=32, width=32)]),
                         log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=0)))
@@ -481,10 +481,10 @@ def test_vae_run_echoes_its_rendered_batches_too(tmp_path, monkeypatch):
 
 def test_dit_on_world_pixels_encodes_captions_once_per_loaded_batch(tmp_path, monkeypatch):
     from kinema.text.minilm import MiniLMEncoder
-    from kinema.train.loop import Trainer
+    from kinema.train.feed import Feed
 
     encoded, rows = [], []
-    real_encode, real_with_draws = MiniLMEncoder.encode, Trainer._with_draws
+    real_encode, real_with_draws = MiniLMEncoder.encode, Feed.with_draws
     monkeypatch.setattr(MiniLMEncoder, "encode", lambda self, prompts: encoded.append(list(prompts))
                         or real_encode(self, prompts))
 
@@ -493,7 +493,7 @@ def test_dit_on_world_pixels_encodes_captions_once_per_loaded_batch(tmp_path, mo
         rows.append((batch.text_tokens, batch.text_mask, source.text, self.null_encoded))
         return batch
 
-    monkeypatch.setattr(Trainer, "_with_draws", spy)
+    monkeypatch.setattr(Feed, "with_draws", spy)
     result = train(dict(model="dit", preset="tiny", out_dir=str(tmp_path / "dit"), max_steps=6, seed=1,
                         data=dict(kind="world", num_clips=16, echo=3,
                                   buckets=[dict(frames=5, height=32, width=32, batch_size=4)]),
