@@ -186,3 +186,27 @@ def test_fast_rms_norm_is_torchs_with_and_without_autograd():
     assert torch.equal(x, x0) and torch.equal(xb, xb0)  # inputs are not normalised in place
     y = ours(x.clone().requires_grad_())  # training takes torch's own path
     assert y.requires_grad and torch.allclose(y, fast, atol=1e-5, rtol=1e-5)
+
+
+def test_small_bf16_attention_without_autograd_matches_the_fused_kernel():
+    """Short bf16 attention on a CPU runs as two matmuls and a softmax (faster there); it answers as the fused
+    kernel does, padded keys and all-padding queries (zeros) included, and autograd keeps the fused kernel."""
+    import torch.nn.functional as F
+
+    from kinema.nn import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g).bfloat16() for n in (10, 7, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    for key_mask in (None, mask):
+        sdpa_mask = None if key_mask is None else key_mask[:, None, None, :]
+        exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=sdpa_mask)
+        with torch.no_grad():
+            got = attention(q, k, v, key_mask)
+        assert got.dtype == torch.bfloat16 and (got.float() - exact).abs().max() < 0.03
+        assert torch.equal(attention(q, k, v, key_mask), F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask))
+    mask[1] = False  # a row of padding only: zeros, as the fused kernel gives
+    with torch.no_grad():
+        got = attention(q, k, v, mask)
+    assert torch.equal(got[1], torch.zeros_like(got[1])) and torch.isfinite(got).all()
