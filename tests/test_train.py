@@ -1,4 +1,5 @@
-"""kinema train on the tiny preset: exact resume, bucket coverage, LoRA, data sources, and bad input."""
+"""kinema train on the tiny preset: exact resume, LoRA, data sources, objectives, and bad input (where batches
+come from: test_train_data.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from safetensors.torch import load_file
 from kinema.common.video import pixels_to_model
 from kinema.config import ConfigError, preset
 from kinema.train import TrainError, apply_lora, load_config, remove_lora, train
-from kinema.train.buckets import BucketSampler, GridKeys, SamplerState, check_bucket
 from kinema.train.config import BucketConfig
 from kinema.data.cache import write_latent_cache
 
@@ -83,15 +83,6 @@ def test_data_echo_must_be_a_positive_integer():
         load_config({"preset": "tiny", "data": {"echo": 0}})
 
 
-def test_world_span_is_checked_and_reaches_the_world_dataset():
-    from kinema.train.data import build_dataset
-
-    with pytest.raises(ConfigError, match=r"data.world_span must be in \[1, 4\].*got 0.5"):
-        load_config({"preset": "tiny", "data": {"world_span": 0.5}})
-    cfg = load_config({"preset": "tiny", "data": {"world_span": 2.0}})
-    assert build_dataset(cfg.data, preset(cfg.preset), seed=0).span == 2.0
-
-
 # -- exact resume -----------------------------------------------------------------------------------
 
 
@@ -136,114 +127,6 @@ def test_existing_run_needs_resume_and_resume_of_a_finished_run_is_a_no_op(tmp_p
     with pytest.raises(TrainError, match="--resume"):
         train(recipe(tmp_path / "run", cache, max_steps=2))
     assert train(recipe(tmp_path / "run", cache, max_steps=2), resume=True).step == 2
-
-
-# -- buckets ----------------------------------------------------------------------------------------
-
-
-def test_bucket_sampler_covers_every_sample_once_per_epoch_across_ranks():
-    rng = np.random.default_rng(0)
-    keys = [GRIDS[k] for k in rng.integers(0, 3, size=60)]
-    sizes = {GRIDS[0]: 2, GRIDS[1]: 3, GRIDS[2]: 4}
-    for world in (1, 2, 3):
-        per_rank = [BucketSampler(keys, sizes, seed=7, rank=r, world_size=world).rank_batches(epoch=0) for r in range(world)]
-        assert len({len(b) for b in per_rank}) == 1  # every rank takes the same number of steps
-        seen = [i for batches in per_rank for batch in batches for i in batch]
-        assert len(seen) == len(set(seen))  # no duplicates across ranks
-        missing = set(range(len(keys))) - set(seen)
-        assert world > 1 or not missing
-        for g in GRIDS:  # at most world-1 samples per bucket wait for the next epoch
-            assert sum(keys[i] == g for i in missing) < world
-        for batches in per_rank:  # one latent grid per batch
-            assert all(len({keys[i] for i in batch}) == 1 for batch in batches)
-        for step in range(len(per_rank[0])):  # ranks agree on the grid of each step
-            assert len({keys[per_rank[r][step][0]] for r in range(world)}) == 1
-
-
-def test_bucket_sampler_is_deterministic_per_seed_and_resumes_mid_epoch():
-    keys = [GRIDS[i % 3] for i in range(30)]
-    sizes = {g: 2 for g in GRIDS}
-    a = BucketSampler(keys, sizes, seed=1).rank_batches(0)
-    assert a == BucketSampler(keys, sizes, seed=1).rank_batches(0)
-    assert a != BucketSampler(keys, sizes, seed=2).rank_batches(0)
-    assert a != BucketSampler(keys, sizes, seed=1).rank_batches(1)
-    sampler = BucketSampler(keys, sizes, seed=1)
-    stream = sampler.iterate()
-    full = [next(stream) for _ in range(len(sampler) + 3)]  # crosses an epoch boundary
-    resumed = sampler.iterate(full[4][0])
-    assert [next(resumed) for _ in range(len(full) - 5)] == full[5:]
-    assert full[len(sampler)][0] == SamplerState(1, 1)
-
-
-def test_compact_grid_keys_give_the_same_epochs_as_a_list_of_grids():
-    codes = np.random.default_rng(3).integers(0, 3, size=257)
-    compact, listed = GridKeys(GRIDS, codes), [GRIDS[c] for c in codes]
-    assert len(compact) == 257 and list(compact) == listed and list(compact[5:9]) == listed[5:9]
-    sizes = {GRIDS[0]: 4, GRIDS[1]: 3, GRIDS[2]: 5}
-    for world in (1, 2, 3):
-        for rank in range(world):
-            a = BucketSampler(compact, sizes, seed=5, rank=rank, world_size=world)
-            b = BucketSampler(listed, sizes, seed=5, rank=rank, world_size=world)
-            assert len(a) == len(b) == len(a.global_units(1))  # counted without drawing an epoch
-            for epoch in (0, 1):
-                batches = a.rank_batches(epoch)
-                assert batches == b.rank_batches(epoch) and all(isinstance(x, list) for x in batches)
-                assert list(batches[3:]) == list(batches)[3:]  # resuming mid-epoch slices the same batches
-    with pytest.raises(ValueError, match="indices into 3 grid"):
-        GridKeys(GRIDS, np.array([0, 3]))
-
-
-def test_a_bucket_that_cannot_fit_the_patch_grid_is_refused_with_the_rule():
-    cfg = preset("tiny")
-    assert check_bucket(BucketConfig(9, 48, 80), cfg) == (3, 6, 10)
-    with pytest.raises(ConfigError, match=r"height must be a multiple of 16.*got 100.*96 or 112"):
-        check_bucket(BucketConfig(9, 100, 64), cfg)
-    with pytest.raises(ConfigError, match=r"frames must be 4k\+1.*got 8.*5 or 9"):
-        check_bucket(BucketConfig(8, 64, 64), cfg)
-
-
-def test_world_crops_keep_the_object_scale_of_the_larger_render():
-    from kinema.train.data import WorldDataset, render_world, _seed
-
-    bucket = BucketConfig(5, 32, 48, batch_size=2, crop_scale=2)
-    data = WorldDataset({(2, 4, 6): bucket}, num_clips=6, seed=3, fps=8.0)
-    for index in range(6):
-        item = data[index]
-        assert item.error is None and tuple(item.video.shape) == (3, 5, 32, 48) and item.video.dtype == torch.uint8
-        full, _ = render_world(_seed(3, index), 96, 64, 5, 8.0)  # the 2x render the crop comes from
-        full = torch.from_numpy(full).permute(3, 0, 1, 2).float() / 127.5 - 1
-        windows = full.unfold(2, 32, 1).unfold(3, 48, 1)  # (3, F, top, left, 32, 48)
-        err = (windows - pixels_to_model(item.video)[:, :, None, None]).abs().amax(dim=(0, 1, 4, 5))
-        assert err.min() < 1e-6, "the item is not a window of the larger render"
-    assert len({data[i].video.sum().item() for i in range(6)}) == 6
-    with pytest.raises(ConfigError, match=r"crop_scale must be an integer in \[1, 8\], got 0"):
-        BucketConfig(5, 32, 48, crop_scale=0)
-    with pytest.raises(ConfigError, match=r"crop_scale > 1 .* model: vae only"):
-        load_config({"model": "dit", "preset": "tiny", "data": {"buckets": [dict(frames=5, height=32, width=32, crop_scale=2)]}})
-
-
-def test_busiest_crop_keeps_the_window_with_the_most_colour_variance():
-    from kinema.train.data import _crop
-
-    frames = np.zeros((3, 64, 64, 3), np.uint8)
-    frames[:, 48:56, 0:8] = (255, 0, 0)  # one small red object in a black frame, bottom left
-    hits = {tries: 0 for tries in (1, 8)}
-    for seed in range(200):
-        for tries in hits:
-            rows, cols = _crop(frames, BucketConfig(3, 16, 16, crop_scale=4, crop_tries=tries), np.random.default_rng(seed))
-            window = frames[:, rows, cols]
-            assert window.shape == (3, 16, 16, 3)
-            hits[tries] += int(window[..., 0].max() == 255)
-    # A random 16x16 window sees the object at 16 x 8 of 49^2 offsets (5%, ~11 of 200); the busiest of 8
-    # windows sees it whenever one of them does (1 - 0.95^8 = 35%, ~70 of 200).
-    assert hits[1] <= 25 and hits[8] >= 45 and hits[8] >= 3 * hits[1]
-    # One try is the plain random crop (same window as before crop_tries existed).
-    rng = np.random.default_rng(5)
-    top, left = rng.integers(0, 49), rng.integers(0, 49)
-    rows, cols = _crop(frames, BucketConfig(3, 16, 16, crop_tries=1), np.random.default_rng(5))
-    np.testing.assert_array_equal(frames[:, rows, cols], frames[:, top:top + 16, left:left + 16])
-    with pytest.raises(ConfigError, match=r"crop_tries must be an integer in \[1, 64\], got 0"):
-        BucketConfig(5, 32, 48, crop_tries=0)
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -464,58 +347,6 @@ def test_vae_trains_on_the_world_with_object_weight(tmp_path):
                         sample=dict(every=0)))
     assert result.step == 2 and result.exported is not None
     assert all(math.isfinite(json.loads(line)["l1"]) for line in result.metrics.read_text().splitlines())
-
-
-def test_vae_run_echoes_its_rendered_batches_too(tmp_path, monkeypatch):
-    from kinema.train.feed import Feed
-
-    loaded = []
-    real = Feed.load
-    monkeypatch.setattr(Feed, "load", lambda self, items, step: loaded.append(step) or real(self, items, step))
-    result = train(dict(model="vae", preset="tiny", out_dir=str(tmp_path / "vae"), max_steps=3,
-                        data=dict(kind="world", num_clips=8, echo=3, buckets=[dict(frames=5, height=32, width=32)]),
-                        log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=0)))
-    assert loaded == [1] and result.step == 3
-    assert all(math.isfinite(json.loads(line)["l1"]) for line in result.metrics.read_text().splitlines())
-
-
-def test_dit_on_world_pixels_encodes_captions_once_per_loaded_batch(tmp_path, monkeypatch):
-    from kinema.text.minilm import MiniLMEncoder
-    from kinema.train.feed import Feed
-
-    encoded, rows = [], []
-    real_encode, real_with_draws = MiniLMEncoder.encode, Feed.with_draws
-    monkeypatch.setattr(MiniLMEncoder, "encode", lambda self, prompts: encoded.append(list(prompts))
-                        or real_encode(self, prompts))
-
-    def spy(self, source, step):
-        batch = real_with_draws(self, source, step)
-        rows.append((batch.text_tokens, batch.text_mask, source.text, self.null_encoded))
-        return batch
-
-    monkeypatch.setattr(Feed, "with_draws", spy)
-    result = train(dict(model="dit", preset="tiny", out_dir=str(tmp_path / "dit"), max_steps=6, seed=1,
-                        data=dict(kind="world", num_clips=16, echo=3,
-                                  buckets=[dict(frames=5, height=32, width=32, batch_size=4)]),
-                        flow=dict(text_dropout=0.5), log=dict(every=1, progress=False, tensorboard=False),
-                        sample=dict(every=0), checkpoint=dict(every=100)))
-    assert result.step == 6
-    captions = [p for p in encoded if p != [""]]  # [""]: the empty prompt, encoded once
-    assert len(captions) == 2 and all(len(p) == 4 and all(p) for p in captions)  # steps 1 and 4 load and encode
-    dropped = []
-    for tokens, mask, (caption_tokens, caption_mask), (null_tokens, null_mask) in rows:
-        for i in range(4):  # every row is its caption's encoding or, dropped, the empty prompt's
-            kept = torch.equal(tokens[i], caption_tokens[i]) and torch.equal(mask[i], caption_mask[i])
-            assert kept or (torch.equal(tokens[i], null_tokens[0]) and torch.equal(mask[i], null_mask[0]))
-            dropped.append(not kept)
-    assert 0 < sum(dropped) < len(dropped)  # caption dropout is drawn anew on every step, replayed ones too
-    assert len({tuple(dropped[i:i + 4]) for i in range(0, 24, 4)}) > 1
-    for line in result.metrics.read_text().splitlines():  # the share of a step spent producing its batch
-        m = json.loads(line)
-        assert 0 < m["data_time_s"] <= m["step_time_s"]
-        assert 0 <= m["loader_wait_s"] <= m["data_time_s"]  # waiting on the workers is part of producing it
-        assert m["loader_wait_s"] + m["encode_s"] <= m["data_time_s"]  # and so is encoding it
-        assert (m["encode_s"] > 0) == (m["step"] in (1, 4))  # only the steps that load a batch encode one
 
 
 def test_vae_trains_on_a_clip_folder_and_exports_a_loadable_vae(tmp_path):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 # At most this many scores (batch x heads x queries x keys; 8 MiB in bf16), a bf16 attention on a CPU without
 # autograd runs as two matmuls around a softmax: PyTorch's fused CPU kernel walks the keys in blocks with a
 # running softmax, which at a few hundred tokens costs more than it saves. Measured on 2 cores (AVX-512 BF16),
-# 4 heads of 64: x1.2-1.65 faster from 320 to 960 tokens, the bundled DiT's step x1.11; in fp32 the fused
+# 4 heads of 64: x1.2-1.65 faster from 320 to 960 tokens, the bundled DiT's step x1.08; in fp32 the fused
 # kernel stays faster (x0.4-0.9), and above this size it also keeps memory linear in the keys.
 MATMUL_SCORES = 1 << 22
 
