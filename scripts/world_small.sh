@@ -2,12 +2,12 @@
 # The bundled model (kinema/assets/world-small) from scratch, stage by stage, as its weights were trained:
 #   bash scripts/world_small.sh          (RUNS=DIR to put the runs elsewhere; default runs/)
 # A stopped stage resumes where it stopped when the script is run again; a finished one (its model/ folder
-# exists) is skipped. Step counts are the shipped weights'. Stages 1-4, 6, 11-13 and 16-18 ran on 2 CPU cores (1.2-1.6
+# exists) is skipped. Step counts are the shipped weights'. Stages 1-4, 6, 11-13 and 16-20 ran on 2 CPU cores (1.2-1.6
 # s per step), stages 5 and 7 on one H200 (1536 steps in 11 minutes, then 6000 echoed steps in 10; stage 5's
 # batches are 4x the CPU recipe's, so about 6 s a step on 2 cores), 8 on one H100, 9 and 10 one after the
 # other on one H200, and so 14 and 15. The numbers a rerun reaches will differ a little: the VAE's first 8600
 # steps ran before crops kept the busiest window (crop_tries), stages 5, 7 and 8 stopped on a time limit and
-# resumed once, and stages 7, 8, 9, 14 and 15 started from the previous stages' fp16-bundled weights.
+# resumed once, and stages 7, 8, 9, 14, 15 and 19 started from the previous stages' fp16-bundled weights.
 set -euo pipefail
 R=${RUNS:-runs}
 
@@ -58,4 +58,11 @@ stage world-small-vae-dec6 configs/world-small-vae.toml --init_from "$R/world-sm
 #     cores, 26 + 36 minutes; the second with another data seed, so it sees new clips).
 stage world-small-vae-dec7 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec6/model" --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --vae_loss.temporal_across_weight 16 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 1000 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 1}, {"frames": 17, "height": 96, "width": 160, "batch_size": 1, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 1, "weight": 0.25}, {"frames": 9, "height": 128, "width": 128, "batch_size": 2, "weight": 0.5}, {"frames": 1, "height": 128, "width": 128, "batch_size": 4, "weight": 0.25}]'
 stage world-small-vae-dec8 configs/world-small-vae.toml --init_from "$R/world-small-vae-dec7/model" --seed 1 --vae_loss.decoder_only true --vae_loss.object_weight 10 --vae_loss.temporal_weight 1.0 --vae_loss.temporal_across_weight 16 --optim.lr 2e-4 --optim.warmup_steps 20 --ema.decay 0.995 --max_steps 1400 --data.buckets '[{"frames": 17, "height": 128, "width": 128, "batch_size": 1}, {"frames": 17, "height": 96, "width": 160, "batch_size": 1, "weight": 0.5}, {"frames": 17, "height": 160, "width": 96, "batch_size": 1, "weight": 0.25}, {"frames": 9, "height": 128, "width": 128, "batch_size": 2, "weight": 0.5}, {"frames": 1, "height": 128, "width": 128, "batch_size": 4, "weight": 0.25}]'
-python scripts/bundle_model.py "$R/world-small-dit-echo3/model" --vae "$R/world-small-vae-dec8/model" --student "$R/world-small-distill3/model"
+# 19-20. The DiT on clips that start mid-way through their scenes (extension continues from such clips; 2 CPU
+# cores, bf16, 56 + 55 minutes), the second stage with falls and bounces back to whole scenes. Stage 19 started
+# from the fp16 bundle of stage 9's DiT with stage 18's VAE, which is what these two flags load.
+stage world-small-dit-span configs/world-small-dit-span.toml --init_from "$R/world-small-dit-echo3/model" --vae_from "$R/world-small-vae-dec8/model" --max_steps 7000
+stage world-small-dit-span-physics configs/world-small-dit-span-physics.toml --init_from "$R/world-small-dit-span/model" --max_steps 3889
+# The student of stages 14-15 carried over to stage 20's DiT: itself plus what stages 19-20 changed.
+python scripts/carry_student.py --student "$R/world-small-distill3/model" --old "$R/world-small-dit-echo3/model" --new "$R/world-small-dit-span-physics/model" --out "$R/world-small-student-carried"
+python scripts/bundle_model.py "$R/world-small-dit-span-physics/model" --student "$R/world-small-student-carried"

@@ -210,3 +210,30 @@ def test_small_bf16_attention_without_autograd_matches_the_fused_kernel():
     with torch.no_grad():
         got = attention(q, k, v, mask)
     assert torch.equal(got[1], torch.zeros_like(got[1])) and torch.isfinite(got).all()
+
+
+
+def test_inference_normalises_and_rotates_q_and_k_in_one_fp32_pass(tmp_path):
+    """Without autograd a bf16 q/k is RMS-normed and rotated in fp32 and rounded once: the same answer as the
+    two-step path in fp32, and in bf16 no further from the fp32 answer than rounding twice."""
+    from kinema.dit.model import Attention
+    from kinema.weights import load_dit
+
+    _reference(tmp_path)
+    x, t, text = torch.randn(2, 4, 3, 8, 6), torch.tensor([500.0, 20.0]), torch.randn(2, 7, 16)
+    two_step = lambda self, q, norm, rope: apply_rope(self._heads(norm(q)), *rope)  # noqa: E731
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        dit = load_dit(tmp_path / "transformer", dtype=dtype)
+        with torch.no_grad():
+            outs[dtype, "fused"] = dit(x.to(dtype), t, text.to(dtype)).float()
+            real, Attention._rotated = Attention._rotated, two_step
+            try:
+                outs[dtype, "two"] = dit(x.to(dtype), t, text.to(dtype)).float()
+            finally:
+                Attention._rotated = real
+    assert torch.allclose(outs[torch.float32, "fused"], outs[torch.float32, "two"], atol=1e-5)
+    exact = outs[torch.float32, "two"]
+    err = {k: (outs[torch.bfloat16, k] - exact).norm() / exact.norm() for k in ("fused", "two")}
+    assert not torch.equal(outs[torch.bfloat16, "fused"], outs[torch.bfloat16, "two"])
+    assert err["fused"] <= 1.1 * err["two"], err

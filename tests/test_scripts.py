@@ -1,4 +1,5 @@
-"""scripts/plot_loss.py and scripts/vae_objects.py (the training diagnostics) and scripts/world_small.sh."""
+"""scripts/plot_loss.py and scripts/vae_objects.py (the training diagnostics), scripts/world_small.sh,
+scripts/gpu_round.sh, scripts/minilm_pack.py and scripts/carry_student.py."""
 
 from __future__ import annotations
 
@@ -124,9 +125,10 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
     assert len(trains) == len(names) - 1
     assert trains[0].endswith(f"--out_dir {runs / names[1]} --resume")
     assert not any("--resume" in c for c in trains[1:])
-    bundle = (f"scripts/bundle_model.py {runs}/world-small-dit-echo3/model --vae {runs}/world-small-vae-dec8/model "
-              f"--student {runs}/world-small-distill3/model")
-    assert calls[-1].endswith(bundle)
+    carry = (f"scripts/carry_student.py --student {runs}/world-small-distill3/model --old {runs}/world-small-dit-echo3/model"
+             f" --new {runs}/world-small-dit-span-physics/model --out {runs}/world-small-student-carried")
+    bundle = f"scripts/bundle_model.py {runs}/world-small-dit-span-physics/model --student {runs}/world-small-student-carried"
+    assert calls[-2].endswith(carry) and calls[-1].endswith(bundle)
 
 
 def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_path):
@@ -193,3 +195,45 @@ def test_minilm_pack_keeps_the_world_captions_word_pieces_and_refuses_others(tmp
     assert ((a - b)[mask].norm() / a[mask].norm()) < 5e-3
     with pytest.raises(ValueError, match=r"only the word pieces of the world's captions.*'cat'"):
         cut.encode(["a red ball bounces", "a cat"])
+
+
+def test_carry_student_adds_the_teachers_fine_tune_to_the_student(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from kinema.weights import load_dit
+    from kinema.weights.student import StudentInfo, read_student, save_student
+
+    carry = load_script("carry_student")
+    dit = load_file(str(tiny_model_dir / "transformer.safetensors"))
+    new = tmp_path / "new"  # the fine-tuned teacher: every weight moved by 0.1
+    shutil.copytree(tiny_model_dir, new)
+    save_file({k: v + 0.1 if v.is_floating_point() else v for k, v in dit.items()}, str(new / "transformer.safetensors"))
+    distilled = tmp_path / "distilled"  # the student: the old teacher moved by 0.25
+    shutil.copytree(tiny_model_dir, distilled)
+    student = load_dit(distilled)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.25)
+    save_student(distilled, student, StudentInfo(steps=2, times=(1.0, 0.5, 0.0), guidance=3.0, teacher="t0"))
+
+    out = tmp_path / "carried"
+    assert carry.main(["--student", str(distilled), "--old", str(tiny_model_dir), "--new", str(new),
+                       "--out", str(out)]) == 0
+    carried = load_file(str(out / "student.safetensors"))
+    for k, v in dit.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(carried[k], v.float() + 0.35, rtol=0, atol=1e-6)
+    shutil.copy2(new / "kinema.json", out / "kinema.json")  # as a model folder, the student loads with its info
+    info = read_student(out)
+    assert (info.steps, info.times, info.guidance, info.teacher) == (2, (1.0, 0.5, 0.0), 3.0, str(new))
+    assert info.carried_from == f"student {distilled} (distilled from t0) + teacher {new} - teacher {tiny_model_dir}"
+
+    first = sorted(dit)[0]
+    save_file({k: v for k, v in dit.items() if k != first}, str(new / "transformer.safetensors"))
+    with pytest.raises(SystemExit, match=r"same tensors; 1 differ.*" + first.replace(".", r"\.")):
+        carry.carry(distilled, tiny_model_dir, new)
+    with pytest.raises(SystemExit, match=r"missing --old"):
+        carry.carry(distilled, tmp_path / "nowhere", new)

@@ -135,6 +135,27 @@ def test_world_span_is_checked_and_reaches_the_world_dataset():
         load_config({"preset": "tiny", "data": {"world_span": 0.5}})
     cfg = load_config({"preset": "tiny", "data": {"world_span": 2.0}})
     assert build_dataset(cfg.data, preset(cfg.preset), seed=0).span == 2.0
+    with pytest.raises(ConfigError, match=r"world_span_except: unknown motion\(s\) \['flies'\]; accepted: .*'falls'"):
+        load_config({"preset": "tiny", "data": {"world_span_except": ["falls", "flies"]}})
+    cfg = load_config({"preset": "tiny", "data": {"world_span": 2.0, "world_span_except": ["falls", "bounces"]}})
+    assert build_dataset(cfg.data, preset(cfg.preset), seed=0).span_except == ("falls", "bounces")
+
+
+def test_world_span_except_keeps_those_motions_in_scenes_that_fit_their_clips():
+    from kinema.train.data import world_window
+
+    gravity, windowed = set(), 0
+    for seed in range(40):
+        scene, caption, start = world_window(seed, 96, 96, 17, 8.0, span=2.0, span_except=("falls", "bounces"))
+        if any(o.motion in ("falls", "bounces") for o in scene.objects):
+            assert (scene.frames, start) == (17, 0), seed  # a drop starts where its scene starts
+            gravity.add(seed)
+        windowed += start > 0
+        same = world_window(seed, 96, 96, 17, 8.0, span=2.0)  # without the exception, only those scenes change
+        if seed not in gravity:
+            assert same[1:] == (caption, start) and same[0].frames == scene.frames
+    assert len(gravity) >= 5 and windowed >= 5
+    assert any(world_window(s, 96, 96, 17, 8.0, span=2.0)[2] > 0 for s in gravity)  # they were windowed before
 
 
 # -- feeding the loop -------------------------------------------------------------------------------

@@ -204,8 +204,8 @@ def test_cpu_inference_runs_channels_last_and_equals_the_autograd_layout(norm):
     vae = _random_vae(chunk=2, norm=norm)
     x = torch.rand(1, 3, 13, 32, 32) * 2 - 1
     layouts = []
-    hook = vae.decoder.conv_out.register_forward_pre_hook(
-        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    hook = vae.decoder.up_blocks[-1].register_forward_hook(  # what the last norm and convolution take
+        lambda m, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last_3d)))
     mean, _ = vae.encode_moments(x)  # autograd on: the training layout
     video = vae.decode(mean)
     with torch.no_grad():
@@ -215,3 +215,24 @@ def test_cpu_inference_runs_channels_last_and_equals_the_autograd_layout(norm):
     assert layouts == [False, False, True, True]  # two chunks each
     assert fast_mean.is_contiguous() and fast_video.is_contiguous()
     assert (fast_mean - mean.detach()).abs().max() <= 1e-4 and (fast_video - video.detach()).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norms_write_into_the_causal_convolutions_buffer_exactly(dtype, monkeypatch):
+    """At inference the per-frame norm writes its frames after the causal history in the buffer the
+    convolution reads (no concatenation): bit-identical to norm, then concatenate, then convolve, across
+    chunks, for a batch of two."""
+    from kinema.nn import FrameNorm
+
+    vae = _random_vae(chunk=2, norm="frame").to(dtype)
+    x = (torch.rand(2, 3, 13, 32, 32) * 2 - 1).to(dtype)
+    calls = []
+    real = FrameNorm.norm_into
+    monkeypatch.setattr(FrameNorm, "norm_into", lambda self, x, out: calls.append(1) or real(self, x, out))
+    with torch.no_grad():
+        z = vae.encode(x)
+        video = vae.decode(z)
+    assert calls
+    monkeypatch.delattr(FrameNorm, "norm_into")
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x), z) and torch.equal(vae.decode(z), video)

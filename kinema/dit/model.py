@@ -48,15 +48,22 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, N, D) -> (B, heads, N, d)
 
+    def _rotated(self, x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``apply_rope(heads(norm(x)))``; at inference with an RMS norm, in one fp32 pass: a half-precision q/k
+        is rounded once, after both (bf16 DiT step 1-2% faster on a CPU, and nearer the fp32 answer)."""
+        if isinstance(norm, RMSNorm) and not torch.is_grad_enabled():
+            return apply_rope(self._heads(norm.fp32(x)), *rope, dtype=x.dtype)
+        return apply_rope(self._heads(norm(x)), *rope)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, image_context: torch.Tensor | None = None):
         """``x`` (B, N, D); ``context`` (B, L, D) for cross-attention (None = self-attention) -> (B, N, D)."""
         source = x if context is None else context
-        q = self._heads(self.norm_q(self.to_q(x)))
-        k = self._heads(self.norm_k(self.to_k(source)))
-        v = self._heads(self.to_v(source))
+        q, k, v = self.to_q(x), self.to_k(source), self._heads(self.to_v(source))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = self._rotated(q, self.norm_q, rope), self._rotated(k, self.norm_k, rope)
+        else:
+            q, k = self._heads(self.norm_q(q)), self._heads(self.norm_k(k))
         out = attention(q, k, v, context_mask)
         if image_context is not None:
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image_context)))

@@ -45,13 +45,15 @@ def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0,
     return table.cos().float().to(device), table.sin().float().to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of ``x`` (B, heads, N, d) by the angles of ``cos``/``sin`` (N, d/2)."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rotate interleaved channel pairs of ``x`` (B, heads, N, d) by the angles of ``cos``/``sin`` (N, d/2);
+    in ``dtype`` (default: ``x``'s). An fp32 ``x`` with another ``dtype`` is a scratch copy, rotated in place."""
     # as complex numbers (even + i odd) times e^(i angle): one fused kernel, 16x faster on a CPU than four
     # real products and a stack (0.08 vs 1.3 ms for (2, 4, 320, 64)), and the same arithmetic; a half-precision
     # x is rotated in place in its fp32 copy (bf16 DiT steps 4-6% faster on a CPU, bit-identical)
+    dtype = x.dtype if dtype is None else dtype
     xf = x.float()
     pairs = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))  # (B, heads, N, d/2) complex
     rotation = torch.complex(cos.float(), sin.float())
-    rotated = pairs.mul_(rotation) if xf is not x else pairs * rotation
-    return torch.view_as_real(rotated).flatten(-2).type_as(x)
+    rotated = pairs.mul_(rotation) if xf is not x or dtype != x.dtype else pairs * rotation
+    return torch.view_as_real(rotated).flatten(-2).to(dtype)

@@ -29,11 +29,20 @@ class RMSNorm(nn.RMSNorm):
         weight_grad = self.weight is not None and self.weight.requires_grad
         if len(self.normalized_shape) != 1 or (torch.is_grad_enabled() and (x.requires_grad or weight_grad)):
             return super().forward(x)
+        y = self._normed(x).to(x.dtype)
+        return y if self.weight is None else y.mul_(self.weight.to(x.dtype))
+
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised ``x`` times the weight, kept in fp32 (inference only: for a rotation that follows,
+        so a half-precision q/k is rounded once, after both)."""
+        y = self._normed(x)
+        return y if self.weight is None else y.mul_(self.weight.float())
+
+    def _normed(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         eps = torch.finfo(xf.dtype).eps if self.eps is None else self.eps
         rstd = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-        y = (xf.mul_(rstd) if xf is not x else xf * rstd).to(x.dtype)
-        return y if self.weight is None else y.mul_(self.weight.to(x.dtype))
+        return xf.mul_(rstd) if xf is not x else xf * rstd
 
 
 class ChannelRMSNorm(nn.Module):
@@ -102,18 +111,35 @@ class FrameNorm(nn.Module):
             return F.silu(y.mul_(self.gamma.float()), inplace=True).to(x.dtype)
         return y.to(x.dtype).mul_(self.gamma.to(x.dtype))
 
-    def _channels_last(self, x: torch.Tensor, silu: bool) -> torch.Tensor:
+    def _channels_last(self, x: torch.Tensor, silu: bool, out: torch.Tensor | None = None) -> torch.Tensor:
         """Inference on a channels-last map: a frame's pixels and channels are one contiguous run, so the same
-        two-pass statistics reduce over a single axis."""
+        two-pass statistics reduce over a single axis. ``out`` (with ``silu``): a channels-last tensor of
+        ``x``'s shape and dtype to write the result into (frames of a larger buffer; see ``norm_into``)."""
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C), contiguous
         flat = frames.float().view(b, t, -1)
         mean = flat.mean(-1, keepdim=True)
-        centred = flat - mean if x.dtype == torch.float32 else flat.sub_(mean)  # a bf16 input was copied
+        into = None if out is None else out.permute(0, 2, 3, 4, 1).view(b, t, -1)
+        if x.dtype != torch.float32:
+            centred = flat.sub_(mean)  # a bf16 input was copied
+        else:  # an fp32 result is computed where it is to end up
+            centred = flat - mean if into is None else torch.sub(flat, mean, out=into)
         var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(flat.shape[-1])
         rstd = var.add_(self.eps).rsqrt_()
         if silu:  # scale by rstd and gamma in one broadcast product over (B, T, pixels, C), then SiLU, in fp32
-            y = centred.view(b, t, h * w, c).mul_(rstd.unsqueeze(-1) * self.gamma.view(-1).float())
-            return F.silu(y, inplace=True).to(x.dtype).view(frames.shape).permute(0, 4, 1, 2, 3)
+            y = F.silu(centred.view(b, t, h * w, c).mul_(rstd.unsqueeze(-1) * self.gamma.view(-1).float()), inplace=True)
+            if out is not None:
+                if y.data_ptr() != into.data_ptr():
+                    into.copy_(y.view(b, t, -1))  # the one rounding to bf16, into place
+                return out
+            return y.to(x.dtype).view(frames.shape).permute(0, 4, 1, 2, 3)
         y = centred.mul_(rstd).view(frames.shape).to(x.dtype)
         return y.mul_(self.gamma.view(-1).to(x.dtype)).permute(0, 4, 1, 2, 3)
+
+    def norm_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """SiLU of the normalised ``x`` written into ``out`` (channels-last, ``x``'s shape and dtype), at
+        inference on a channels-last 5D map; None where that path does not apply (the caller copies)."""
+        if (torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad)) or x.ndim != 5 \
+                or not x.is_contiguous(memory_format=torch.channels_last_3d):
+            return None
+        return self._channels_last(x, True, out)

@@ -86,6 +86,9 @@ class DataConfig:
     # clip, so a moving object always starts with room ahead. Above 1, clips also start mid-way through a
     # motion, which continuations (extend, long video) start from.
     world_span: float = 1.0
+    # Motions whose scenes always fit their clips, from frame 0, with world_span > 1: e.g. ["falls", "bounces"],
+    # whose captions say an object is dropped (a window mid-fall starts it fast and lands it early).
+    world_span_except: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
@@ -100,6 +103,10 @@ class DataConfig:
         _check(self.echo_buffer >= 1, f"data.echo_buffer must be an integer >= 1, got {self.echo_buffer}")
         _check(1.0 <= self.world_span <= 4.0, f"data.world_span must be in [1, 4] (1: scenes fit their clips), "
                f"got {self.world_span}")
+        from kinema.data.world import MOTIONS
+
+        unknown = [m for m in self.world_span_except if m not in MOTIONS]
+        _check(not unknown, f"data.world_span_except: unknown motion(s) {unknown}; accepted: {list(MOTIONS)}")
 
 
 @dataclass(frozen=True)

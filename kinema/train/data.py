@@ -82,7 +82,8 @@ class WorldDataset(TrainDataset):
     pixels = True
 
     def __init__(self, buckets: dict[Grid, BucketConfig], num_clips: int, seed: int, fps: float,
-                 object_masks: bool = False, captioned: bool = True, span: float = 1.0):
+                 object_masks: bool = False, captioned: bool = True, span: float = 1.0,
+                 span_except: tuple[str, ...] = ()):
         grids = list(buckets)
         weights = np.asarray([buckets[g].weight for g in grids], dtype=np.float64)
         if weights.sum() <= 0:
@@ -94,6 +95,7 @@ class WorldDataset(TrainDataset):
         self.object_masks = object_masks  # items carry where the objects are (vae_loss.object_weight)
         self.captioned = captioned  # False (VAE runs): skip checking that motions read back as captioned
         self.span = span  # data.world_span: clips are windows of scenes up to this many times longer
+        self.span_except = span_except  # data.world_span_except: ... except scenes with these motions
 
     def source(self, index: int) -> str:
         return f"world:{self.seed}:{index}"
@@ -103,7 +105,8 @@ class WorldDataset(TrainDataset):
         s = bucket.crop_scale
         frames, caption, *rest = render_world(_seed(self.seed, index), bucket.width * s, bucket.height * s,
                                               bucket.frames, self.fps, with_mask=self.object_masks,
-                                              motion_check=self.captioned, span=self.span)
+                                              motion_check=self.captioned, span=self.span,
+                                              span_except=self.span_except)
         mask = rest[0] if rest else None
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
             rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
@@ -128,15 +131,16 @@ def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) ->
 
 
 def render_world(seed: int, width: int, height: int, frames: int, fps: float, with_mask: bool = False,
-                 motion_check: bool = True, span: float = 1.0) -> tuple[np.ndarray, str] | tuple[np.ndarray, str, np.ndarray]:
+                 motion_check: bool = True, span: float = 1.0, span_except: tuple[str, ...] = ()
+                 ) -> tuple[np.ndarray, str] | tuple[np.ndarray, str, np.ndarray]:
     """(uint8 frames (F, H, W, 3), caption) of one procedural-world clip, the same as ``make_clip``'s; with
     ``with_mask``, also where its objects are (F, H, W) bool. Without ``motion_check`` the motions need not
     read back as captioned (``sample_scene``): for runs that drop the caption. ``span`` > 1: a window of a
-    longer scene (``world_window``)."""
+    longer scene (``world_window``), unless it has a motion in ``span_except``."""
     from kinema.data.world.dataset import sample_clip
     from kinema.data.world.render import render
 
-    scene, caption, start = world_window(seed, width, height, frames, fps, span) if motion_check else (
+    scene, caption, start = world_window(seed, width, height, frames, fps, span, span_except) if motion_check else (
         *sample_clip(seed, width, height, frames, fps, motion_check=False), 0)
     window = slice(start, start + frames)
     if not with_mask:
@@ -148,13 +152,14 @@ def render_world(seed: int, width: int, height: int, frames: int, fps: float, wi
 WINDOW_TRIES = 4  # windows of a longer scene tried before falling back to a scene that fits the clip
 
 
-def world_window(seed: int, width: int, height: int, frames: int, fps: float, span: float = 1.0):
+def world_window(seed: int, width: int, height: int, frames: int, fps: float, span: float = 1.0,
+                 span_except: tuple[str, ...] = ()):
     """(scene, caption, start): a scene whose frames ``start .. start + frames - 1`` are the clip.
 
     With ``span`` > 1 the scene is set up for up to ``span`` times the clip's length (drawn from the seed) and
     the window starts at a random frame where every motion still reads back as captioned
-    (``window_reads_back``; up to ``WINDOW_TRIES`` starts). Otherwise, or if none does, it is ``make_clip``'s
-    scene, set up for the clip itself, from frame 0.
+    (``window_reads_back``; up to ``WINDOW_TRIES`` starts). Otherwise, if none does or an object's motion is
+    in ``span_except``, it is ``make_clip``'s scene, set up for the clip itself, from frame 0.
     """
     from kinema.data.world.dataset import sample_clip
     from kinema.data.world.sample import window_reads_back
@@ -164,7 +169,8 @@ def world_window(seed: int, width: int, height: int, frames: int, fps: float, sp
         longer = frames + int(rng.integers(0, int(round((span - 1) * (frames - 1))) + 1))
         if longer > frames:
             scene, caption = sample_clip(seed, width, height, longer, fps)
-            for start in rng.permutation(longer - frames + 1)[:WINDOW_TRIES]:
+            starts = [] if any(o.motion in span_except for o in scene.objects) else rng.permutation(longer - frames + 1)
+            for start in starts[:WINDOW_TRIES]:
                 if window_reads_back(scene, int(start), frames):
                     return scene, caption, int(start)
     return (*sample_clip(seed, width, height, frames, fps), 0)
@@ -285,7 +291,8 @@ def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int, object_mas
     where their objects are (``object_masks``), and skip the caption check when not ``captioned``."""
     buckets = bucket_grids(cfg.buckets, model_cfg)
     if cfg.kind == "world":
-        return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0, object_masks, captioned, cfg.world_span)
+        return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0, object_masks, captioned, cfg.world_span,
+                            tuple(cfg.world_span_except))
     if cfg.kind == "clips":
         return ClipFolder(cfg.path, buckets, cfg.fps)
     return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim)

@@ -86,6 +86,30 @@ class CausalConv3d(nn.Conv3d):
         return _conv3d(x, self.weight, self.bias, self.stride, self.space_pad)
 
 
+def norm_conv(norm: nn.Module, conv: CausalConv3d, x: torch.Tensor, stream: Stream | None) -> torch.Tensor:
+    """``conv(norm(x, silu=True), stream)``. At inference on a channels-last map whose norm can write into a
+    given tensor (``FrameNorm.norm_into``), the norm writes its frames straight after the causal history in
+    the buffer the convolution reads, instead of into a map that is then concatenated to the history (a copy
+    of every normed map, ~7% of a bf16 decode, measured)."""
+    into = getattr(norm, "norm_into", None)
+    past = None if stream is None else stream.get(id(conv))
+    if (into is None or not conv.time_pad or conv.stride[0] != 1 or (past is None and x.shape[2] == 1)
+            or x.device.type != "cpu" or not x.is_contiguous(memory_format=CHANNELS_LAST)):
+        return conv(norm(x, silu=True), stream)
+    pad = conv.time_pad
+    b, c, t, h, w = x.shape
+    buffer = torch.empty(b, c, pad + t, h, w, dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
+    if into(x, buffer[:, :, pad:]) is None:
+        return conv(norm(x, silu=True), stream)
+    if past is None:
+        buffer[:, :, :pad].zero_()
+    else:
+        buffer[:, :, :pad].copy_(past)
+    if stream is not None:
+        stream[id(conv)] = buffer[:, :, -pad:]
+    return _conv3d(buffer, conv.weight, conv.bias, conv.stride, conv.space_pad)
+
+
 class ResidualBlock(nn.Module):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1 conv) shortcut."""
 
@@ -98,8 +122,8 @@ class ResidualBlock(nn.Module):
         self.conv_shortcut = CausalConv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
-        h = self.conv1(self.norm1(x, silu=True), stream)
-        h = self.conv2(self.norm2(h, silu=True), stream)
+        h = norm_conv(self.norm1, self.conv1, x, stream)
+        h = norm_conv(self.norm2, self.conv2, h, stream)
         return h + self.conv_shortcut(x)
 
 
@@ -214,7 +238,7 @@ class Encoder(nn.Module):
         for layer in self.down_blocks:
             x = layer(x, stream)
         x = self.mid_block(x, stream)
-        return self.conv_out(self.norm_out(x, silu=True), stream)
+        return norm_conv(self.norm_out, self.conv_out, x, stream)
 
 
 class UpBlock(nn.Module):
@@ -251,7 +275,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z, stream), stream)
         for block in self.up_blocks:
             x = block(x, stream)
-        return self.conv_out(self.norm_out(x, silu=True), stream)
+        return norm_conv(self.norm_out, self.conv_out, x, stream)
 
 
 class VAE(nn.Module):

@@ -40,6 +40,9 @@ class StudentInfo:
     shift: float = 1.0  # times = sampling_schedule(steps, shift)
     teacher: str = ""  # the teacher's model folder, as the run named it
     train_steps: int = 0  # optimizer steps the student has trained (continued runs add theirs)
+    # Set when the student was carried over to a fine-tuned teacher (scripts/carry_student.py) rather than
+    # distilled from it: "student S + teacher NEW - teacher OLD".
+    carried_from: str = ""
 
     def __post_init__(self):
         times = tuple(float(t) for t in self.times)
