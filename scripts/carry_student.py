@@ -25,8 +25,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 
-def carry(student: Path, old: Path, new: Path) -> tuple[dict, dict]:
-    """(tensors of ``student`` + ``new`` - ``old``, in fp32; the student's config, updated)."""
+def carry(student: Path, old: Path, new: Path) -> tuple[dict, dict, float]:
+    """(tensors of ``student`` + ``new`` - ``old``, in fp32; the student's config, updated; the L2 norm of the
+    change)."""
     files = {"--student": student / "student.safetensors", "--student config": student / "student.json",
              "--old": old / "transformer.safetensors", "--new": new / "transformer.safetensors"}
     missing = [f"{flag} {path}" for flag, path in files.items() if not path.is_file()]
@@ -44,7 +45,8 @@ def carry(student: Path, old: Path, new: Path) -> tuple[dict, dict]:
     config["carried_from"] = (f"student {student} (distilled from {config.get('teacher') or 'an unnamed teacher'})"
                               f" + teacher {new} - teacher {old}")
     config["teacher"] = str(new)
-    return out, config
+    moved = sum(float((b[k].float() - a[k].float()).norm() ** 2) for k in s if s[k].is_floating_point()) ** 0.5
+    return out, config, moved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=Path, required=True, help="model folder of the fine-tuned DiT")
     ap.add_argument("--out", type=Path, required=True, help="folder to write the carried student to")
     args = ap.parse_args(argv)
-    tensors, config = carry(args.student, args.old, args.new)
+    tensors, config, moved = carry(args.student, args.old, args.new)
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out / "student.safetensors"), metadata={"format": "kinema"})
     (args.out / "student.json").write_text(json.dumps(config, indent=2) + "\n")
-    moved = sum(float((tensors[k] - v.float()).norm() ** 2) for k, v in load_file(str(args.student / "student.safetensors")).items()
-                if v.is_floating_point()) ** 0.5
     print(f"carried {args.student} onto {args.new}: {len(tensors)} tensors, moved by {moved:.3g} (L2) -> {args.out}")
     return 0
 
