@@ -2,15 +2,17 @@
 # One round of the bundled model's training on a lent GPU, starting from the weights this repository ships
 # (kinema/assets/world-small), so that a short device session spends its minutes training, not setting up:
 #
-#   bash scripts/gpu_round.sh dit MINUTES [--key value ...]       the DiT further: configs/world-small-dit-echo3.toml
+#   bash scripts/gpu_round.sh dit MINUTES [--key value ...]       the DiT further: configs/world-small-dit-span-gpu.toml
 #   bash scripts/gpu_round.sh distill MINUTES [--key value ...]   a 4-step student of the dit round's DiT (of
 #                                                                 the shipped DiT without one): world-small-distill
 #   bash scripts/gpu_round.sh student MINUTES [--key value ...]   the shipped student distilled further from the
 #                                                                 shipped DiT (its teacher): world-small-distill
 #
 # Size a round with --max_steps (and --optim.schedule_steps) so that its learning rate anneals within MINUTES:
-# measured on one H200, the dit round ran 4.8 steps/s (1900 steps in 392 s), the distill round 1.5 steps/s (457
-# in 5 minutes, its 4x buckets from scripts/world_small.sh stage 10). MINUTES is a safety net: a round that runs
+# measured on one H200, the dit round ran 4.8 steps/s (1900 steps in 392 s) when it was stage 9's recipe on whole
+# scenes (configs/world-small-dit-echo3.toml, the same batches; the span recipe renders scenes up to twice as
+# long, so expect it slower until measured), the distill round 1.5 steps/s (457 in 5 minutes, its 4x buckets
+# from scripts/world_small.sh stage 10). MINUTES is a safety net: a round that runs
 # out of time stops at a checkpoint, and its EMA weights are exported anyway, marked in STOPPED_EARLY.
 # Runs train under $WORK (default /tmp/kinema-gpu; running a round again resumes it); each round hands back
 # to $OUT/ROUND/ (the device tool's output folder; runs/gpu when unset) its kinema.json, metrics.jsonl and
@@ -34,7 +36,7 @@ out=${OUT:-runs/gpu}
 bundled=kinema/assets/world-small
 case "$round" in
     dit)
-        args=(configs/world-small-dit-echo3.toml --init_from "$bundled" --vae_from "$bundled") ;;
+        args=(configs/world-small-dit-span-gpu.toml --init_from "$bundled") ;;
     distill)
         teacher="$work/dit/model"
         [ -f "$teacher/kinema.json" ] || teacher=$bundled

@@ -132,8 +132,8 @@ def test_world_small_skips_finished_stages_and_resumes_a_stopped_one(tmp_path):
 
 
 def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_path):
-    """scripts/gpu_round.sh on the CPU with tiny batches: a dit round that runs out of time still hands back its
-    checkpoint's weights (marked), a distill round makes a student of that DiT, both hand back what a device call
+    """scripts/gpu_round.sh on the CPU with tiny batches: a dit round (the span recipe the shipped DiT was last
+    trained on) that runs out of time still hands back its checkpoint's weights (marked), a distill round makes a student of that DiT, both hand back what a device call
     returns (fp16 weights under 16 MiB a file) and they bundle into a model that generates; a student round starts
     from the shipped student with the shipped DiT as its teacher; a bad round is refused."""
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
@@ -149,6 +149,9 @@ def test_gpu_round_trains_from_the_shipped_weights_and_hands_back_models(tmp_pat
     assert sorted(f.name for f in back.iterdir()) == ["STOPPED_EARLY", "kinema.json", "metrics.jsonl",
                                                       "transformer.safetensors", "vae.safetensors"]
     assert "before max_steps" in (back / "STOPPED_EARLY").read_text()
+    trained = json.loads((tmp_path / "work" / "dit" / "train_config.json").read_text())  # the shipped DiT's recipe
+    assert trained["data"]["world_span"] == 2.0 and trained["data"]["world_span_except"] == ["falls", "bounces"]
+    assert trained["init_from"] == "kinema/assets/world-small"
     student = run("distill", "5", "--max_steps", "2", *tiny)
     assert student.returncode == 0, student.stderr[-2000:]
     assert f"distilling {tmp_path / 'work' / 'dit' / 'model'} into a 4-step student" in student.stdout
