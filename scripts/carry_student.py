@@ -24,11 +24,14 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from kinema.common.io import atomic_path, atomic_write_text
+from kinema.weights.student import STUDENT_CONFIG, STUDENT_FILE
+
 
 def carry(student: Path, old: Path, new: Path) -> tuple[dict, dict, float]:
     """(tensors of ``student`` + ``new`` - ``old``, in fp32; the student's config, updated; the L2 norm of the
     change)."""
-    files = {"--student": student / "student.safetensors", "--student config": student / "student.json",
+    files = {"--student": student / STUDENT_FILE, "--student config": student / STUDENT_CONFIG,
              "--old": old / "transformer.safetensors", "--new": new / "transformer.safetensors"}
     missing = [f"{flag} {path}" for flag, path in files.items() if not path.is_file()]
     if missing:
@@ -39,14 +42,13 @@ def carry(student: Path, old: Path, new: Path) -> tuple[dict, dict, float]:
                      or not (s[k].shape == a[k].shape == b[k].shape))
         raise SystemExit(f"carry_student: the student and both DiTs must have the same tensors; {len(odd)} differ "
                          f"in name or shape, e.g. {odd[:3]}")
-    out = {k: (s[k].float() + b[k].float() - a[k].float()).contiguous() if s[k].is_floating_point() else s[k]
-           for k in s}
+    change = {k: b[k].float() - a[k].float() for k in s if s[k].is_floating_point()}
+    out = {k: (s[k].float() + change[k]).contiguous() if k in change else s[k] for k in s}
     config = json.loads(files["--student config"].read_text())
     config["carried_from"] = (f"student {student} (distilled from {config.get('teacher') or 'an unnamed teacher'})"
                               f" + teacher {new} - teacher {old}")
     config["teacher"] = str(new)
-    moved = sum(float((b[k].float() - a[k].float()).norm() ** 2) for k in s if s[k].is_floating_point()) ** 0.5
-    return out, config, moved
+    return out, config, sum(float(d.norm() ** 2) for d in change.values()) ** 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tensors, config, moved = carry(args.student, args.old, args.new)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(args.out / "student.safetensors"), metadata={"format": "kinema"})
-    (args.out / "student.json").write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_path(args.out / STUDENT_FILE) as tmp:  # as save_student writes them: never half-written
+        save_file(tensors, str(tmp), metadata={"format": "kinema-student", "steps": str(config["steps"])})
+    atomic_write_text(args.out / STUDENT_CONFIG, json.dumps(config, indent=2))
     print(f"carried {args.student} onto {args.new}: {len(tensors)} tensors, moved by {moved:.3g} (L2) -> {args.out}")
     return 0
 
