@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from kinema.config import ConfigError, preset
 from kinema.data.cache import write_latent_cache
-from kinema.flow import euler, heun, sampling_schedule
+from kinema.flow import euler, heun, sampling_schedule, shift_t
 from kinema.flow.distill import distill_schedule, segment_targets
 from kinema.infer import Pipeline
+from kinema.infer.pipeline import student_times
 from kinema.train import load_config, train
 from kinema.weights.student import STUDENT_CONFIG, STUDENT_FILE, read_student
 
@@ -198,8 +200,18 @@ def test_pipeline_uses_the_student_for_its_step_count_and_the_teacher_otherwise(
     video = pipe.generate("a red ball bounces", steps=5, seed=1, sampler="euler")
     assert calls == {"teacher": [2] * 5, "student": []} and "student" not in video.metadata()
     calls["teacher"].clear()
-    pipe.run(pipe.settings("a red ball bounces", steps=4, strength=0.5, sampler="euler"))  # edits start mid-way
-    assert calls["student"] == [] and len(calls["teacher"]) == 4
+    # a partly noised start (edit, extend) takes the student's steps from the first of its times at or below
+    # the teacher's start, shift_t(strength), noised to that time
+    info = pipe.student[1]
+    times = student_times(info, 0.5)
+    first = int(np.flatnonzero(np.asarray(info.times) <= shift_t(0.5, info.shift) + 1e-12)[0])
+    assert times.tolist() == list(info.times[first:]) and 1 <= len(times) - 1 < info.steps
+    assert student_times(info, 1.0).tolist() == list(info.times)
+    assert student_times(info, 1e-3).tolist() == list(info.times[-2:])  # below all of them: the last step
+    edited = pipe.run(pipe.settings("a red ball bounces", steps=4, strength=0.5),
+                      init_latents=torch.zeros(pipe.latent_shape(pipe.settings("x", steps=4))))
+    assert calls["teacher"] == [] and calls["student"] == [1] * (len(times) - 1)
+    assert json.loads(edited.metadata()["student"])["times"] == times.tolist()
 
     forced = Pipeline.from_pretrained(distilled.exported, student=False)
     assert forced.student is None and "student" not in forced.generate("a ball", steps=4).metadata()

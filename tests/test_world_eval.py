@@ -198,9 +198,10 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
 
     out = tmp_path / "tasks.json"
     assert main(["eval", "tasks", "--model", str(tiny_model_dir), "--n", "2", "--steps", "2", "--guidance", "2.5",
-                 "--shift", "4", "--json", str(out)]) == 0
+                 "--shift", "4", "--motion-strength", "0.7", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["cases"] == 2 and report["settings"]["steps"] == 2 and report["settings"]["guidance"] == 2.5
+    assert report["settings"]["extend_motion_strength"] == 0.7
     assert report["settings"]["shift"] == 4.0
     assert report["settings"]["student"] is False  # the tiny model has none
     # the pinned first latent frame is the encoder's, decoded fitted to the image: above the VAE's round trip

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     e.add_argument("--steps", type=int, help="sampling steps; default: the model's")
     e.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     e.add_argument("--shift", type=float, help="timestep shift of the sampling schedule; default: the model's")
+    e.add_argument("--motion-strength", type=float, metavar="S",
+                   help="tasks: the extensions' start, as `kinema generate --extend --motion-strength` (default 0.4; "
+                        "1: from pure noise)")
     e.add_argument("--no-student", action="store_true",
                    help="sample with the teacher even when the model has a few-step student for --steps")
     e.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32",

@@ -64,6 +64,8 @@ def run_eval(args) -> int:
             raise EvalArgumentError(f"{flag} applies to generated videos, not to --ground-truth or --reconstruct")
     if args.suite == "tasks":
         return _run_tasks(args)
+    if args.motion_strength is not None:
+        raise EvalArgumentError("--motion-strength sets the extensions of the tasks suite; 'world' has none")
     width, height, frames, fps = 128, 128, 17, 8
     if args.ground_truth or args.reconstruct:
         from ..data.world import render, scene_from_prompt
@@ -106,9 +108,14 @@ def _run_tasks(args) -> int:
 
     if args.ground_truth or args.reconstruct:
         raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
+    from ..infer.tasks import MOTION_STRENGTH, check_motion_strength
+
+    motion = MOTION_STRENGTH if args.motion_strength is None else check_motion_strength(args.motion_strength,
+                                                                                        "--motion-strength")
     t = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
-    report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift)
+    report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
+                            motion_strength=motion)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["settings"]["dtype"] = dtype_name(pipe.dtype)
     report["model"] = args.model or "bundled model"

@@ -13,8 +13,8 @@ the wrong answer. Per case:
   sampling holds, decodes to; the task decodes that latent fitted to the image, ``kinema.tasks.fit``),
   and whether the object then moves the way the prompt says (detector direction of the whole clip; next
   to the same for a text-to-video clip of the prompt);
-* extension: the clip is extended forwards by one second; the new frames must move the object the way the
-  clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
+* extension: the clip is extended forwards by one second (sampled from its motion carried on, noised to the
+  motion strength: ``tasks.extend``); the new frames must move the object the way the clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
   and the join must step like the motion around it (``_join_step``). Backwards too: the new second before
   the clip must move the object the way the clip goes on to (up to the clip's first frame), as the world's
   own lead-in does;
@@ -97,10 +97,14 @@ def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: i
 
 
 def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0,
-                   guidance: float | None = None, shift: float | None = None) -> dict:
-    """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report."""
+                   guidance: float | None = None, shift: float | None = None,
+                   motion_strength: float | None = None) -> dict:
+    """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report.
+    ``motion_strength``: the extensions' (``tasks.extend``; None: its default)."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
+
+    motion_strength = tasks.MOTION_STRENGTH if motion_strength is None else motion_strength
     from kinema.tasks.fit import FIT_STEPS
     from kinema.tasks.frames import grid_count
 
@@ -122,10 +126,11 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
             round_trip = from_model(pipe.vae.decode(pipe.vae.encode(to_model(image[None], pipe.device, pipe.dtype))).float())
         ceiling.append(psnr(round_trip[0], image))
 
-        joined = tasks.extend(pipe, prompt, clip, extend_seconds, **settings).frames
+        joined = tasks.extend(pipe, prompt, clip, extend_seconds, motion_strength=motion_strength, **settings).frames
         extended.append(direction(joined[len(clip) - 1:], s.fps) == move)
         joins.append(_join_step(joined, len(clip), len(forward_span(clip, tasks.DEFAULT_OVERLAP, tf))))
-        earlier = tasks.extend(pipe, prompt, clip, extend_seconds, "backward", **settings).frames
+        earlier = tasks.extend(pipe, prompt, clip, extend_seconds, "backward", motion_strength=motion_strength,
+                               **settings).frames
         backwards.append(direction(earlier[:len(earlier) - len(clip) + 1], s.fps) == move)
 
         loops.append(_loop_steps(tasks.loop(pipe, prompt, **settings).frames, tf))
@@ -137,6 +142,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
                      "fit_steps": FIT_STEPS,
                      "guidance": s.guidance if guidance is None else guidance,
                      "shift": s.shift if shift is None else shift, "extend_seconds": extend_seconds,
+                     "extend_motion_strength": motion_strength,
                      "seed": seed},
         "image_to_video": {"psnr_db": float(np.mean(i2v)), "psnr_db_min": float(np.min(i2v)),
                            "vae_round_trip_psnr_db": float(np.mean(ceiling)),
@@ -184,7 +190,8 @@ def format_report(report: dict) -> str:
         ("image-to-video: the object moves the way the prompt says",
          f"{100 * i2v['direction_as_asked']:.0f}% (the prompt alone, text-to-video: "
          f"{100 * i2v['text_to_video_direction_as_asked']:.0f}%)"),
-        ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}%"),
+        ("extend forwards: motion direction kept", f"{100 * ext['direction_kept']:.0f}% (motion strength "
+                                                   f"{report['settings'].get('extend_motion_strength', 1.0):g})"),
         ("extend backwards: the new frames lead into the clip's motion", f"{100 * ext['backward_direction_kept']:.0f}%"),
         ("extend forwards: largest step at the join over the new frames' median step",
          f"{ext['median_join_step']:.2f} (median; 1 steps like the motion)"),

@@ -23,7 +23,7 @@ import torch
 from ..common.precision import compute_dtype, dtype_name, resolve_dtype, usable_dtype  # noqa: F401 (re-exported)
 from ..config import SAMPLERS, ModelConfig
 from ..dit import DiT
-from ..flow import get_sampler, guided, sampling_schedule
+from ..flow import get_sampler, guided, sampling_schedule, shift_t
 from ..tasks import Condition, conditioned_velocity, cyclic_velocity
 from ..vae import VAE
 from ..weights.student import StudentInfo, load_student
@@ -272,15 +272,15 @@ class Pipeline:
         return velocity
 
     def uses_student(self, s: Settings) -> bool:
-        """True when ``s`` is sampled by the few-step student: there is one, and ``s`` asks for its steps from noise."""
-        return self.student is not None and s.steps == self.student[1].steps and s.strength == 1
+        """True when ``s`` is sampled by the few-step student: there is one, and ``s`` asks for its steps."""
+        return self.student is not None and s.steps == self.student[1].steps
 
     def student_notes(self, s: Settings) -> dict[str, str]:
         """Metadata saying that (and how) the student made a video: its times and the guidance baked into it."""
         if not self.uses_student(s):
             return {}
         info = self.student[1]
-        return {"student": json.dumps({"steps": info.steps, "sampler": "euler", "times": list(info.times),
+        return {"student": json.dumps({"steps": info.steps, "sampler": "euler", "times": student_times(info, s.strength).tolist(),
                                        "guidance_baked": info.guidance, "negative_prompt_baked": info.negative_prompt,
                                        "not_used": ["guidance", "shift", "sampler", "negative_prompt"]})}
 
@@ -297,8 +297,7 @@ class Pipeline:
         noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
         student = self.student if self.uses_student(s) else None  # (DiT, StudentInfo): one forward per step
         ts = (sampling_schedule(s.steps, shift=s.shift, t_start=s.strength, kind=self.cfg.sampling.schedule)
-              if student is None
-              else torch.tensor(student[1].times, dtype=torch.float64))
+              if student is None else student_times(student[1], s.strength))
         x = noise
         if init_latents is not None and s.strength < 1:
             t0 = float(ts[0])
@@ -386,6 +385,17 @@ def _progress(progress, steps):
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
     return (lambda i, n: bar.update(1)), bar
+
+
+def student_times(info: StudentInfo, strength: float = 1.0) -> torch.Tensor:
+    """The student's sampling times from ``strength`` on: from the latest of its times at or below
+    ``shift_t(strength)`` (the teacher's first time at that strength; the student only knows its own times,
+    so a partly noised start is noised to that one), or its last step when none is."""
+    times = torch.tensor(info.times, dtype=torch.float64)
+    if strength >= 1:
+        return times
+    first = int(torch.nonzero(times <= shift_t(float(strength), info.shift) + 1e-12)[0])
+    return times[min(first, len(times) - 2):]
 
 
 def bundled_model_path() -> Path:

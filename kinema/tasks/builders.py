@@ -34,6 +34,7 @@ import torch
 from ..common.video import to_model
 from .condition import Condition
 from .frames import latent_count, latent_index, pixel_count
+from .motion import carry_motion
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, tf*k+1, H, W) in [-1, 1] -> (1, C, k+1, h, w)
 
@@ -41,12 +42,14 @@ Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, tf*k+1, H, W) in [-1, 
 @dataclass
 class Window:
     """A clip to sample: ``frames`` pixel frames (tf*k + 1), its condition, and which of its pixel frames are new;
-    ``cyclic``: its latent frames are one period of a loop (decoded as tf frames each)."""
+    ``cyclic``: its latent frames are one period of a loop (decoded as tf frames each); ``init``: latents
+    (1, C, k+1, h, w) of a first guess of the whole window, to start sampling from partly noised (SDEdit)."""
 
     frames: int
     condition: Condition | None
     new: slice
     cyclic: bool = False
+    init: torch.Tensor | None = None
 
 
 # -- encoding given frames ---------------------------------------------------------------------------------
@@ -140,11 +143,13 @@ def image_window(encode: Encode, image: np.ndarray, frame: int, frames: int, tf:
 
 
 def extend_window(encode: Encode, video: np.ndarray, new_frames: int, overlap: int, tf: int,
-                  direction: str = "forward") -> Window:
+                  direction: str = "forward", carry: bool = False) -> Window:
     """A window continuing ``video`` by ``new_frames`` (forward: a multiple of tf; backward: tf*k+1).
 
     forward: the window starts with the video's last ``overlap`` latent frames (a clip of their own).
     backward: the window ends with the video's first ``overlap`` latent frames (middle latents).
+    ``carry``: ``Window.init`` holds the window with its new frames drawn by carrying the video's motion
+    on past its end (backward: before its start), ``kinema.tasks.motion``, encoded as one clip.
     """
     _check_overlap(overlap)
     if direction == "forward":
@@ -153,16 +158,20 @@ def extend_window(encode: Encode, video: np.ndarray, new_frames: int, overlap: i
         span = forward_span(video, overlap, tf)
         given = start_latents(encode, span, tf)
         frames = len(span) + new_frames
+        init = (start_latents(encode, np.concatenate([span, carry_motion(video, new_frames)]), tf)
+                if carry else None)
         return Window(frames=frames, condition=place([(0, given)], latent_count(frames, tf)),
-                      new=slice(len(span), frames))
+                      new=slice(len(span), frames), init=init)
     if direction == "backward":
         latent_count(new_frames, tf)  # tf*k + 1: with the tf*n given frames the window is tf*(k+n) + 1
         span = backward_span(video, overlap, tf)
         given = middle_latents(encode, span, tf)
         frames = new_frames + len(span)
         latent_frames = latent_count(frames, tf)
+        init = (start_latents(encode, np.concatenate([carry_motion(video[::-1], new_frames)[::-1], span]), tf)
+                if carry else None)
         return Window(frames=frames, condition=place([(latent_frames - given.shape[2], given)], latent_frames),
-                      new=slice(0, new_frames))
+                      new=slice(0, new_frames), init=init)
     raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
 
 
