@@ -139,10 +139,15 @@ def test_image_to_video_extend_and_edit(server, key):
     assert longer.status == "completed", longer.error
     assert float(longer.seconds) > 1.5  # the stitched total: the clip and the new second
 
-    body, headers = multipart({"prompt": "it rolls on", "seconds": "1", "video[id]": i2v.id, "steps": "2"})
-    status, ext, _ = server.request("POST", "/v1/videos/extensions", body, headers, key=key)
-    assert status == 200, ext
-    assert wait_done(server, key, ext["id"])["status"] == "completed"
+    made = []
+    for motion in ({}, {"motion_strength": "1"}):  # the default start (the clip's motion carried on) and pure noise
+        body, headers = multipart({"prompt": "it rolls on", "seconds": "1", "video[id]": i2v.id, "steps": "2",
+                                   "seed": "5", **motion})
+        status, ext, _ = server.request("POST", "/v1/videos/extensions", body, headers, key=key)
+        assert status == 200, ext
+        assert wait_done(server, key, ext["id"])["status"] == "completed"
+        made.append(c.videos.download_content(ext["id"]).content)
+    assert made[0] != made[1]  # same seed and source: only the start differs
 
     edited = c.videos.poll(c.videos.edit(video=("clip.mp4", clip, "video/mp4"), prompt="a green ball").id)
     assert edited.status == "completed", edited.error
@@ -201,6 +206,9 @@ def test_malformed_requests_get_4xx_in_openai_shape(server, key):
          400, "video"),
         ("extend with text", "POST", "/v1/videos/extensions", *multipart(
             {"prompt": "x", "seconds": "1"}, {"video": ("v.mp4", b"not a video at all", "video/mp4")}), key, 400, None),
+        ("extend bad motion_strength", "POST", "/v1/videos/extensions", *multipart(
+            {"prompt": "x", "seconds": "1", "video[id]": mine["id"], "motion_strength": "0"}), key, 400,
+         "motion_strength"),
         ("edit unknown source", "POST", "/v1/videos/edits", *multipart({"prompt": "x", "video[id]": "video_" + "2" * 32}),
          key, 404, None),
         ("edit bad strength", "POST", "/v1/videos/edits", *multipart({"prompt": "x", "video[id]": mine["id"],

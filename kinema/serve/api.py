@@ -243,20 +243,23 @@ class VideosAPI:
 
     async def extend(self, request: Request) -> Response:
         owner = await self.owner(request)
-        body = await read_body(request, ("prompt", "seconds", "model", "size", *SOURCE_FIELDS, *EXTRAS),
-                               file_fields=("video",))
+        body = await read_body(request, ("prompt", "seconds", "model", "size", "motion_strength", *SOURCE_FIELDS,
+                                         *EXTRAS), file_fields=("video",))
         self.need_task("extend", "extending videos (/v1/videos/extensions)")
         f = body.fields
         prompt = self.prompt(f)
         if not f.get("seconds"):
             raise APIError(400, "seconds (the length of the new segment) is required", param="seconds")
+        motion = unit_number(f, "motion_strength", "lower keeps more of the video's motion carried on, 1 starts "
+                                                   "from pure noise")
         source, spec, video = await self.source_video(owner, body)
         size = source.size if source is not None else f.get("size")
         s, size, seconds = spec.settings(prompt, size, f["seconds"], parse_extras(f), self.cfg.max_steps)
         before = float(source.seconds) if source is not None else len(video[0]) / video[1]
         job = Job(id=new_video_id(), owner=owner.id, kind="extend", model=spec.name, prompt=prompt,
                   seconds=f"{before + float(seconds):g}", size=size,
-                  params={"settings": asdict(s), "extend_seconds": seconds}, source_id=source and source.id)
+                  params={"settings": asdict(s), "extend_seconds": seconds,
+                          **({} if motion is None else {"motion_strength": motion})}, source_id=source and source.id)
         return await self.submit(owner, job, video=video, copy_from=source and source.id)
 
     async def edit(self, request: Request) -> Response:
@@ -317,15 +320,22 @@ class VideosAPI:
 
 def strength(fields: dict[str, str]) -> float:
     """The ``strength`` field in (0, 1] (how much of the source is re-generated), default 0.7."""
-    raw = fields.get("strength")
+    value = unit_number(fields, "strength")
+    return DEFAULT_STRENGTH if value is None else value
+
+
+def unit_number(fields: dict[str, str], name: str, meaning: str = "") -> float | None:
+    """The field ``name`` as a number in (0, 1], None when not given; a 400 naming it otherwise."""
+    raw = fields.get(name)
     if raw in (None, ""):
-        return DEFAULT_STRENGTH
+        return None
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
     if not 0 < value <= 1:
-        raise APIError(400, f"strength must be a number in (0, 1], got {shown(raw)}", param="strength")
+        raise APIError(400, f"{name} must be a number in (0, 1]{f' ({meaning})' if meaning else ''}, got {shown(raw)}",
+                       param=name)
     return value
 
 

@@ -213,8 +213,9 @@ class Worker:
             # prompt: flow sampling from the same noise keeps much of the layout and motion.
             video = pipe.run(s, progress=progress)
         elif job.kind == "extend":
+            motion = {"motion_strength": float(job.params["motion_strength"])} if "motion_strength" in job.params else {}
             video = task_function("extend")(pipe, s.prompt, str(folder / INPUT_VIDEO),
-                                            float(job.params["extend_seconds"]), progress=progress,
+                                            float(job.params["extend_seconds"]), progress=progress, **motion,
                                             **task_overrides(s, "frames"))
         else:  # edit, or a remix through edit (SDEdit of the source with the new prompt)
             video = task_function("edit")(pipe, s.prompt, str(folder / INPUT_VIDEO), float(job.params["strength"]),
