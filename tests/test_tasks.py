@@ -300,6 +300,27 @@ def test_connect_holds_both_ends_and_joins_the_inputs(pipe, media):
     assert same(transition.latents[:, :, -2:], encode(pipe, np.concatenate([b[:1], b[:8]]))[:, :, 1:])
 
 
+def test_connect_starts_from_a_carried_on_cross_faded_into_b_carried_back(pipe, monkeypatch):
+    a, b = square_clip(11, 2, 1.0, size=32, side=6), square_clip(9, 16, 1.0, size=32, side=6)
+    seen = []
+    sample = pipe.sample
+
+    def spy(s, condition=None, init_latents=None, callback=None, **kw):
+        seen.append((init_latents, s.strength))
+        return sample(s, condition=condition, init_latents=init_latents, callback=callback, **kw)
+
+    monkeypatch.setattr(pipe, "sample", spy)
+    transition, _ = tasks.connect(pipe, "a ball", a, b, seconds=0.5, motion_strength=0.5, **KW)
+    after_a, before_b = carry_motion(a, 4).astype(float), carry_motion(b[::-1], 4)[::-1].astype(float)
+    w = np.arange(1, 5)[:, None, None, None] / 5  # the new frames go from A's carry to B's
+    middle = np.rint((1 - w) * after_a + w * before_b).astype(np.uint8)
+    init, strength = seen[-1]
+    assert strength == 0.5 and same(init, encode(pipe, np.concatenate([a[-5:], middle, b[:8]])))
+    assert same(transition.latents[:, :, :2], encode(pipe, a[-5:]))  # the given frames are held as ever
+    tasks.connect(pipe, "a ball", a, b, seconds=0.5, motion_strength=1.0, **KW)
+    assert seen[-1] == (None, 1.0)
+
+
 @pytest.mark.parametrize("with_image", [False, True])
 def test_loop_is_a_cycle(pipe, media, with_image):
     from kinema.infer.pipeline import LOOP_WARMUP
@@ -424,6 +445,7 @@ def broken(tmp_path):
     (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, overlap=0, **KW), "overlap"),
     (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, motion_strength=0, **KW), r"motion strength .* \(0, 1\]"),
     (lambda p, d, m: tasks.extend(p, "x", m["video"], 1.0, motion_strength=1.5, **KW), "motion strength"),
+    (lambda p, d, m: tasks.connect(p, "x", m["video"], m["video"], 1.0, motion_strength=-1, **KW), "motion strength"),
     (lambda p, d, m: tasks.connect(p, "x", m["video"], d / "broken.mp4", 1.0, **KW), "video B"),
     (lambda p, d, m: tasks.edit(p, "x", m["video"], 0.0, **KW), r"strength must be in \(0, 1\]"),
     (lambda p, d, m: tasks.edit(p, "x", m["video"], 1.5, **KW), r"strength must be in \(0, 1\]"),
@@ -463,7 +485,7 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--loop", "--image", "{d}/key.png", "--fit-steps", "5"], "--fit-steps goes with --image or --keyframe, not --loop"),
     (["--image", "{d}/key.png", "--fit-steps", "-1"], "--fit-steps must be >= 0"),
     (["--image", "{d}/key.png", "--join", "cut"], "--join goes with --extend or --connect"),
-    (["--motion-strength", "0.5"], "--motion-strength goes with --extend"),
+    (["--motion-strength", "0.5"], "--motion-strength goes with --extend or --connect"),
     (["--extend", "{d}/clip.mp4", "--motion-strength", "2"], "--motion-strength must be a number in (0, 1]"),
 ])
 def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):

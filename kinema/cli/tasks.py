@@ -41,9 +41,10 @@ def add_task_flags(g: argparse.ArgumentParser) -> None:
     t.add_argument("--extend", metavar="VIDEO", help="continue VIDEO by --seconds (default: one default clip); "
                    "writes VIDEO plus the new part")
     t.add_argument("--backward", action="store_true", help="with --extend: add the new part before VIDEO")
-    t.add_argument("--motion-strength", type=float, metavar="S", help="with --extend: the new part starts as "
-                   "VIDEO's motion carried on (optical flow, constant velocity) noised to S in (0, 1], and the "
-                   "model refines it; lower keeps more of the carried motion, 1 starts from pure noise (default 0.4)")
+    t.add_argument("--motion-strength", type=float, metavar="S", help="with --extend or --connect: the new part "
+                   "starts as the input's motion carried on (optical flow, constant velocity; a transition cross-fades "
+                   "A's into B's) noised to S in (0, 1], and the model refines it; lower keeps more of the carried "
+                   "motion, 1 starts from pure noise (default 0.4)")
     t.add_argument("--loop", action="store_true", help="a clip whose last frame leads into its first")
     t.add_argument("--connect", nargs=2, metavar=("A", "B"), help="a --seconds transition from the end of A to the "
                    "start of B; writes A+transition+B to -o and the transition to OUT-transition.EXT")
@@ -72,12 +73,13 @@ def task_of(args) -> str:
     if len(given) > 1:
         raise CLIError(f"choose one task; got {', '.join(_TASK_FLAGS[d] for d in given)}")
     for flag, dest, needs in (("--image-frame", "image_frame", "image"), ("--backward", "backward", "extend"),
-                              ("--motion-strength", "motion_strength", "extend"),
                               ("--strength", "strength", "edit"), ("--prompts-file", "prompts_file", "long")):
         if getattr(args, dest) not in (None, False) and needs not in given:
             raise CLIError(f"{flag} goes with {_TASK_FLAGS[needs]}" + (", not --loop" if "loop" in given else ""))
     if args.join is not None and not set(given) & {"extend", "connect"}:
         raise CLIError("--join goes with --extend or --connect")
+    if args.motion_strength is not None and not set(given) & {"extend", "connect"}:
+        raise CLIError("--motion-strength goes with --extend or --connect")
     if args.fit_steps is not None:
         if not set(given) & {"image", "keyframe"} or "loop" in given:
             raise CLIError("--fit-steps goes with --image or --keyframe" + (", not --loop" if "loop" in given else ""))
@@ -220,8 +222,6 @@ def _task_inputs(args, task: str, settings, cfg) -> dict:
         inputs = dict(video=tasks.load_video(args.extend, fps, w, h, policy, name="--extend"),
                       seconds=tasks.check_seconds(seconds, "--seconds"),
                       direction="backward" if args.backward else "forward")
-        if args.motion_strength is not None:
-            inputs["motion_strength"] = tasks.check_motion_strength(args.motion_strength, "--motion-strength")
     elif task == "connect":
         inputs = dict(video_a=tasks.load_video(args.connect[0], fps, w, h, policy, name="--connect A"),
                       video_b=tasks.load_video(args.connect[1], fps, w, h, policy, name="--connect B"),
@@ -235,4 +235,6 @@ def _task_inputs(args, task: str, settings, cfg) -> dict:
         inputs = {}
     if args.overlap is not None:
         inputs["overlap"] = args.overlap
+    if args.motion_strength is not None:
+        inputs["motion_strength"] = tasks.check_motion_strength(args.motion_strength, "--motion-strength")
     return inputs

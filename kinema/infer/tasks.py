@@ -33,8 +33,8 @@ from .pipeline import InputError, Pipeline, Settings, Video
 Media = str | os.PathLike | np.ndarray
 DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 pins a frame, 2 also carry its motion
 JOINS = ("fade", "cut")  # how a continuation meets its input: see ``_fade``
-# An extension starts sampling from its input's motion carried on (``kinema.tasks.motion``) noised to this
-# strength; 1 starts from pure noise. Bundled model, 100 forward cases of ``kinema eval tasks`` (bf16):
+# An extension (and a connection) starts sampling from its input's motion carried on (``kinema.tasks.motion``)
+# noised to this strength; 1 starts from pure noise. Bundled model, 100 forward cases of ``kinema eval tasks`` (bf16):
 # direction kept 56% from noise, 83 / 85 / 89 / 92% at 0.6 / 0.5 / 0.4 / 0.3.
 MOTION_STRENGTH = 0.4
 
@@ -296,20 +296,23 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
 
 
 def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds: float, *,
-            overlap: int = DEFAULT_OVERLAP, resize: str = "crop", join: str = "fade", progress=False,
-            **settings) -> tuple[Video, Video]:
+            overlap: int = DEFAULT_OVERLAP, resize: str = "crop", join: str = "fade",
+            motion_strength: float = MOTION_STRENGTH, progress=False, **settings) -> tuple[Video, Video]:
     """(transition, joined): about ``seconds`` from the end of A to the start of B, and A + transition + B
-    (``join`` as in ``extend``: A's last and B's first frames faded to the model's, or kept exactly)."""
+    (``join`` as in ``extend``: A's last and B's first frames faded to the model's, or kept exactly).
+    ``motion_strength``: the transition starts as A's motion carried on cross-faded into B's carried back
+    (``kinema.tasks.builders.connect_window``) noised to this strength; 1 starts from pure noise."""
     check_seconds(seconds)
     check_join(join)
+    check_motion_strength(motion_strength)
     _check_overlap(overlap)
     s = _settings(pipe, prompt, settings, "connect", frames=None)
     tf = _tf(pipe)
     a = load_video(video_a, s.fps, s.width, s.height, resize, name="video A")
     b = load_video(video_b, s.fps, s.width, s.height, resize, name="video B")
     new = grid_count(seconds * s.fps, tf, offset=0, minimum=tf)
-    joined = _run(pipe, s, connect_window(encoder(pipe), a, b, new, overlap, tf), progress, before=a, after=b,
-                  join=join)
+    window = connect_window(encoder(pipe), a, b, new, overlap, tf, carry=motion_strength < 1)
+    joined = _run(pipe, replace(s, strength=motion_strength), window, progress, before=a, after=b, join=join)
     return replace(joined, frames=joined.frames[len(a):len(a) + new]), joined
 
 

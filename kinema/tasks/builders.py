@@ -176,8 +176,12 @@ def extend_window(encode: Encode, video: np.ndarray, new_frames: int, overlap: i
 
 
 def connect_window(encode: Encode, video_a: np.ndarray, video_b: np.ndarray, new_frames: int, overlap: int,
-                   tf: int) -> Window:
-    """A transition of ``new_frames`` (a multiple of tf): the end of A starts the window, the start of B ends it."""
+                   tf: int, carry: bool = False) -> Window:
+    """A transition of ``new_frames`` (a multiple of tf): the end of A starts the window, the start of B ends it.
+
+    ``carry``: ``Window.init`` holds the window with its new frames cross-faded from A's motion carried on
+    past its end into B's carried back before its start (``kinema.tasks.motion``), encoded as one clip.
+    """
     _check_overlap(overlap)
     if new_frames < tf or new_frames % tf:
         raise ValueError(f"a transition has a multiple of {tf} frames, got {new_frames}")
@@ -186,7 +190,14 @@ def connect_window(encode: Encode, video_a: np.ndarray, video_b: np.ndarray, new
     frames = len(head) + new_frames + len(tail)
     latent_frames = latent_count(frames, tf)
     condition = place([(0, given_a), (latent_frames - given_b.shape[2], given_b)], latent_frames)
-    return Window(frames=frames, condition=condition, new=slice(len(head), len(head) + new_frames))
+    init = None
+    if carry:
+        after_a = carry_motion(video_a, new_frames).astype(np.float32)
+        before_b = carry_motion(video_b[::-1], new_frames)[::-1].astype(np.float32)
+        w = (np.arange(1, new_frames + 1, dtype=np.float32) / (new_frames + 1))[:, None, None, None]
+        middle = np.rint((1 - w) * after_a + w * before_b).astype(np.uint8)
+        init = start_latents(encode, np.concatenate([head, middle, tail]), tf)
+    return Window(frames=frames, condition=condition, new=slice(len(head), len(head) + new_frames), init=init)
 
 
 def loop_window(period: int, tf: int, image: torch.Tensor | None = None) -> Window:
