@@ -14,10 +14,10 @@ the wrong answer. Per case:
   and whether the object then moves the way the prompt says (detector direction of the whole clip; next
   to the same for a text-to-video clip of the prompt);
 * extension: the clip is extended forwards by one second (sampled from its motion carried on, noised to the
-  motion strength: ``tasks.extend``); the new frames must move the object the way the clip did, as the world does (detector direction of the new frames, starting at the clip's last frame);
-  and the join must step like the motion around it (``_join_step``). Backwards too: the new second before
-  the clip must move the object the way the clip goes on to (up to the clip's first frame), as the world's
-  own lead-in does;
+  motion strength: ``tasks.extend``); the new frames must move the object the way the clip did, as the world
+  does (detector direction of the new frames, starting at the clip's last frame); and the join must step
+  like the motion around it (``_join_step``). Backwards too: the new second before the clip must move the
+  object the way the clip goes on to (up to the clip's first frame), as the world's own lead-in does;
 * loop: a loop of the clip's prompt, and one starting on the clip's first frame; its seam (mean
   |last - first|) must be no larger than the median frame-to-frame difference inside it
   (``tasks.loop_seam``). Also reported: the median step between latent frames inside the loop (frames
@@ -103,10 +103,10 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     ``motion_strength``: the extensions' (``tasks.extend``; None: its default)."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
-
-    motion_strength = tasks.MOTION_STRENGTH if motion_strength is None else motion_strength
     from kinema.tasks.fit import FIT_STEPS
     from kinema.tasks.frames import grid_count
+
+    motion_strength = tasks.MOTION_STRENGTH if motion_strength is None else motion_strength
 
     s = pipe.cfg.sampling  # the model's default size, length, fps and steps
     tf = pipe.cfg.vae.temporal_factor

@@ -280,7 +280,8 @@ class Pipeline:
         if not self.uses_student(s):
             return {}
         info = self.student[1]
-        return {"student": json.dumps({"steps": info.steps, "sampler": "euler", "times": student_times(info, s.strength).tolist(),
+        return {"student": json.dumps({"steps": info.steps, "sampler": "euler",
+                                       "times": student_times(info, s.strength).tolist(),
                                        "guidance_baked": info.guidance, "negative_prompt_baked": info.negative_prompt,
                                        "not_used": ["guidance", "shift", "sampler", "negative_prompt"]})}
 

@@ -34,8 +34,9 @@ Media = str | os.PathLike | np.ndarray
 DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 pins a frame, 2 also carry its motion
 JOINS = ("fade", "cut")  # how a continuation meets its input: see ``_fade``
 # An extension (and a connection) starts sampling from its input's motion carried on (``kinema.tasks.motion``)
-# noised to this strength; 1 starts from pure noise. Bundled model, 100 forward cases of ``kinema eval tasks`` (bf16):
-# direction kept 56% from noise, 83 / 85 / 89 / 92% at 0.6 / 0.5 / 0.4 / 0.3.
+# noised to this strength; 1 starts from pure noise. Bundled model, 100 cases of ``kinema eval tasks`` (bf16),
+# direction kept forwards: 56% from noise, 83 / 86 / 91 / 95% at 0.6 / 0.5 / 0.4 / 0.3; backwards: 40% from
+# noise, 90 / 88 / 84% at 0.5 / 0.4 / 0.3.
 MOTION_STRENGTH = 0.4
 
 

@@ -213,7 +213,8 @@ class Worker:
             # prompt: flow sampling from the same noise keeps much of the layout and motion.
             video = pipe.run(s, progress=progress)
         elif job.kind == "extend":
-            motion = {"motion_strength": float(job.params["motion_strength"])} if "motion_strength" in job.params else {}
+            motion = ({"motion_strength": float(job.params["motion_strength"])}
+                      if "motion_strength" in job.params else {})  # else the task's default
             video = task_function("extend")(pipe, s.prompt, str(folder / INPUT_VIDEO),
                                             float(job.params["extend_seconds"]), progress=progress, **motion,
                                             **task_overrides(s, "frames"))
