@@ -46,14 +46,17 @@ def same_scene_cases(n: int, rng: np.random.Generator):
     return cases
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the measurement, print it and return it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--motion-strength", type=float, default=tasks.MOTION_STRENGTH)
     p.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "auto"))
     p.add_argument("--model", help="model folder; default: the bundled model")
     p.add_argument("--scenes", default="same", choices=("same", "different"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.n < 1 or not 0 < args.motion_strength <= 1:
+        p.error(f"--n must be >= 1 and --motion-strength in (0, 1], got {args.n} and {args.motion_strength}")
     keep_freed_memory()
     pipe = Pipeline.from_pretrained(args.model, dtype=args.dtype)
     rng = np.random.default_rng(0)
@@ -61,29 +64,35 @@ def main() -> None:
     if args.scenes == "same":
         kept, one, close = [], [], []
         for i, (prompt, a, truth, b, move) in enumerate(same_scene_cases(args.n, rng)):
-            transition, _ = tasks.connect(pipe, prompt, a, b, GAP / FPS, seed=i, motion_strength=args.motion_strength)
+            transition, _ = tasks.connect(pipe, prompt, a, b, GAP / FPS, seed=i, motion_strength=args.motion_strength,
+                                          width=SIZE, height=SIZE)
             through = np.concatenate([a[-1:], transition.frames, b[:1]])
             kept.append(direction(through, FPS) == move)
             tracks = detect(through, FPS).tracks
             one.append(len(tracks) == 1 and bool(next(iter(tracks.values())).present.all()))
             close.append(psnr(transition.frames, truth))
+        result = {"direction_kept": float(np.mean(kept)), "one_object": float(np.mean(one)),
+                  "psnr_db": float(np.mean(close))}
         print(f"same scenes, motion strength {args.motion_strength:g}, {args.n} cases: direction kept "
-              f"{100 * np.mean(kept):.0f}%, one object throughout {100 * np.mean(one):.0f}%, "
-              f"{np.mean(close):.2f} dB from the truth ({time.perf_counter() - t0:.0f} s)")
-        return
+              f"{100 * result['direction_kept']:.0f}%, one object throughout {100 * result['one_object']:.0f}%, "
+              f"{result['psnr_db']:.2f} dB from the truth ({time.perf_counter() - t0:.0f} s)")
+        return result
     ratios, largest = [], []
     for i in range(args.n):
         spec_a, spec_b = sample_spec(rng, 1, "exclude"), sample_spec(rng, 1, "exclude")
         a = render(scene_from_spec(spec_a, SIZE, SIZE, CLIP, FPS, rng))
         b = render(scene_from_spec(spec_b, SIZE, SIZE, CLIP, FPS, rng))
-        transition, _ = tasks.connect(pipe, caption(spec_b, rng), a, b, GAP / FPS, seed=i,
+        transition, _ = tasks.connect(pipe, caption(spec_b, rng), a, b, GAP / FPS, seed=i, width=SIZE, height=SIZE,
                                       motion_strength=args.motion_strength)
         through = np.concatenate([a[-1:], transition.frames, b[:1]]).astype(np.float32)
         steps = np.abs(np.diff(through, axis=0)).mean(axis=(1, 2, 3))
         ratios.append(steps.max() / max(float(np.median(steps)), 1e-6))
         largest.append(steps.max())
+    result = {"largest_step": float(np.median(largest)), "largest_over_median": float(np.median(ratios))}
     print(f"different scenes, motion strength {args.motion_strength:g}, {args.n} cases: largest step "
-          f"{np.median(largest):.1f}, {np.median(ratios):.2f}x the median step ({time.perf_counter() - t0:.0f} s)")
+          f"{result['largest_step']:.1f}, {result['largest_over_median']:.2f}x the median step "
+          f"({time.perf_counter() - t0:.0f} s)")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """scripts/plot_loss.py and scripts/vae_objects.py (the training diagnostics), scripts/world_small.sh,
-scripts/gpu_round.sh, scripts/minilm_pack.py and scripts/carry_student.py."""
+scripts/gpu_round.sh, scripts/minilm_pack.py, scripts/carry_student.py and scripts/connect_cases.py."""
 
 from __future__ import annotations
 
@@ -240,3 +240,19 @@ def test_carry_student_adds_the_teachers_fine_tune_to_the_student(tiny_model_dir
         carry.carry(distilled, tiny_model_dir, new)
     with pytest.raises(SystemExit, match=r"missing --old"):
         carry.carry(distilled, tmp_path / "nowhere", new)
+
+
+def test_connect_cases_measures_transitions_between_world_clips(tiny_model_dir):
+    script = load_script("connect_cases")
+    rng = np.random.default_rng(0)
+    [(prompt, a, truth, b, move)] = script.same_scene_cases(1, rng)
+    assert (len(a), len(truth), len(b)) == (script.CLIP, script.GAP, script.CLIP) and prompt
+    from kinema.eval.tasks import direction
+    assert direction(np.concatenate([a[-1:], truth, b[:1]]), script.FPS) == move  # the truth keeps it
+    same = script.main(["--model", str(tiny_model_dir), "--n", "1", "--dtype", "fp32"])
+    assert set(same) == {"direction_kept", "one_object", "psnr_db"} and 0 <= same["direction_kept"] <= 1
+    different = script.main(["--model", str(tiny_model_dir), "--n", "1", "--dtype", "fp32", "--scenes", "different",
+                             "--motion-strength", "1"])
+    assert different["largest_step"] > 0 and different["largest_over_median"] >= 1
+    with pytest.raises(SystemExit):
+        script.main(["--motion-strength", "0"])
