@@ -17,6 +17,7 @@ from kinema.tasks import cyclic_velocity
 from kinema.tasks.builders import place
 from kinema.tasks.fit import fit_latents
 from kinema.tasks.motion import carry_motion
+from test_motion import square_clip
 from kinema.tasks.frames import (frame_mask, grid_count, latent_count, latent_index, masked_pixel_frames, pad_frames,
                                  pixel_count, pixel_span, valid_length)
 
@@ -44,6 +45,20 @@ def encode(pipe, frames: np.ndarray) -> torch.Tensor:
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.fixture
+def sampling_starts(pipe, monkeypatch):
+    """The (init latents, strength) each sampling of ``pipe`` starts from, in order."""
+    seen = []
+    sample = pipe.sample
+
+    def spy(s, condition=None, init_latents=None, callback=None, **kw):
+        seen.append((init_latents, s.strength))
+        return sample(s, condition=condition, init_latents=init_latents, callback=callback, **kw)
+
+    monkeypatch.setattr(pipe, "sample", spy)
+    return seen
 
 
 @pytest.fixture
@@ -219,56 +234,10 @@ def test_extend_a_clip_shorter_than_the_overlap(pipe, media):
     assert same(backward.latents[:, :, -1:], encode(pipe, held)[:, :, 1:])
 
 
-def square_clip(frames: int, x0: float, vx: float, size: int = 64, side: int = 12) -> np.ndarray:
-    """A red square ``side`` px wide at x = x0 + vx * t on a grey-blue gradient, ``frames`` frames."""
-    ramp = np.linspace(60, 140, size, dtype=np.float32)
-    background = np.stack([ramp[:, None].repeat(size, 1), np.full((size, size), 90, np.float32),
-                           ramp[None, :].repeat(size, 0)], -1).astype(np.uint8)
-    clip = np.repeat(background[None], frames, axis=0)
-    for t in range(frames):
-        x = int(round(x0 + vx * t))
-        clip[t, 26:26 + side, x:x + side] = (220, 30, 30)
-    return clip
-
-
-def red_centre(frame: np.ndarray) -> tuple[float, int]:
-    """(mean x, pixel count) of the red square's pixels."""
-    red = (frame[..., 0] > 180) & (frame[..., 1] < 80)
-    return float(np.nonzero(red)[1].mean()) if red.any() else float("nan"), int(red.sum())
-
-
-def test_carried_motion_goes_on_at_the_clips_velocity_and_clears_where_the_object_was():
-    clip = square_clip(5, 10, 3.0)  # 3 px per frame to the right
-    carried = carry_motion(clip, 6)
-    assert carried.shape == (6, 64, 64, 3) and carried.dtype == np.uint8
-    start, area = red_centre(clip[-1])
-    for n, frame in enumerate(carried, 1):
-        x, count = red_centre(frame)
-        assert x == pytest.approx(start + 3 * n, abs=1.0) and abs(count - area) <= 0.25 * area
-    # the square's old place shows the background again, not a copy of the square
-    assert red_centre(carried[-1][:, :int(start) + 6])[1] == 0
-    # carried out of the frame, it is gone; a still clip, or one frame, continues as itself
-    assert red_centre(carry_motion(clip, 20)[-1])[1] == 0
-    still = np.repeat(clip[:1], 4, axis=0)
-    assert np.array_equal(carry_motion(still, 3), np.repeat(clip[:1], 3, axis=0))
-    assert np.array_equal(carry_motion(clip[:1], 2), np.repeat(clip[:1], 2, axis=0))
-    backwards = carry_motion(clip[::-1], 2)  # the clip reversed moves left: before its start
-    assert red_centre(backwards[0])[0] == pytest.approx(red_centre(clip[0])[0] - 3, abs=1.0)
-    with pytest.raises(ValueError, match="uint8"):
-        carry_motion(clip.astype(np.float32), 2)
-
-
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_extend_starts_sampling_from_the_carried_motion_at_its_strength(pipe, direction, monkeypatch):
+def test_extend_starts_sampling_from_the_carried_motion_at_its_strength(pipe, direction, sampling_starts):
     clip = square_clip(11, 8, 1.0, size=32, side=6)
-    seen = []
-    sample = pipe.sample
-
-    def spy(s, condition=None, init_latents=None, callback=None, **kw):
-        seen.append((init_latents, s.strength))
-        return sample(s, condition=condition, init_latents=init_latents, callback=callback, **kw)
-
-    monkeypatch.setattr(pipe, "sample", spy)
+    seen = sampling_starts
     video = tasks.extend(pipe, "a ball", clip, 1.0, direction, motion_strength=0.3, **KW)
     if direction == "forward":  # the window: the clip's last 5 frames, then 8 carried on
         guess = np.concatenate([clip[-5:], carry_motion(clip, 8)])
@@ -300,16 +269,9 @@ def test_connect_holds_both_ends_and_joins_the_inputs(pipe, media):
     assert same(transition.latents[:, :, -2:], encode(pipe, np.concatenate([b[:1], b[:8]]))[:, :, 1:])
 
 
-def test_connect_starts_from_a_carried_on_cross_faded_into_b_carried_back(pipe, monkeypatch):
+def test_connect_starts_from_a_carried_on_cross_faded_into_b_carried_back(pipe, sampling_starts):
     a, b = square_clip(11, 2, 1.0, size=32, side=6), square_clip(9, 16, 1.0, size=32, side=6)
-    seen = []
-    sample = pipe.sample
-
-    def spy(s, condition=None, init_latents=None, callback=None, **kw):
-        seen.append((init_latents, s.strength))
-        return sample(s, condition=condition, init_latents=init_latents, callback=callback, **kw)
-
-    monkeypatch.setattr(pipe, "sample", spy)
+    seen = sampling_starts
     transition, _ = tasks.connect(pipe, "a ball", a, b, seconds=0.5, motion_strength=0.5, **KW)
     after_a, before_b = carry_motion(a, 4).astype(float), carry_motion(b[::-1], 4)[::-1].astype(float)
     w = np.arange(1, 5)[:, None, None, None] / 5  # the new frames go from A's carry to B's

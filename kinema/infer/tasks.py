@@ -3,7 +3,7 @@
 Every task here is the same three moves: load and check the inputs (before any sampling), build a
 ``Window`` (a condition over latent frames, ``kinema.tasks.builders``), and run it through the one
 conditioned sampling loop of ``Pipeline.run``; the result joins the window's new frames with the inputs
-(the input frames the window shares faded into its decoding of them, ``_fade``).
+(the input frames the window shares faded into its decoding of them, ``JOINS``).
 
 Inputs are paths or uint8 arrays ((H, W, 3) images, (F, H, W, 3) videos). Videos read from files are
 resampled to the request's fps; arrays are taken to be at that fps. Inputs of another size are resized to
@@ -27,12 +27,17 @@ from ..tasks.builders import (Window, connect_window, extend_window, image_windo
                               still_latent)
 from ..tasks.condition import Condition
 from ..tasks.fit import FIT_STEPS, fit_latents
-from ..tasks.frames import frame_at, grid_count, latent_index, pad_frames, pixel_span
+from ..tasks.frames import cross_fade, frame_at, grid_count, latent_index, pad_frames, pixel_span
 from .pipeline import InputError, Pipeline, Settings, Video
 
 Media = str | os.PathLike | np.ndarray
 DEFAULT_OVERLAP = 2  # latent frames carried into a continuation: 1 pins a frame, 2 also carry its motion
-JOINS = ("fade", "cut")  # how a continuation meets its input: see ``_fade``
+# How a continuation meets its input. The window's given frames decode to the model's copy of the input's
+# frames, not the frames themselves (the VAE's round trip), and the new frames continue from that copy, so
+# cut next to the input they jump by the round trip's error: for the bundled model about 2 typical frame
+# steps at every join (1.2 between the decoded frames). "fade" (the default) fades the frames both show from
+# the input's to the model's (``cross_fade``), so the join steps like the rest; "cut" keeps the input's frames.
+JOINS = ("fade", "cut")
 # An extension (and a connection) starts sampling from its input's motion carried on (``kinema.tasks.motion``)
 # noised to this strength; 1 starts from pure noise. Bundled model, 100 cases of ``kinema eval tasks`` (bf16),
 # direction kept forwards: 56% from noise, 83 / 86 / 91 / 95% at 0.6 / 0.5 / 0.4 / 0.3; backwards: 40% from
@@ -180,7 +185,7 @@ def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarr
          after: np.ndarray | None = None, first_image: np.ndarray | None = None, fit_steps: int = 0,
          join: str = "cut") -> Video:
     """Sample ``window`` with settings ``s`` and join its new frames between ``before`` and ``after``, whose
-    end and start (respectively) the window begins and ends with (faded by ``join``, ``_fade``).
+    end and start (respectively) the window begins and ends with (faded by ``join``, ``JOINS``).
     ``first_image``: the image given as the window's first latent frame, which is decoded fitted to it
     (``fit_steps`` steps of ``kinema.tasks.fit``; the sampling sees the encoder's latent), unless the
     pipeline decodes in tiles (asked for to bound memory, which a fit's backward pass would not)."""
@@ -196,27 +201,12 @@ def _run(pipe: Pipeline, s: Settings, window: Window, progress, before: np.ndarr
     decoded = video.frames
     if before is not None and join == "fade":  # the window's frames before its new ones decode the end of ``before``
         k = window.new.start
-        before = np.concatenate([before[:len(before) - k], _fade(before[len(before) - k:], decoded[:k])])
+        before = np.concatenate([before[:len(before) - k], cross_fade(before[len(before) - k:], decoded[:k])])
     if after is not None and join == "fade":  # ... and those after them the start of ``after``
         k = min(window.frames - window.new.stop, len(after))
-        after = np.concatenate([_fade(decoded[window.new.stop:window.new.stop + k], after[:k]), after[k:]])
+        after = np.concatenate([cross_fade(decoded[window.new.stop:window.new.stop + k], after[:k]), after[k:]])
     parts = [p for p in (before, decoded[window.new], after) if p is not None]
     return replace(video, frames=np.concatenate(parts) if len(parts) > 1 else parts[0])
-
-
-def _fade(start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Frames going from ``start``'s to ``end``'s over their common length k (frame j is (j+1)/(k+1) of ``end``).
-
-    How a continuation meets its input (``join="fade"``): the window's given frames decode to the model's
-    copy of the input's frames, not the frames themselves (the VAE's round trip), and the new frames
-    continue from that copy, so cut next to the input they jump by the round trip's error: for the
-    bundled model a jump of about 2 typical frame steps at every join (1.2 between the decoded frames). Faded
-    over the frames both show, the join steps like the rest (``join="cut"`` keeps the input's frames as
-    they are).
-    """
-    k = len(start)
-    w = (np.arange(1, k + 1, dtype=np.float32) / (k + 1))[:, None, None, None]
-    return np.rint((1 - w) * start.astype(np.float32) + w * end.astype(np.float32)).astype(np.uint8)
 
 
 def _fit_first_frame(pipe: Pipeline, condition: Condition, image: np.ndarray, steps: int) -> Condition:
@@ -274,7 +264,7 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
     own; backwards, it ends with the video's first ``overlap`` latent frames encoded as the middle of a clip
     (see ``kinema.tasks.builders``), so the model always generates forwards in time. New frames come in
     steps of tf (forwards) or tf*k + 1 (backwards) frames, the nearest to ``seconds``. ``join``: "fade"
-    (the frames the window shares with the video fade from the video's to the model's, ``_fade``) or "cut"
+    (the frames the window shares with the video fade from the video's to the model's, ``JOINS``) or "cut"
     (the video's frames kept exactly). ``motion_strength``: the new frames start as the video's motion
     carried on at constant velocity (``kinema.tasks.motion``) noised to this strength, so the model refines
     a continuation instead of inventing one; lower keeps more of the carried motion, 1 starts from pure noise.

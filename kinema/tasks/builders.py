@@ -33,7 +33,7 @@ import torch
 
 from ..common.video import to_model
 from .condition import Condition
-from .frames import latent_count, latent_index, pixel_count
+from .frames import cross_fade, latent_count, latent_index, pixel_count
 from .motion import carry_motion
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, tf*k+1, H, W) in [-1, 1] -> (1, C, k+1, h, w)
@@ -192,10 +192,7 @@ def connect_window(encode: Encode, video_a: np.ndarray, video_b: np.ndarray, new
     condition = place([(0, given_a), (latent_frames - given_b.shape[2], given_b)], latent_frames)
     init = None
     if carry:
-        after_a = carry_motion(video_a, new_frames).astype(np.float32)
-        before_b = carry_motion(video_b[::-1], new_frames)[::-1].astype(np.float32)
-        w = (np.arange(1, new_frames + 1, dtype=np.float32) / (new_frames + 1))[:, None, None, None]
-        middle = np.rint((1 - w) * after_a + w * before_b).astype(np.uint8)
+        middle = cross_fade(carry_motion(video_a, new_frames), carry_motion(video_b[::-1], new_frames)[::-1])
         init = start_latents(encode, np.concatenate([head, middle, tail]), tf)
     return Window(frames=frames, condition=condition, new=slice(len(head), len(head) + new_frames), init=init)
 

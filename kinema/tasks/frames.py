@@ -105,3 +105,10 @@ def frame_mask(latent_frames: int, indices) -> torch.Tensor:
 def masked_pixel_frames(mask: torch.Tensor, tf: int) -> list[int]:
     """The pixel frames covered by the True latent frames of a (F,) mask, in order."""
     return [p for j in torch.nonzero(mask.reshape(-1)).flatten().tolist() for p in pixel_span(j, tf)]
+
+
+def cross_fade(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """uint8 frames going from ``start``'s to ``end``'s (both (k, H, W, 3)): frame j is (j+1)/(k+1) of ``end``."""
+    k = len(start)
+    w = (np.arange(1, k + 1, dtype=np.float32) / (k + 1))[:, None, None, None]
+    return np.rint((1 - w) * start.astype(np.float32) + w * end.astype(np.float32)).astype(np.uint8)
