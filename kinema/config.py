@@ -256,8 +256,11 @@ PRESETS: dict[str, ModelConfig] = {
         # A small VAE: the world is flat colours and sharp edges; 16 channels at full resolution keep decode
         # of 17x128x128 under a second on 2 cores (benchmarks/engine.py measures the Wan-sized base_dim 32).
         # Per-frame layer norm: Wan's per-pixel RMS norm at 16 channels trains slowly and unstably from scratch.
+        # Chunks of 5 latent frames: the default 17-frame clip decodes in one pass instead of 4 + 1 (the lone
+        # last latent frame convolved with its carried history: 145 -> 132 ms in bf16, x1.08 in fp32), a
+        # decode peak 38 MB higher at 128x128 in fp32 (216 against 178 MB).
         vae=VAEConfig(base_dim=16, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1, norm="frame",
-                      latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16),
+                      latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16, chunk_latent_frames=5),
         # 7M parameters: what a 2-core CPU trains in hours and samples in about a second (issues 5 and 9).
         dit=DiTConfig(num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
                       text_dim=384, freq_dim=256, ffn_dim=1024, num_layers=6),

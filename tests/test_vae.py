@@ -236,3 +236,58 @@ def test_norms_write_into_the_causal_convolutions_buffer_exactly(dtype, monkeypa
     monkeypatch.delattr(FrameNorm, "norm_into")
     with torch.no_grad():
         assert torch.equal(vae.encode(x), z) and torch.equal(vae.decode(z), video)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(4, 4), (5, 7)])
+def test_upsampling_as_one_small_convolution_equals_upsample_then_convolve(dtype, size, monkeypatch):
+    """At CPU inference the decoder's spatial upsampling (nearest 2x, then a 3x3 convolution) runs as one 2x2
+    convolution on the small map with the four output phases as channels: the reference's values (fp32 to
+    1e-5; bf16 within its rounding), channels-last; the autograd layout keeps the two steps."""
+    from kinema.vae import model
+
+    torch.manual_seed(0)
+    up = model.Resample(16, "upsample2d").to(dtype)
+    x = torch.randn(2, 16, 3, *size).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    calls = []
+    real = model.upsample_conv
+    monkeypatch.setattr(model, "upsample_conv", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        got = up(x)
+        frames = x.float().transpose(1, 2).reshape(6, 16, *size)
+        want = up.float().resample(frames).reshape(2, 3, 8, 2 * size[0], 2 * size[1]).transpose(1, 2)
+        up.to(dtype)
+    assert calls == [1]
+    assert got.shape == (2, 8, 3, 2 * size[0], 2 * size[1]) and got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05 * want.abs().max().item()
+    assert (got.float() - want).abs().max() <= tolerance
+    with torch.no_grad():  # a contiguous map (the autograd layout) takes the two steps
+        stepwise = up(x.contiguous())
+    assert calls == [1] and (stepwise.float() - got.float()).abs().max() <= tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("stride, padding", [((1, 1, 1), (0, 1, 1)), ((1, 2, 2), (0, 0, 1))])
+def test_few_output_convolution_by_temporal_taps_equals_conv3d(dtype, stride, padding, monkeypatch):
+    """A CPU inference convolution to <= FEW_OUTPUTS channels runs as one 2D convolution with the temporal
+    taps as output channels, summed per frame: conv3d's values (fp32 to 1e-5, bf16 within a few roundings of
+    its partial sums), and the decoder's RGB output takes that path."""
+    from kinema.vae import model
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 10, 12).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = (torch.randn(3, 8, 3, 3, 3) * 0.2).to(dtype), torch.randn(3).to(dtype)
+    with torch.no_grad():
+        got = model._conv3d(x, weight, bias, stride, padding)
+    want = F.conv3d(x.float(), weight.float(), bias.float(), stride, padding)
+    assert got.shape == want.shape and got.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02 * want.abs().max().item()
+    assert (got.float() - want).abs().max() <= tolerance
+    calls = []
+    real = model._conv3d_by_taps
+    monkeypatch.setattr(model, "_conv3d_by_taps", lambda *a: calls.append(a[1].shape) or real(*a))
+    vae = _random_vae(chunk=2)
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 4, 3, 4, 4))
+    assert calls and all(shape[0] == 3 for shape in calls)  # only the RGB output, once per chunk
