@@ -1,5 +1,6 @@
 """scripts/plot_loss.py and scripts/vae_objects.py (the training diagnostics), scripts/world_small.sh,
-scripts/gpu_round.sh, scripts/minilm_pack.py, scripts/carry_student.py and scripts/connect_cases.py."""
+scripts/gpu_round.sh, scripts/minilm_pack.py, scripts/carry_student.py, scripts/connect_cases.py and
+scripts/vae_scene_changes.py."""
 
 from __future__ import annotations
 
@@ -256,3 +257,19 @@ def test_connect_cases_measures_transitions_between_world_clips(tiny_model_dir):
     assert different["largest_step"] > 0 and different["largest_over_median"] >= 1
     with pytest.raises(SystemExit):
         script.main(["--motion-strength", "0"])
+
+
+def test_vae_scene_changes_measures_round_trips_across_a_cut_and_a_dissolve(tiny_model_dir, tmp_path):
+    script = load_script("vae_scene_changes")
+    first, second = (np.full((script.SCENE + 1, 16, 16, 3), v, np.uint8) for v in (0, 90))
+    cut, fade = script.joined(first, second, False), script.joined(first, second, True)
+    assert len(cut) == len(fade) == 2 * script.SCENE + 1 and (cut[:script.SCENE + 1] == 0).all() and (cut[-1] == 90).all()
+    ramp = fade[script.SCENE + 1 - script.DISSOLVE:script.SCENE + 1, 0, 0, 0]
+    assert (np.diff(ramp.astype(int)) > 0).all() and 0 < ramp[0] and ramp[-1] < 90  # a fade, neither end reached
+    [result] = script.main([str(tiny_model_dir), "--n", "1", "--size", "32", "--json", str(tmp_path / "r.json")])
+    assert set(result) == {"model", "cases", "first_scene_db", "after_cut_db", "after_cut_first4_db",
+                           "second_alone_db", "dissolve_db"}
+    assert all(np.isfinite(v) for k, v in result.items() if k.endswith("_db"))
+    assert json.loads((tmp_path / "r.json").read_text()) == [result]
+    with pytest.raises(SystemExit):
+        script.main([str(tiny_model_dir), "--size", "20"])

@@ -158,6 +158,44 @@ def test_world_span_except_keeps_those_motions_in_scenes_that_fit_their_clips():
     assert any(world_window(s, 96, 96, 17, 8.0, span=2.0)[2] > 0 for s in gravity)  # they were windowed before
 
 
+def test_scene_change_cuts_or_dissolves_between_two_clips_at_a_random_frame():
+    from kinema.train.data import DISSOLVE_FRAMES, scene_change
+
+    first, second = np.zeros((17, 4, 4, 3), np.uint8), np.full((17, 4, 4, 3), 200, np.uint8)
+    kinds = set()
+    for seed in range(40):
+        frames, mask = scene_change(first, second, np.random.default_rng(seed), first[..., 0] > 0, second[..., 0] > 0)
+        level = frames[:, 0, 0, 0].astype(int)
+        start = int(np.argmax(level > 0))
+        assert 1 <= start and (level[:start] == 0).all() and (np.diff(level) >= 0).all()  # first scene, then on
+        ramp = int(np.argmax(level == 200)) - start if (level == 200).any() else len(level) - start
+        kinds.add("cut" if ramp == 0 else "dissolve")
+        assert ramp == 0 or ramp <= DISSOLVE_FRAMES[1]
+        assert (mask[:, 0, 0] == (level > 0)).all()  # where either scene's object is, during the change
+        np.testing.assert_array_equal(frames, scene_change(first, second, np.random.default_rng(seed))[0])
+    assert kinds == {"cut", "dissolve"}
+
+
+def test_world_scene_changes_are_checked_and_join_two_rendered_scenes():
+    from kinema.train.data import build_dataset
+
+    with pytest.raises(ConfigError, match=r"data.world_scene_changes must be a share in \[0, 1\], got 1.5"):
+        load_config({"model": "vae", "preset": "tiny", "data": {"world_scene_changes": 1.5}})
+    with pytest.raises(ConfigError, match=r"world_scene_changes=0.3 joins two scenes.*needs model: vae.*'dit'"):
+        load_config({"preset": "tiny", "data": {"world_scene_changes": 0.3}})
+    buckets = [{"frames": 9, "height": 32, "width": 32}]
+    plain = build_dataset(load_config({"model": "vae", "preset": "tiny", "data": {"buckets": buckets}}).data,
+                          preset("tiny"), seed=0, captioned=False)
+    cfg = load_config({"model": "vae", "preset": "tiny", "data": {"buckets": buckets, "world_scene_changes": 1.0}})
+    changing = build_dataset(cfg.data, preset("tiny"), seed=0, captioned=False)
+    assert changing.scene_changes == 1.0
+    for index in range(3):
+        a, b = plain.load(index).video, changing.load(index).video
+        assert a.shape == b.shape and torch.equal(a[:, 0], b[:, 0])  # the clip's own scene first ...
+        assert not torch.equal(a, b)  # ... then another
+        assert torch.equal(b, changing.load(index).video)  # the same item every time
+
+
 # -- feeding the loop -------------------------------------------------------------------------------
 
 

@@ -89,6 +89,10 @@ class DataConfig:
     # Motions whose scenes always fit their clips, from frame 0, with world_span > 1: e.g. ["falls", "bounces"],
     # whose captions say an object is dropped (a window mid-fall starts it fast and lands it early).
     world_span_except: tuple[str, ...] = ()
+    # "world", VAE runs only: this share of clips change scene part-way through, two scenes joined by a hard cut
+    # or (half of them) a cross-dissolve of 2-8 frames at a random frame: real footage does, and a causal
+    # decoder that only ever saw one scene per clip carries the first scene's colours on for a dozen frames.
+    world_scene_changes: float = 0.0
 
     def __post_init__(self):
         _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
@@ -105,6 +109,8 @@ class DataConfig:
                f"got {self.world_span}")
         from kinema.data.world import MOTIONS
 
+        _check(0.0 <= self.world_scene_changes <= 1.0,
+               f"data.world_scene_changes must be a share in [0, 1], got {self.world_scene_changes}")
         unknown = [m for m in self.world_span_except if m not in MOTIONS]
         _check(not unknown, f"data.world_span_except: unknown motion(s) {unknown}; accepted: {list(MOTIONS)}")
 
@@ -378,6 +384,9 @@ class TrainConfig:
                f"flow.object_weight={self.flow.object_weight} needs model: dit, data.kind 'world' (only the renderer "
                f"knows where objects are) and no distill; got model: {self.model!r}, data.kind {self.data.kind!r}"
                + (", distill set" if self.distill is not None else ""))
+        _check(self.data.world_scene_changes == 0 or (self.model == "vae" and self.data.kind == "world"),
+               f"data.world_scene_changes={self.data.world_scene_changes} joins two scenes under one caption: it needs "
+               f"model: vae and data.kind 'world'; got model: {self.model!r}, data.kind {self.data.kind!r}")
         _check(not (self.vae_loss.decoder_only and not (self.model == "vae" and self.init_from)),
                "vae_loss.decoder_only fine-tunes the decoder of a trained VAE: it needs model: vae and init_from")
         _check(not (self.init_from and self.model_config),

@@ -83,7 +83,7 @@ class WorldDataset(TrainDataset):
 
     def __init__(self, buckets: dict[Grid, BucketConfig], num_clips: int, seed: int, fps: float,
                  object_masks: bool = False, captioned: bool = True, span: float = 1.0,
-                 span_except: tuple[str, ...] = ()):
+                 span_except: tuple[str, ...] = (), scene_changes: float = 0.0):
         grids = list(buckets)
         weights = np.asarray([buckets[g].weight for g in grids], dtype=np.float64)
         if weights.sum() <= 0:
@@ -96,6 +96,7 @@ class WorldDataset(TrainDataset):
         self.captioned = captioned  # False (VAE runs): skip checking that motions read back as captioned
         self.span = span  # data.world_span: clips are windows of scenes up to this many times longer
         self.span_except = span_except  # data.world_span_except: ... except scenes with these motions
+        self.scene_changes = scene_changes  # data.world_scene_changes: share of clips joining two scenes
 
     def source(self, index: int) -> str:
         return f"world:{self.seed}:{index}"
@@ -108,12 +109,45 @@ class WorldDataset(TrainDataset):
                                               motion_check=self.captioned, span=self.span,
                                               span_except=self.span_except)
         mask = rest[0] if rest else None
+        if self.scene_changes and bucket.frames > 1:
+            change = np.random.default_rng(_seed(self.seed, index, 2))
+            if change.random() < self.scene_changes:
+                second, _, *rest = render_world(_seed(self.seed, index, 3), bucket.width * s, bucket.height * s,
+                                                bucket.frames, self.fps, with_mask=self.object_masks,
+                                                motion_check=self.captioned)
+                frames, mask = scene_change(frames, second, change, mask, rest[0] if rest else None)
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
             rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
             frames = np.ascontiguousarray(frames[:, rows, cols])
             mask = None if mask is None else mask[:, rows, cols]
         return Item(index, self.keys[index], self.source(index), video=channels_first(frames), caption=caption,
                     object_mask=None if mask is None else torch.from_numpy(np.ascontiguousarray(mask))[None])
+
+
+DISSOLVE_FRAMES = (2, 8)  # a scene change that is not a cut cross-dissolves over this many frames (inclusive)
+
+
+def scene_change(first: np.ndarray, second: np.ndarray, rng: np.random.Generator, first_mask: np.ndarray | None = None,
+                 second_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Two uint8 clips of one shape (F >= 2, H, W, 3) joined into one that changes scene at a random frame
+    ``c`` in 1..F-1: a hard cut (first[:c] then second[c:]), or, half the time, a cross-dissolve from the first
+    to the second over ``DISSOLVE_FRAMES`` frames starting at ``c`` (cut short by the clip's end). Object masks
+    (F, H, W) follow the frames: during a dissolve, where either clip has an object."""
+    n = len(first)
+    start = int(rng.integers(1, n))
+    weights = np.zeros(n, np.float32)  # the second scene's share in each frame
+    if rng.random() < 0.5:
+        weights[start:] = 1.0
+    else:
+        length = int(rng.integers(DISSOLVE_FRAMES[0], DISSOLVE_FRAMES[1] + 1))
+        weights[start:] = np.minimum(np.arange(1, n - start + 1, dtype=np.float32) / (length + 1), 1.0)
+    w = weights[:, None, None, None]
+    frames = np.round(first * (1.0 - w) + second * w).astype(np.uint8)
+    mask = None
+    if first_mask is not None and second_mask is not None:
+        mask = np.where(weights[:, None, None] == 0, first_mask,
+                        np.where(weights[:, None, None] == 1, second_mask, first_mask | second_mask))
+    return frames, mask
 
 
 def _crop(frames: np.ndarray, bucket: BucketConfig, rng: np.random.Generator) -> tuple[slice, slice]:
@@ -292,7 +326,7 @@ def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int, object_mas
     buckets = bucket_grids(cfg.buckets, model_cfg)
     if cfg.kind == "world":
         return WorldDataset(buckets, cfg.num_clips, seed, cfg.fps or 8.0, object_masks, captioned, cfg.world_span,
-                            tuple(cfg.world_span_except))
+                            tuple(cfg.world_span_except), cfg.world_scene_changes)
     if cfg.kind == "clips":
         return ClipFolder(cfg.path, buckets, cfg.fps)
     return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim)
