@@ -112,10 +112,10 @@ class WorldDataset(TrainDataset):
         if self.scene_changes and bucket.frames > 1:
             change = np.random.default_rng(_seed(self.seed, index, 2))
             if change.random() < self.scene_changes:
-                second, _, *rest = render_world(_seed(self.seed, index, 3), bucket.width * s, bucket.height * s,
-                                                bucket.frames, self.fps, with_mask=self.object_masks,
-                                                motion_check=self.captioned)
-                frames, mask = scene_change(frames, second, change, mask, rest[0] if rest else None)
+                second, _, *second_mask = render_world(_seed(self.seed, index, 3), bucket.width * s,
+                                                       bucket.height * s, bucket.frames, self.fps,
+                                                       with_mask=self.object_masks, motion_check=self.captioned)
+                frames, mask = scene_change(frames, second, change, mask, second_mask[0] if second_mask else None)
         if s > 1:  # a random crop of the bucket's size (VAE runs only: the caption no longer describes it)
             rows, cols = _crop(frames, bucket, np.random.default_rng(_seed(self.seed, index, 1)))
             frames = np.ascontiguousarray(frames[:, rows, cols])

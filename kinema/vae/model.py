@@ -42,6 +42,9 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 NORMS = {"rms": ChannelRMSNorm, "frame": FrameNorm}  # VAEConfig.norm: Wan's per-pixel RMS norm | per-frame layer norm
 
 
+FEW_OUTPUTS = 4  # output channels up to which ``_conv3d_by_taps`` runs a CPU inference convolution
+
+
 def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
     """conv3d with symmetric ``padding`` (t, h, w). On CPU, oneDNN directly: PyTorch's dispatcher sends batch-1
     inputs with few channels x frames to a slow reference kernel (2x slower, measured), most of a small VAE."""
@@ -53,9 +56,6 @@ def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, st
             and not torch.compiler.is_compiling()):
         return torch.mkldnn_convolution(x, weight, bias, list(padding), list(stride), [1, 1, 1], 1)
     return F.conv3d(x, weight, bias, stride, padding)
-
-
-FEW_OUTPUTS = 4  # output channels up to which ``_conv3d_by_taps`` runs a CPU inference convolution
 
 
 def _conv3d_by_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
