@@ -245,6 +245,39 @@ def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_d
     assert main(["eval", "world", "--ground-truth", "--shift", "3", "--n", "1"]) == 2
 
 
+def test_eval_world_with_the_step_cache_reports_what_it_reused(tiny_model_dir, tmp_path, one_thread):
+    import json
+
+    from kinema.cli import main
+
+    out = tmp_path / "world.json"
+    # a threshold no change reaches: every evaluation after a row's first reuses its cache
+    assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "3", "--cache-threshold",
+                 "1e9", "--json", str(out)]) == 0
+    sampling = json.loads(out.read_text())["sampling"]
+    # 5 videos x 3 steps x 2 rows (guided: conditional and unconditional), the first of each row's runs in full
+    assert (sampling["cache_threshold"], sampling["cache_evaluations"], sampling["cache_reused"]) == (1e9, 30, 20)
+    assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--cache-threshold",
+                 "0", "--json", str(out)]) == 0
+    assert "cache_threshold" not in json.loads(out.read_text())["sampling"]  # 0 is off, as for generate
+    assert main(["eval", "world", "--cache-threshold", "-0.5", "--n", "1"]) == 2  # refused before any model loads
+    assert main(["eval", "world", "--ground-truth", "--cache-threshold", "0.1", "--n", "1"]) == 2
+
+
+def test_eval_tasks_with_the_step_cache_leaves_the_loops_uncached(tiny_model_dir, tmp_path, one_thread):
+    import json
+
+    from kinema.cli import main
+
+    out = tmp_path / "tasks.json"
+    assert main(["eval", "tasks", "--model", str(tiny_model_dir), "--n", "1", "--steps", "2", "--cache-threshold",
+                 "1e9", "--json", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    # one case: image-to-video, the prompt alone, extend forwards and backwards (4 runs x 2 steps x 2 rows,
+    # one of each row's 2 reused); its two loops are sampled as cycles, which the cache does not serve
+    assert (settings["cache_evaluations"], settings["cache_reused"]) == (16, 8)
+
+
 def test_eval_samples_with_the_models_student_unless_told_not_to(tiny_model_dir, tmp_path, one_thread, monkeypatch):
     import json
     import shutil

@@ -7,7 +7,11 @@ from . import CLIError
 
 def add_parser(sub) -> None:
     """The ``train`` and ``eval`` commands."""
-    t = sub.add_parser("train", help="train or fine-tune (python or torchrun)")
+    t = sub.add_parser("train", help="train or fine-tune (python or torchrun)",
+                       epilog="Any config field can be overridden after the config file as --section.key value "
+                              "(or --key value at the top level), e.g. --optim.lr 1e-4 --max_steps 2000 "
+                              "--init_from MODEL --vae_from MODEL --stop_after_minutes 30; an unknown key is refused "
+                              "with the accepted ones. See configs/*.toml for the fields.")
     t.add_argument("config", help="training config file (configs/*.toml)")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.set_defaults(func=cmd_train, takes_extra=True)
@@ -26,6 +30,9 @@ def add_parser(sub) -> None:
                         "1: from pure noise)")
     e.add_argument("--no-student", action="store_true",
                    help="sample with the teacher even when the model has a few-step student for --steps")
+    e.add_argument("--cache-threshold", type=float, metavar="T",
+                   help="the step cache, as `kinema generate --cache-threshold` (default 0: off); the report "
+                        "says how many of the DiT's row evaluations it reused")
     e.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32",
                    help="sampling precision (default fp32, so scores do not depend on the CPU; bf16 falls back to "
                         "fp32 with a warning where the CPU would emulate it; auto: as `kinema generate`)")

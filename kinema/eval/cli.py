@@ -58,7 +58,7 @@ def run_eval(args) -> int:
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
     for flag, given in (("--guidance", args.guidance is not None), ("--shift", args.shift is not None),
-                        ("--no-student", args.no_student),
+                        ("--no-student", args.no_student), ("--cache-threshold", args.cache_threshold is not None),
                         ("--dtype", args.dtype != "fp32")):
         if given and (args.ground_truth or args.reconstruct):
             raise EvalArgumentError(f"{flag} applies to generated videos, not to --ground-truth or --reconstruct")
@@ -77,12 +77,13 @@ def run_eval(args) -> int:
             generate, label = _round_trip(generate, args.model), f"{args.model or 'bundled model'} VAE reconstructions"
     else:
         from ..infer import Pipeline
+        threshold = _cache_threshold(args)
         pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
         steps, guidance, shift = args.steps, args.guidance, args.shift
 
         def generate(prompt: str, seed: int):
             return pipe.generate(prompt, width=width, height=height, frames=frames, fps=fps, steps=steps,
-                                 guidance=guidance, shift=shift, seed=seed).frames
+                                 guidance=guidance, shift=shift, seed=seed, cache_threshold=threshold).frames
         label = args.model or "bundled model"
         defaults = pipe.cfg.sampling
         sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance,
@@ -93,10 +94,11 @@ def run_eval(args) -> int:
                             seed=args.seed)
     report["model"] = label
     if sampling is not None:
-        report["sampling"] = sampling
+        report["sampling"] = {**sampling, **_cache_report(pipe, threshold)}
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"world benchmark: {label}, {args.n} prompts per row, {report['seconds']} s")
     print(format_table(report["table"]))
+    _print_cache(report.get("sampling") or {})
     _save(report, args.json)
     return 0
 
@@ -112,18 +114,46 @@ def _run_tasks(args) -> int:
 
     motion = MOTION_STRENGTH if args.motion_strength is None else check_motion_strength(args.motion_strength,
                                                                                         "--motion-strength")
+    threshold = _cache_threshold(args)
     t = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
-                            motion_strength=motion)
+                            motion_strength=motion, cache_threshold=threshold)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["settings"]["dtype"] = dtype_name(pipe.dtype)
+    report["settings"].update(_cache_report(pipe, threshold))
     report["model"] = args.model or "bundled model"
     report["seconds"] = round(time.perf_counter() - t, 1)
     print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")
     print(format_report(report))
+    _print_cache(report["settings"])
     _save(report, args.json)
     return 0
+
+
+def _cache_threshold(args) -> float | None:
+    """``--cache-threshold``, checked before any model loads (None: not given, the sampling default)."""
+    if args.cache_threshold is None:
+        return None
+    from ..infer.step_cache import check_threshold
+    try:
+        return check_threshold(args.cache_threshold)
+    except ValueError as e:
+        raise EvalArgumentError(f"--cache-threshold: {e}") from None
+
+
+def _cache_report(pipe, threshold: float | None) -> dict:
+    """The step cache's settings and what it reused over the whole benchmark (empty when it was off)."""
+    if not threshold:
+        return {}
+    totals = pipe.cache_totals
+    return {"cache_threshold": threshold, "cache_reused": totals.reused, "cache_evaluations": totals.full + totals.reused}
+
+
+def _print_cache(settings: dict) -> None:
+    if "cache_reused" in settings:
+        print(f"step cache (threshold {settings['cache_threshold']:g}): reused {settings['cache_reused']} of "
+              f"{settings['cache_evaluations']} row evaluations of the DiT")
 
 
 def _samples_with_student(pipe, steps: int | None) -> bool:

@@ -98,9 +98,10 @@ def task_cases(n: int, width: int, height: int, frames: int, fps: float, seed: i
 
 def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0,
                    guidance: float | None = None, shift: float | None = None,
-                   motion_strength: float | None = None) -> dict:
+                   motion_strength: float | None = None, cache_threshold: float | None = None) -> dict:
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report.
-    ``motion_strength``: the extensions' (``tasks.extend``; None: its default)."""
+    ``motion_strength``: the extensions' (``tasks.extend``; None: its default); ``cache_threshold``: the step
+    cache's for every sampling but the loops' (sampled as a cycle, which the cache does not serve)."""
     from kinema.common.video import from_model, to_model
     from kinema.infer import tasks
     from kinema.tasks.fit import FIT_STEPS
@@ -114,7 +115,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     before = grid_count(extend_seconds * s.fps, tf, offset=1, minimum=1)  # ... and backwards
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after, before)
     i2v, i2v_moves, t2v_moves, ceiling, extended, backwards, joins, loops, image_loops = ([] for _ in range(9))
-    asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift)) if v is not None}
+    asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift),
+                               ("cache_threshold", cache_threshold)) if v is not None}
     for i, (prompt, clip, move, _, _) in enumerate(cases):
         settings = {"seed": seed + i, **asked}
         image = clip[0]
