@@ -292,6 +292,15 @@ def test_missing_source_and_bad_kind(tmp_path):
         convert_checkpoint(tmp_path, tmp_path / "out", kind="transformer")
 
 
+def test_a_pth_that_is_not_a_checkpoint_is_named(tmp_path):
+    for name, data in (("text.pth", b"bogus text"), ("empty.pth", b""), ("cut.pth", b"\x80\x02}q\x00(X")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConversionError, match=f"cannot read .*{name} as a torch checkpoint: it is truncated or "
+                                                  r"not one \(\w+"):
+            convert_checkpoint(tmp_path / name, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_keys_are_listed(tmp_path, dit_pair):
     _, orig, _ = dit_pair
     bad = {**orig, "blocks.0.self_attn.lora_A.weight": torch.zeros(2), "vace_blocks.0.after_proj.bias": torch.zeros(2)}

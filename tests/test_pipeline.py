@@ -95,11 +95,88 @@ def test_cli_png_for_a_single_frame(tiny_model_dir, tmp_path):
     (["--steps", "-3"], "steps must be"),
     (["--sampler", "nope"], "unknown sampler"),
     (["-o", "x.avi"], "accepted: .mp4"),
+    (["--device", "tpu9"], "'tpu9' is not a device; accepted: cpu, cuda"),
 ])
 def test_cli_bad_input_exits_2_with_message(tiny_model_dir, tmp_path, capsys, args, match):
     code = main(["generate", "a ball", "--model", str(tiny_model_dir), *args])
     assert code == 2
     assert match in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--seconds", "nan"], "argument --seconds: must be a finite number of seconds > 0"),
+    (["--seconds", "inf"], "argument --seconds: must be a finite number of seconds > 0"),
+    (["--long", "0"], "argument --long: must be a finite number of seconds > 0"),  # not taken for "no --long"
+    (["--threads", "0"], "argument --threads: must be a whole number of threads >= 1"),
+])
+def test_cli_flag_values_are_checked_as_they_are_parsed(tiny_model_dir, capsys, args, match):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "a ball", "--model", str(tiny_model_dir), *args])
+    assert exit_.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_cli_output_paths_are_checked_before_any_work(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+
+    def refused(out):
+        assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--steps", "1", "-q", "-o", out]) == 2
+        return capsys.readouterr().err
+
+    assert "afile is a file, not a folder" in refused(str(blocker / "x.mp4"))
+    assert "into " + str(blocker) + ": it is a file" in refused(str(blocker))  # a folder of frames where a file is
+    (tmp_path / "adir.mp4").mkdir()
+    assert "it is a folder" in refused(str(tmp_path / "adir.mp4"))
+    assert blocker.read_text() == "mine" and not list((tmp_path / "adir.mp4").iterdir())
+
+    def no_write(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    with monkeypatch.context() as m:  # a folder the user cannot write to (as root, only a real attempt can tell)
+        m.setattr(tempfile, "TemporaryFile", no_write)
+        assert "not writable (Permission denied)" in refused(str(tmp_path / "new" / "x.mp4"))
+    assert not (tmp_path / "new").exists()  # nothing created on the way to a refusal
+    # a trailing '/' is a folder of PNG frames whatever the name looks like
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--steps", "1", "--frames", "5", "-q",
+                 "-o", str(tmp_path / "run.v2") + "/"]) == 0
+    assert sorted(p.name for p in (tmp_path / "run.v2").iterdir())[:2] == ["frame_00000.png", "frame_00001.png"]
+
+
+def test_cli_sigterm_leaves_no_temporary_file(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from kinema.common.io import atomic_path
+    from kinema.infer.pipeline import Video
+
+    def killed_while_writing(self, path):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a video")
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill`, `timeout` or `docker stop` would, mid-write
+    monkeypatch.setattr(Video, "save", killed_while_writing)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--steps", "1", "-q", "-o", str(out)]) == 143
+    assert "terminated" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # neither the clip nor its temporary file
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+
+
+def test_cli_corrupt_lora_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "style.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--lora", f"{bad}:0.5", "-q",
+                 "-o", str(tmp_path / "x.mp4")]) == 2
+    assert f"--lora {bad}: cannot read {bad} as a safetensors LoRA file" in capsys.readouterr().err
+
+
+def test_video_save_refuses_a_png_of_several_frames(pipe, tmp_path):
+    video = pipe.generate("a ball", steps=1, frames=5)
+    with pytest.raises(ValueError, match="a .png holds one frame, got 5"):
+        video.save(tmp_path / "x.png")
     assert not list(tmp_path.iterdir())
 
 

@@ -165,16 +165,18 @@ def test_malformed_requests_get_4xx_in_openai_shape(server, key):
     text_file = {"input_reference": ("notes.txt", b"just some text, not an image", "text/plain")}
     boundary = {"Content-Type": "multipart/form-data; boundary=XYZ"}
     cases = [  # (what, method, path, body, headers, key, status, param)
-        ("bad size", "POST", "/v1/videos", *multipart({"prompt": "x", "size": "1280x720"}), key, 400, None),
-        ("bad seconds", "POST", "/v1/videos", *multipart({"prompt": "x", "seconds": "12"}), key, 400, None),
-        ("seconds not a number", "POST", "/v1/videos", *multipart({"prompt": "x", "seconds": "lots"}), key, 400, None),
+        ("bad size", "POST", "/v1/videos", *multipart({"prompt": "x", "size": "1280x720"}), key, 400, "size"),
+        ("bad seconds", "POST", "/v1/videos", *multipart({"prompt": "x", "seconds": "12"}), key, 400, "seconds"),
+        ("seconds not a number", "POST", "/v1/videos", *multipart({"prompt": "x", "seconds": "lots"}), key, 400,
+         "seconds"),
+        ("seed not a number", "POST", "/v1/videos", *multipart({"prompt": "x", "seed": "lucky"}), key, 400, "seed"),
         ("empty prompt", "POST", "/v1/videos", *multipart({"prompt": "   "}), key, 400, "prompt"),
         ("no prompt", "POST", "/v1/videos", *multipart({"size": "64x64"}), key, 400, "prompt"),
         ("100 kB prompt", "POST", "/v1/videos", *multipart({"prompt": "x" * 100_000}), key, 400, "prompt"),
         ("text file as image", "POST", "/v1/videos", *multipart({"prompt": "x"}, text_file), key, 400, "input_reference"),
         ("unknown model", "POST", "/v1/videos", *multipart({"prompt": "x", "model": "nope"}), key, 400, None),
         ("unknown field", "POST", "/v1/videos", *multipart({"prompt": "x", "colour": "red"}), key, 400, "colour"),
-        ("bad steps", "POST", "/v1/videos", *multipart({"prompt": "x", "steps": "100000"}), key, 400, None),
+        ("bad steps", "POST", "/v1/videos", *multipart({"prompt": "x", "steps": "100000"}), key, 400, "steps"),
         ("file in a text field", "POST", "/v1/videos", *multipart({}, {"prompt": ("p.txt", b"x", "text/plain")}),
          key, 400, "prompt"),
         ("broken multipart", "POST", "/v1/videos", b"--XYZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n"

@@ -102,6 +102,18 @@ def test_a_second_worker_cannot_take_the_same_name(worker):
         Worker(worker.cfg, worker.name)._take_name()
 
 
+def test_serve_refuses_a_bad_model_or_device_before_any_worker_starts(tmp_path, capsys, monkeypatch):
+    from kinema.serve.run import Supervisor
+    monkeypatch.setattr(Supervisor, "start", lambda self: pytest.fail("a worker was started"))
+    data = ["--no-auth", "--data", str(tmp_path / "data")]
+    assert cli.main(["serve", "--model", str(tmp_path / "missing"), *data]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["serve", "--sizes", "100x100", *data]) == 2
+    assert "positive multiples of 16" in capsys.readouterr().err
+    assert cli.main(["serve", "--device", "tpu9", *data]) == 2
+    assert "'tpu9' is not a device" in capsys.readouterr().err
+
+
 def test_cli_manages_keys(tmp_path, capsys):
     data = ["--data", str(tmp_path)]
     assert cli.main(["serve", "keys", "create", "--name", "alice", "--key-rate", "5", *data]) == 0
@@ -110,9 +122,12 @@ def test_cli_manages_keys(tmp_path, capsys):
     assert cli.main(["serve", "keys", "list", *data]) == 0
     listed = capsys.readouterr().out
     assert "name=alice" in listed and "rate/min=5" in listed and secret not in listed
+    assert cli.main(["serve", "keys", "create", "--name", "alice", *data]) == 2  # `revoke alice` would take both
+    assert "already named 'alice'" in capsys.readouterr().err
     assert cli.main(["serve", "keys", "revoke", "alice", *data]) == 0
     assert cli.main(["serve", "keys", "revoke", "alice", *data]) == 2  # nothing left to revoke
     assert "no live key" in capsys.readouterr().err
+    assert cli.main(["serve", "keys", "create", "--name", "alice", *data]) == 0  # the name is free again
 
 
 def test_cli_refuses_no_auth_off_loopback(tmp_path, capsys):

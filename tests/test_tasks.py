@@ -437,6 +437,7 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--edit", "{d}/broken.mp4", "--strength", "0.5"], "--edit: cannot decode"),
     (["--edit", "{d}/clip.mp4", "--strength", "0"], "strength must be in (0, 1]"),
     (["--keyframe", "5:{d}/key.png"], "outside the clip"),
+    (["--keyframe", "-1:{d}/key.png"], "keyframe time -1.0 s lies outside the clip"),  # a value, not a flag
     (["--image", "{d}/key.png", "--extend", "{d}/clip.mp4"], "choose one task"),
     (["--strength", "0.5"], "--strength goes with --edit"),
     (["--extend", "{d}/clip.mp4", "--frames", "17"], "--frames does not apply"),

@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
     warnings.formatwarning = lambda message, *args, **kwargs: f"kinema: warning: {message}\n"
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_join_dashed_values(list(sys.argv[1:] if argv is None else argv)))
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from ..config import ConfigError
     from ..infer import InputError
     from ..weights import WeightsError
+    restore = _exit_cleanly_on_sigterm(args.command)
     try:
         if getattr(args, "takes_extra", False):
             return args.func(args, extra)
@@ -58,6 +59,50 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, InputError, ConfigError, WeightsError, FileNotFoundError, _train_error()) as e:
         print(f"kinema {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system said no (a full disk, a folder that turned read-only, ...)
+        print(f"kinema {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"kinema {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"kinema {args.command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        restore()
+
+
+def _join_dashed_values(argv: list[str]) -> list[str]:
+    """``--keyframe -1:end.png`` as ``--keyframe=-1:end.png``: argparse takes a value that starts with '-' (and
+    is not a plain number) for a flag, and would say the flag lacks its argument instead of why -1 is refused."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--keyframe" and i + 1 < len(argv) and argv[i + 1].startswith("-") and ":" in argv[i + 1]:
+            out.append(f"--keyframe={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+class _Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) raised in the main thread, so that every ``finally``
+    and ``atomic_path`` clean-up runs as for Ctrl-C: no half-written temporary file is left behind."""
+
+
+def _exit_cleanly_on_sigterm(command: str):
+    """Turn SIGTERM into ``_Terminated`` while a one-process command that writes the user's files runs
+    (``serve`` shuts down its own way; ``train`` and ``data`` fork workers that should keep the default), from
+    the main thread, where Python delivers signals; returns what puts the old handler back."""
+    import signal
+    import threading
+
+    if command not in ("generate", "convert", "eval") or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -6,9 +6,11 @@ Prompting with images and videos (--image, --extend, --long, ...) is ``tasks.py`
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,27 @@ def _size(text: str) -> tuple[int, int]:
     if not m:
         raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 128x128 or 192x112, got {text!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def seconds_arg(text: str) -> float:
+    """A duration flag's value: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of threads >= 1, got {text!r}")
+    return value
 
 
 def _lora(text: str) -> tuple[str, float]:
@@ -38,7 +61,7 @@ def add_parser(sub) -> None:
     g.add_argument("--negative", help="negative prompt (default: the model's)")
     n = g.add_mutually_exclusive_group()
     n.add_argument("--frames", type=int, help="frame count, 4k+1 (e.g. 17, 33, 81)")
-    n.add_argument("--seconds", type=float, help="duration; rounded to the nearest valid frame count")
+    n.add_argument("--seconds", type=seconds_arg, help="duration; rounded to the nearest valid frame count")
     g.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 16 (e.g. 128x128, 192x112)")
     g.add_argument("--fps", type=int)
     g.add_argument("--steps", type=int)
@@ -57,7 +80,7 @@ def add_parser(sub) -> None:
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="precision; auto (the default): bf16 where the device computes it natively (CUDA, or a CPU "
                         "with AVX-512 BF16 / AMX), else fp32")
-    g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    g.add_argument("--threads", type=_threads, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("--compile", action="store_true",
                    help="run the DiT and VAE decode through torch.compile: the first clip compiles (about a minute "
                         "on 2 CPU cores, seconds once cached), later ones in the process run about 1.2x faster; for "
@@ -124,13 +147,14 @@ def cmd_generate(args) -> int:
     settings = make_settings(cfg, prompt, negative_prompt=args.negative, width=width, height=height,
                              frames=frames, fps=args.fps, steps=args.steps, guidance=args.guidance, shift=args.shift,
                              sampler=args.sampler, seed=args.seed, cache_threshold=args.cache_threshold)
-    out = Path(args.output) if args.output else default_output(settings)
-    check_output(out)
-    if args.threads:
+    out = check_output(args.output if args.output else default_output(settings))
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     pipe = load_pipeline(args, model_path, cfg, settings, world, device)
     load_s = time.perf_counter() - t0
+    if rank == 0:
+        warn_student_ignores(args, pipe, settings)
     try:
         video = pipe.run(settings, progress=not args.quiet and rank == 0)
     except InputError:
@@ -162,14 +186,37 @@ def default_output(settings, ext: str = ".mp4") -> Path:
     return out
 
 
-def check_output(out: Path) -> None:
+def output_suffix(out: str) -> str:
+    """The lower-case extension of output ``out``; "" for a folder of PNG frames (a path ending in '/', or
+    without an extension), as ``write_video`` reads it."""
+    return "" if out.endswith(("/", os.sep)) or not Path(out).suffix else Path(out).suffix.lower()
+
+
+def check_output(out: str | os.PathLike) -> str:
+    """``out`` checked before any work starts: a format kinema writes, in a place it can write. Returned as the
+    string to save to (a trailing '/' kept: it makes a folder of PNG frames of any name)."""
+    raw = os.fspath(out)
     accepted = (".mp4", ".webm", ".gif", ".png")
-    if out.suffix and out.suffix.lower() not in accepted:
-        raise CLIError(f"output {out} has extension {out.suffix!r}; accepted: {', '.join(accepted)}, "
-                       f"or a folder path (no extension) for PNG frames")
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise CLIError(f"cannot write to {parent}: permission denied")
+    suffix = output_suffix(raw)
+    if suffix and suffix not in accepted:
+        raise CLIError(f"output {raw} has extension {suffix!r}; accepted: {', '.join(accepted)}, "
+                       f"or a folder path (ending in '/' or without extension) for PNG frames")
+    path = Path(raw)
+    if not suffix and path.exists() and not path.is_dir():
+        raise CLIError(f"cannot write PNG frames into {raw}: it is a file, not a folder")
+    if suffix and path.is_dir():
+        raise CLIError(f"cannot write {raw}: it is a folder")
+    where = path if not suffix else path.parent
+    while not where.exists() and where != where.parent:  # the nearest folder that exists: the rest is created
+        where = where.parent
+    if not where.is_dir():
+        raise CLIError(f"cannot write {raw}: {where} is a file, not a folder")
+    try:  # an unnamed scratch file (nothing is left behind): the only test that holds for root and odd mounts
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise CLIError(f"cannot write {raw}: {where} is not writable ({e.strerror or e})") from None
+    return raw
 
 
 # -- memory modes, prompt extension, several GPUs (issue 8) ----------------------------------------------------
@@ -184,9 +231,53 @@ def _relaunch_on_gpus(args) -> int | None:
     return subprocess.run(cmd).returncode
 
 
+def check_device(name: str, flag: str = "--device"):
+    """The torch.device ``name`` names, if this machine has it; CLIError naming what is accepted otherwise."""
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CLIError(f"{flag} {name!r} is not a device; accepted: cpu, cuda, cuda:N (a GPU), mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise CLIError(f"{flag} {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise CLIError(f"{flag} {name}: there are {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CLIError(f"{flag} {name}: this PyTorch sees no Apple GPU (MPS); use --device cpu")
+    elif dev.type != "cpu":
+        raise CLIError(f"{flag} {name!r} is not supported; accepted: cpu, cuda, cuda:N (a GPU), mps")
+    return dev
+
+
+def warn_student_ignores(args, pipe, settings) -> None:
+    """Say which of the flags given are not used when the model's few-step student samples the request."""
+    if args.quiet or not pipe.uses_student(settings):
+        return
+    ignored = [flag for flag, value in (("--guidance", args.guidance), ("--shift", args.shift),
+                                        ("--sampler", args.sampler), ("--negative", args.negative)) if value is not None]
+    if ignored:
+        print(f"kinema: warning: {', '.join(ignored)} not used: the model's {settings.steps}-step student samples "
+              f"with Euler, its guidance and negative prompt baked in (--no-student: the teacher)", file=sys.stderr)
+
+
+def check_loras(loras: list[tuple[str, float]]) -> None:
+    """Read every ``--lora`` file before the model loads (they are small): a missing, corrupt or non-LoRA file
+    is refused by name instead of failing after the model is in memory."""
+    from ..train.lora import load_lora_state
+    for path, _ in loras:
+        try:
+            load_lora_state(path)
+        except (ValueError, OSError) as e:
+            raise CLIError(f"--lora {path}: {e}") from None
+
+
 def distributed(args):
     """(rank, world size, device): one process, or this rank's place under torchrun."""
     from ..infer.parallel import init_distributed
+    check_device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.gpus and world > 1 and args.gpus != world:
         raise CLIError(f"--gpus {args.gpus} but torchrun started {world} processes; drop --gpus under torchrun")
@@ -248,6 +339,7 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     note = memory.note_on(device)
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
+    check_loras(args.lora or [])
     pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
                                     student=not args.no_student, compile=args.compile)
     if layout is not None:

@@ -35,7 +35,8 @@ def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
                    help="no API keys (development; refused unless --host is loopback)", **d)
     p.add_argument("--lease-seconds", dest="lease_s", type=float, help="retry a job after its worker is silent this long (60)", **d)
     p.add_argument("--max-attempts", type=int, help="tries per job before it fails (3)", **d)
-    p.add_argument("--ttl-hours", dest="ttl_s", type=lambda h: float(h) * 3600, help="keep results this long (168)", **d)
+    p.add_argument("--ttl-hours", dest="ttl_s", type=lambda h: float(h) * 3600, metavar="HOURS",
+                   help="keep results this long (168)", **d)
     p.add_argument("--poll-ms", type=int, help="poll interval hinted to clients and used by idle workers (1000)", **d)
     p.add_argument("--rate", dest="rate_per_min", type=int, help="default videos per minute per key (30)", **d)
     p.add_argument("--queue", dest="max_queue", type=int, help="default unfinished videos per key (16)", **d)
@@ -47,7 +48,8 @@ def add_parser(sub) -> None:
                        description="kinema serve: API + workers; `serve api` / `serve worker` run one side; "
                                    "`serve keys create|list|revoke` manage API keys.")
     _serve_options(s, top=True)
-    roles = s.add_subparsers(dest="serve_role", metavar="ROLE")
+    roles = s.add_subparsers(dest="serve_role", metavar="[ROLE]",
+                             help="optional: without one, the API and its workers in one command")
     _serve_options(roles.add_parser("api", help="the HTTP API only"), top=False)
     w = roles.add_parser("worker", help="one worker only (any host that reaches the store and data folder)")
     _serve_options(w, top=False)
@@ -75,6 +77,8 @@ def cmd_serve(args) -> int:
     cfg = ServeConfig(**{k: tuple(v) if k == "models" else v for k, v in given.items()})
     role, action = args.serve_role, getattr(args, "keys_action", None)
     if role == "worker" or (role is None and cfg.workers > 0):
+        from .generate import check_device
+        check_device(cfg.device)  # before any worker starts: each would fail on it, and be restarted
         note = cfg.memory_plan().note_on(cfg.device)
         if note:
             print(f"note: {note}", file=sys.stderr)

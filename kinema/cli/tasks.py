@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from . import CLIError
-from .generate import check_output, default_output, distributed, finish_distributed, frames_for_seconds, load_pipeline
+from .generate import (check_output, default_output, distributed, finish_distributed, frames_for_seconds, load_pipeline,
+                       output_suffix, seconds_arg, warn_student_ignores)
 
 _TASK_FLAGS = {"extend": "--extend", "connect": "--connect", "edit": "--edit", "keyframe": "--keyframe",
                "long": "--long", "loop": "--loop", "image": "--image"}
@@ -52,7 +53,7 @@ def add_task_flags(g: argparse.ArgumentParser) -> None:
     t.add_argument("--strength", type=float, help="with --edit: in (0, 1]; how much is re-generated (default 0.6)")
     t.add_argument("--keyframe", action="append", type=_keyframe, metavar="T:PATH",
                    help="pin the image PATH at T seconds (repeatable)")
-    t.add_argument("--long", type=float, metavar="SECONDS", help="any length (60 and more): window by window "
+    t.add_argument("--long", type=seconds_arg, metavar="SECONDS", help="any length (60 and more): window by window "
                    "(--frames = window), streamed to -o .mp4/.webm in constant memory")
     t.add_argument("--prompts-file", metavar="FILE", help="with --long: timed prompts, one 'SECONDS PROMPT' per line "
                    "(first at 0), instead of the prompt argument")
@@ -67,7 +68,7 @@ def add_task_flags(g: argparse.ArgumentParser) -> None:
 
 def task_of(args) -> str:
     """The task the generate flags ask for: text, image, image-to-video, keyframes, extend, connect, loop, edit, long."""
-    given = [dest for dest in _TASK_FLAGS if getattr(args, dest, None)]
+    given = [dest for dest in _TASK_FLAGS if getattr(args, dest, None) not in (None, False, [])]
     if "loop" in given and "image" in given:
         given.remove("image")  # --loop --image: a loop that starts from the image
     if len(given) > 1:
@@ -90,7 +91,7 @@ def task_of(args) -> str:
                        (" (a loop carries nothing over: it is sampled as a cycle)" if "loop" in given else ""))
     if given:
         return {"image": "image-to-video", "keyframe": "keyframes"}.get(given[0], given[0])
-    is_png = bool(args.output) and Path(args.output).suffix.lower() == ".png"
+    is_png = bool(args.output) and output_suffix(args.output) == ".png"
     return "image" if is_png or args.frames == 1 else "text"
 
 
@@ -131,11 +132,10 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
                      guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
                      cache_threshold=args.cache_threshold)
     settings = make_settings(cfg, first_prompt, frames=None if sets_length else frames, **overrides)
-    out = Path(args.output) if args.output else default_output(settings, ".png" if task == "image" else ".mp4")
-    check_output(out)
-    if task == "long" and out.suffix.lower() not in long_mod.STREAM_FORMATS:
+    out = check_output(args.output if args.output else default_output(settings, ".png" if task == "image" else ".mp4"))
+    if task == "long" and output_suffix(out) not in long_mod.STREAM_FORMATS:
         raise CLIError(f"--long streams to .mp4 or .webm, got {out}")
-    if task != "image" and out.suffix.lower() == ".png":
+    if task != "image" and output_suffix(out) == ".png":
         raise CLIError(f"a .png holds one frame; write {task} to .mp4, .webm, .gif or a folder")
 
     inputs = _task_inputs(args, task, settings, cfg)  # every input read and checked before the model loads
@@ -152,16 +152,18 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
     if task == "long" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CLIError("--long streams its output from one process; run it without --gpus / torchrun")
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     rank, world, device = distributed(args)
     t0 = time.perf_counter()
     pipe = load_pipeline(args, model_path, cfg, settings, world, device)
     load_s = time.perf_counter() - t0
+    if rank == 0:
+        warn_student_ignores(args, pipe, settings)
     kw = {k: v for k, v in overrides.items() if v is not None}
     progress = not args.quiet and rank == 0
     if task == "long":
-        result = long_mod.long_video(pipe, prompts, output=out, progress=progress, frames=frames, **inputs, **kw)
+        result = long_mod.long_video(pipe, prompts, output=Path(out), progress=progress, frames=frames, **inputs, **kw)
         if not args.quiet:
             print(f"wrote {out}  ({result.frames} frames, {result.seconds:.1f} s in {result.windows} windows; "
                   f"load {load_s:.2f}s, generate {result.timings['total']:.2f}s)")
@@ -186,7 +188,8 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
         return 0
     video.save(out)
     if task == "connect":
-        side = out.with_name(f"{out.stem}-transition{out.suffix}")
+        side = (out.rstrip("/" + os.sep) + "-transition/" if not output_suffix(out) else
+                str(Path(out).with_name(f"{Path(out).stem}-transition{Path(out).suffix}")))
         result[0].save(side)
     if not args.quiet:
         print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "

@@ -28,7 +28,7 @@ from ..tasks import Condition, conditioned_velocity, cyclic_velocity
 from ..vae import VAE
 from ..weights.student import StudentInfo, load_student
 from .offload import MemoryPlan, apply_memory_plan
-from .step_cache import check_threshold, step_cache
+from .step_cache import CacheStats, check_threshold, step_cache
 from .tiling import decode_tiled
 
 # Latent frames a loop is decoded after (itself, continued backwards): the causal decoder's frames depend on the
@@ -38,7 +38,12 @@ LOOP_WARMUP = 16
 
 
 class InputError(ValueError):
-    """A generation request is invalid; the message names the value and what is accepted."""
+    """A generation request is invalid; the message names the value and what is accepted. ``param``: the
+    request field it came from, where there is one (the HTTP API's error reports it)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -83,10 +88,10 @@ class Video:
                 "settings": json.dumps(s), "software": "kinema", **self.notes}
 
     def save(self, path: str | Path) -> Path:
-        """Write the clip (format by extension: .mp4 .webm .gif .png, or a folder of PNGs) atomically."""
+        """Write the clip (format by extension: .mp4 .webm .gif, .png for a one-frame clip, or a folder of PNGs:
+        a path ending in '/' or without extension) atomically; ValueError for a .png of several frames."""
         from ..common.video_write import write_video
-        frames = self.frames[:1] if str(path).lower().endswith(".png") else self.frames
-        write_video(path, frames, self.fps, metadata=self.metadata())
+        write_video(path, self.frames, self.fps, metadata=self.metadata())
         return Path(path)
 
 
@@ -157,6 +162,7 @@ class Pipeline:
         self.offloader = None  # set by offload.apply_memory_plan
         self.student: tuple[DiT, StudentInfo] | None = None  # few-step student, used when a request's steps match
         self.cache_stats = None  # the step cache's CacheStats from the last sample(), None when it was off
+        self.cache_totals = CacheStats()  # ... added up over every sample() that ran one
         self.compiled = False  # compile(): the DiT(s) and the VAE decode run through torch.compile
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -317,6 +323,9 @@ class Pipeline:
               step_cache(self.dit if student is None else student[0], threshold) as cache):  # fresh per run
             x = get_sampler(s.sampler if student is None else "euler")(velocity, x, ts.to(self.device), callback=step_cb)
         self.cache_stats = None if cache is None else cache.stats
+        if cache is not None:
+            self.cache_totals.full += cache.stats.full
+            self.cache_totals.reused += cache.stats.reused
         return x if condition is None else condition.apply(x)
 
     @torch.inference_mode()

@@ -308,7 +308,8 @@ class VideosAPI:
         except TypeError as e:
             raise InputError(str(e)) from None
         if settings["steps"] > self.cfg.max_steps:
-            raise InputError(f"steps must be in [1, {self.cfg.max_steps}] on this server, got {settings['steps']}")
+            raise InputError(f"steps must be in [1, {self.cfg.max_steps}] on this server, got {settings['steps']}",
+                             param="steps")
 
     # -- page and health -----------------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
@@ -354,7 +355,7 @@ async def _input_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, UploadError):
         return error_response(400, str(exc), param="input_reference" if "image" in str(exc) else "video",
                               code="invalid_file")
-    return error_response(400, str(exc), code="invalid_value")
+    return error_response(400, str(exc), param=getattr(exc, "param", None), code="invalid_value")
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -92,17 +92,18 @@ class ModelSpec:
         """(validated Settings, size, seconds) for a request; InputError names the bad value and what is accepted."""
         size = self.default_size if size in (None, "") else size.strip()
         if size not in self.sizes:
-            raise InputError(f"size {size!r} is not offered by model {self.name!r}; accepted: {', '.join(self.sizes)}")
+            raise InputError(f"size {size!r} is not offered by model {self.name!r}; accepted: {', '.join(self.sizes)}",
+                             param="size")
         seconds = self.default_seconds if seconds in (None, "") else str(seconds).strip()
         if seconds not in self.seconds:
             raise InputError(f"seconds {seconds!r} is not offered by model {self.name!r}; accepted: "
-                             f"{', '.join(self.seconds)}")
+                             f"{', '.join(self.seconds)}", param="seconds")
         width, height = (int(v) for v in size.split("x"))
         fps = self.cfg.sampling.fps
         frames = frames_for_seconds(float(seconds), fps, self.cfg.vae.temporal_factor)
         steps = extras.get("steps")
         if steps is not None and not 1 <= steps <= max_steps:
-            raise InputError(f"steps must be in [1, {max_steps}] on this server, got {steps}")
+            raise InputError(f"steps must be in [1, {max_steps}] on this server, got {steps}", param="steps")
         return make_settings(self.cfg, prompt, width=width, height=height, frames=frames, fps=fps, **extras), size, seconds
 
 
@@ -119,9 +120,10 @@ def parse_extras(fields: dict[str, str]) -> dict:
         try:
             value = kind(raw)
         except (TypeError, ValueError):
-            raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+            raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}",
+                             param=name) from None
         if kind is float and not math.isfinite(value):
-            raise InputError(f"{name} must be a finite number, got {raw!r}")
+            raise InputError(f"{name} must be a finite number, got {raw!r}", param=name)
         out[name] = value
     return out
 

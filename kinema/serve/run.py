@@ -32,14 +32,15 @@ def prepare(cfg: ServeConfig) -> JobStore:
     return JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
 
 
-def serve_api(cfg: ServeConfig) -> int:
-    """Run the HTTP API until SIGINT / SIGTERM (no workers: run those with ``serve_worker``)."""
+def serve_api(cfg: ServeConfig, catalog: dict | None = None) -> int:
+    """Run the HTTP API until SIGINT / SIGTERM (no workers: run those with ``serve_worker``). ``catalog``: the
+    models' specs, when the caller already read them."""
     import uvicorn
 
     from .api import create_app
     _logging()
     store = prepare(cfg)
-    app = create_app(cfg, store=store)
+    app = create_app(cfg, store=store, catalog=catalog)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5, server_header=False))
     # uvicorn re-raises the signal that stopped it; a no-op handler lets the caller shut workers down after.
@@ -130,12 +131,14 @@ class Supervisor:
 
 def serve_all(cfg: ServeConfig) -> int:
     """The API and ``cfg.workers`` workers (the default ``kinema serve``)."""
+    from .catalog import load_catalog
     _logging()
-    prepare(cfg)
+    catalog = load_catalog(cfg.models, cfg.sizes, cfg.seconds)  # a bad model, size or length: refused before any
+    prepare(cfg)                                                 # worker starts (each would say it again)
     supervisor = Supervisor(cfg)
     supervisor.start()
     try:
-        return serve_api(cfg)
+        return serve_api(cfg, catalog)
     finally:
         supervisor.stop()
 
@@ -143,8 +146,13 @@ def serve_all(cfg: ServeConfig) -> int:
 # -- keys ----------------------------------------------------------------------------------------------------
 
 def create_key(cfg: ServeConfig, name: str, rate_per_min: int | None = None, max_queue: int | None = None) -> str:
-    """Make a key; returns the secret (printed once, stored only as a hash)."""
-    _, secret = prepare(cfg).add_key(name, rate_per_min, max_queue)
+    """Make a key; returns the secret (printed once, stored only as a hash). A name a live key already has is
+    refused: ``keys revoke NAME`` would revoke both."""
+    from ..config import ConfigError
+    store = prepare(cfg)
+    if any(k.name == name and not k.revoked_at for k in store.keys()):
+        raise ConfigError(f"a live key is already named {name!r}; choose another name (or revoke it first)")
+    _, secret = store.add_key(name, rate_per_min, max_queue)
     return secret
 
 

@@ -206,8 +206,11 @@ def load_lora_state(path: str | Path) -> dict[str, dict[str, torch.Tensor | floa
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors' own error type: a truncated, corrupt or non-safetensors file
+        raise ValueError(f"cannot read {path} as a safetensors LoRA file ({e})") from None
     modules: dict[str, dict] = {}
     unknown = []
     for key, t in tensors.items():

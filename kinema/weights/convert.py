@@ -195,8 +195,9 @@ def _load_torch(path: Path) -> Mapping[str, torch.Tensor]:
         raise ConversionError(f"refusing {path}: it is not a plain tensor checkpoint, and loading it would need "
                               f"unpickling arbitrary objects, which can execute code ({str(e).splitlines()[0]}). "
                               f"Re-save its state dict as safetensors where you trust the file.") from e
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as e:
-        raise ConversionError(f"cannot read {path} as a torch checkpoint: {e}") from e
+    except Exception as e:  # garbage makes the tensor-only unpickler fail any which way (KeyError, IndexError, ...)
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__  # a bare KeyError says only '105'
+        raise ConversionError(f"cannot read {path} as a torch checkpoint: it is truncated or not one ({detail})") from e
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)] if isinstance(state, Mapping) else ["<root>"]
