@@ -219,3 +219,24 @@ def test_bf16_on_a_cpu_without_it_falls_back_with_a_message(tiny_model_dir, monk
     assert usable_dtype("cpu", torch.bfloat16) == torch.bfloat16
     with pytest.warns(UserWarning, match="float16 requested"):  # AVX-512 BF16 alone does not make fp16 native
         assert usable_dtype("cpu", torch.float16) == torch.float32
+
+
+def test_the_cli_says_which_flags_the_student_does_not_use(capsys):
+    from types import SimpleNamespace
+
+    from kinema.cli.generate import warn_student_ignores
+
+    class Pipe:
+        def __init__(self, student):
+            self.student = student
+
+        def uses_student(self, settings):
+            return self.student
+
+    args = SimpleNamespace(quiet=False, guidance=7.0, shift=None, sampler="heun", negative=None)
+    settings = SimpleNamespace(steps=4)
+    warn_student_ignores(args, Pipe(True), settings)
+    err = capsys.readouterr().err
+    assert "--guidance, --sampler not used: the model's 4-step student" in err and "--shift" not in err
+    warn_student_ignores(args, Pipe(False), settings)  # the teacher samples: every flag is used
+    assert not capsys.readouterr().err

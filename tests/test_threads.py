@@ -56,3 +56,4 @@ def test_the_cli_runs_on_fewer_threads_beside_a_busy_process(monkeypatch, capsys
         assert torch.get_num_threads() == 2 and not capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
