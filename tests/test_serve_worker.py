@@ -243,3 +243,14 @@ def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, 
         supervisor.stopping.set()
         supervisor.thread.join()
     assert supervisor.procs == {} and spawned == []
+
+
+def test_cpu_workers_share_the_cores_out(monkeypatch):
+    from kinema.common import threads
+    from kinema.serve.worker import worker_threads
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: list(range(8)))
+    assert worker_threads(None, 1, "cpu") is None  # one worker: PyTorch's own choice
+    assert worker_threads(None, 2, "cpu") == 4 and worker_threads(None, 3, "cpu") == 2
+    assert worker_threads(None, 16, "cpu") == 1
+    assert worker_threads(3, 2, "cpu") == 3  # --threads decides
+    assert worker_threads(None, 2, "cuda") is None  # GPU workers barely use the CPU's threads

@@ -17,7 +17,7 @@ def _stat(path, busy_ticks: int, cpus: list[int]) -> None:
 
 
 def test_busy_elsewhere_is_the_cpus_busy_time_less_the_processes_own(tmp_path, monkeypatch):
-    monkeypatch.setattr(threads, "_allowed_cpus", lambda: [0, 1])
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1])
     stat = tmp_path / "stat"
     tick = threads.os.sysconf("SC_CLK_TCK")
     _stat(stat, 0, [0, 1])
@@ -33,7 +33,7 @@ def test_busy_elsewhere_is_the_cpus_busy_time_less_the_processes_own(tmp_path, m
 
 
 def test_threads_beside_leaves_the_busy_cores(monkeypatch):
-    monkeypatch.setattr(threads, "_allowed_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2, 3])
     assert threads.threads_beside(None, 4) == 4  # unknown: as PyTorch chose
     assert threads.threads_beside(0.3, 4) == 4  # a little background work takes no thread
     assert threads.threads_beside(1.2, 4) == 3
@@ -44,7 +44,7 @@ def test_threads_beside_leaves_the_busy_cores(monkeypatch):
 def test_the_cli_runs_on_fewer_threads_beside_a_busy_process(monkeypatch, capsys):
     from kinema.cli import generate
 
-    monkeypatch.setattr(threads, "_allowed_cpus", lambda: [0, 1])
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -29,7 +29,7 @@ class _Mark:
     busy: float | None  # the allowed CPUs' busy seconds, None where unreadable
 
 
-def _allowed_cpus() -> list[int]:
+def allowed_cpus() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -58,7 +58,7 @@ def _busy_seconds(cpus: list[int], stat: str = "/proc/stat") -> float | None:
 def mark(stat: str = "/proc/stat") -> _Mark:
     """A point to measure other processes' CPU use from (see ``busy_elsewhere``)."""
     times = os.times()
-    return _Mark(time.monotonic(), times.user + times.system, _busy_seconds(_allowed_cpus(), stat))
+    return _Mark(time.monotonic(), times.user + times.system, _busy_seconds(allowed_cpus(), stat))
 
 
 def busy_elsewhere(since: _Mark, stat: str = "/proc/stat") -> float | None:
@@ -76,4 +76,4 @@ def threads_beside(others: float | None, threads: int) -> int:
     """``threads`` less one per core of ``others``' work (rounded; at least 1); unchanged when unknown."""
     if others is None or others < BUSY_ENOUGH:
         return threads
-    return max(1, min(threads, len(_allowed_cpus()) - round(others)))
+    return max(1, min(threads, len(allowed_cpus()) - round(others)))
