@@ -3,6 +3,7 @@ and the CLI."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -245,12 +246,15 @@ def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, 
     assert supervisor.procs == {} and spawned == []
 
 
-def test_cpu_workers_share_the_cores_out(monkeypatch):
-    from kinema.common import threads
-    from kinema.serve.worker import worker_threads
-    monkeypatch.setattr(threads, "allowed_cpus", lambda: list(range(8)))
-    assert worker_threads(None, 1, "cpu") is None  # one worker: PyTorch's own choice
-    assert worker_threads(None, 2, "cpu") == 4 and worker_threads(None, 3, "cpu") == 2
-    assert worker_threads(None, 16, "cpu") == 1
-    assert worker_threads(3, 2, "cpu") == 3  # --threads decides
-    assert worker_threads(None, 2, "cuda") is None  # GPU workers barely use the CPU's threads
+def test_several_cpu_workers_wait_passively(monkeypatch):
+    from kinema.serve import ServeConfig
+    from kinema.serve.run import cpu_workers_wait_passively
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.setenv(var, "")  # recorded first, so that whatever the code sets is undone after the test
+        monkeypatch.delenv(var)
+    assert not cpu_workers_wait_passively(ServeConfig(workers=1))  # alone on its cores: spinning is faster
+    assert not cpu_workers_wait_passively(ServeConfig(workers=2, device="cuda"))
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert cpu_workers_wait_passively(ServeConfig(workers=2)) and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
+    assert not cpu_workers_wait_passively(ServeConfig(workers=3)) and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

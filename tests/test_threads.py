@@ -1,17 +1,16 @@
-"""Threads left to other processes: /proc/stat read over an interval, less the process's own CPU time."""
+"""Other processes' CPU use: /proc/stat read over an interval, less the process's own CPU time."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-import torch
 
 from kinema.common import threads
 
 
 def _stat(path, busy_ticks: int, cpus: list[int]) -> None:
-    """A /proc/stat whose every allowed CPU has ``busy_ticks`` of user time (and 1000 idle)."""
+    """A /proc/stat whose every listed CPU has ``busy_ticks`` of user time (and 1000 idle)."""
     lines = ["cpu  0 0 0 0 0 0 0 0 0 0"] + [f"cpu{i} {busy_ticks} 0 0 1000 0 0 0 0 0 0" for i in cpus]
     path.write_text("\n".join(lines) + "\nintr 0\n")
 
@@ -32,28 +31,21 @@ def test_busy_elsewhere_is_the_cpus_busy_time_less_the_processes_own(tmp_path, m
     assert threads.busy_elsewhere(start, str(tmp_path / "absent")) is None
 
 
-def test_threads_beside_leaves_the_busy_cores(monkeypatch):
-    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2, 3])
-    assert threads.threads_beside(None, 4) == 4  # unknown: as PyTorch chose
-    assert threads.threads_beside(0.3, 4) == 4  # a little background work takes no thread
-    assert threads.threads_beside(1.2, 4) == 3
-    assert threads.threads_beside(2.0, 2) == 2  # never more than it had
-    assert threads.threads_beside(9.0, 4) == 1  # never fewer than one
+def test_passive_waiting_only_when_busy_and_only_before_torch_loads(monkeypatch):
+    import sys
 
-
-def test_the_cli_runs_on_fewer_threads_beside_a_busy_process(monkeypatch, capsys):
-    from kinema.cli import generate
-
-    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        generate._leave_busy_cores(1.0, quiet=False)
-        assert torch.get_num_threads() == 1
-        assert "about 1.0 of this process's CPU cores: running on 1 thread instead of 2" in capsys.readouterr().err
-        torch.set_num_threads(2)
-        generate._leave_busy_cores(0.1, quiet=False)  # an idle machine: nothing changes, nothing said
-        assert torch.get_num_threads() == 2 and not capsys.readouterr().err
-    finally:
-        torch.set_num_threads(before)
-
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.setenv(var, "")  # recorded first, so that whatever the code sets is undone after the test
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(sys, "platform", "linux")
+    modules = {k: v for k, v in sys.modules.items() if k != "torch"}
+    monkeypatch.setattr(sys, "modules", modules)  # as in a fresh `kinema generate`, before PyTorch loads
+    monkeypatch.setattr(threads, "busy_now", lambda window=0.1: 0.2)
+    assert threads.wait_passively_if_busy() is None and "OMP_WAIT_POLICY" not in threads.os.environ
+    monkeypatch.setattr(threads, "busy_now", lambda window=0.1: 1.0)
+    assert threads.wait_passively_if_busy() == 1.0 and threads.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice stands
+    assert threads.wait_passively_if_busy() is None and threads.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    modules["torch"] = object()  # too late: OpenMP has read its settings
+    assert threads.wait_passively_if_busy() is None and "OMP_WAIT_POLICY" not in threads.os.environ

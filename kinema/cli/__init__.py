@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "generate" and getattr(args, "threads", None) != 1:  # before PyTorch (and OpenMP) loads
+        from ..common.threads import wait_passively_if_busy
+        others = wait_passively_if_busy()
+        if others is not None and not args.quiet:
+            print(f"note: other processes keep about {others:.1f} of this machine's CPU cores busy: PyTorch's "
+                  "threads will wait for each other passively instead of spinning (OMP_WAIT_POLICY=PASSIVE; "
+                  "--threads 1, or fewer processes, is faster still)", file=sys.stderr)
     from ..config import ConfigError
     from ..infer import InputError
     from ..weights import WeightsError

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..common.threads import busy_elsewhere, mark, threads_beside
 from . import CLIError
 
 
@@ -341,26 +340,8 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     check_loras(args.lora or [])
-    start = mark()
     pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
                                     student=not args.no_student, compile=args.compile)
     if layout is not None:
         parallelize(pipe.dit, init_mesh(layout))
-    if device.type == "cpu" and args.threads is None and world == 1:
-        _leave_busy_cores(busy_elsewhere(start), args.quiet)
     return pipe
-
-
-def _leave_busy_cores(others: float | None, quiet: bool) -> None:
-    """Fewer threads where other processes kept some of the cores busy while the model loaded (measured,
-    ``kinema.common.threads``): PyTorch's threads would otherwise wait on those cores at every barrier."""
-    import torch
-    threads = torch.get_num_threads()
-    fewer = threads_beside(others, threads)
-    if fewer < threads:
-        torch.set_num_threads(fewer)
-        if not quiet:
-            print(f"note: other processes are using about {others:.1f} of this process's CPU cores: running on "
-                  f"{fewer} thread{'s' if fewer > 1 else ''} instead of {threads} (--threads N to choose)",
-                  file=sys.stderr)
-

@@ -27,8 +27,7 @@ def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
                    help="workers' memory mode, as `kinema generate --offload` (default none)", **d)
     p.add_argument("--quantize", choices=("none", "int8"),
                    help="int8: workers store DiT block weights in 8 bits, as `kinema generate --quantize`", **d)
-    p.add_argument("--threads", type=int, help="CPU threads per worker (default: on a CPU, its cores shared out "
-                   "among the workers)", **d)
+    p.add_argument("--threads", type=int, help="CPU threads per worker (default: PyTorch's choice)", **d)
     p.add_argument("--compile", action="store_const", const=True,
                    help="workers run the DiT and VAE decode through torch.compile (each new size compiles on "
                         "its first job; later jobs about 1.2x faster)", **d)

@@ -1,16 +1,19 @@
-"""How many CPU threads a command should use, given what else is running on its cores.
+"""Other processes on this process's CPU cores, and PyTorch's threads waiting politely beside them.
 
 PyTorch's CPU kernels run in OpenMP parallel regions, hundreds per sampling step, each ending at a barrier
-where every thread waits for the slowest. When another process keeps some of the cores busy, the thread
-that shares a core waits for its time slice at every barrier, and the others spin meanwhile. Against a second
-PyTorch process (an eval, a training run, another `kinema generate`) both spin, each stealing the other's
-time: measured on 2 cores with a 2-thread matmul loop beside it, the bundled model's clip took 48 s instead
-of 0.8 s, and 1.9 s on one thread. So a command measures, while its model loads, how much of its cores other
-processes used, and leaves those to them.
+where every thread waits for the slowest, spinning by default (GNU OpenMP's active wait). When another
+process keeps a core busy, the thread that shares it waits for its time slice at every barrier while the
+others spin; against a second PyTorch process (an eval, a training run, another `kinema generate`) both spin,
+each taking the other's time. Measured on 2 cores beside a 2-thread matmul loop: the bundled model's clip took
+48 s instead of 0.8 s. With ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) it took 1.4 s, and 1.8 s on one
+thread; but passive waiting costs an idle machine about 1.5x, so it is chosen only when the cores are busy.
+Fewer threads would also help, but a bf16 clip depends on the thread count (1 and 2 threads differ by up to
+56 levels of 255), and the same seed must give the same video: the wait policy leaves the work and its
+order as they were.
 
-The measure: the CPUs' busy time from ``/proc/stat`` (only the CPUs this process may run on) over the load,
-less this process's own CPU time over the same interval. Linux only; elsewhere, or when anything is unclear,
-the threads stay as PyTorch chose.
+The measure: the CPUs' busy time from ``/proc/stat`` (only the CPUs this process may run on) over an interval,
+less this process's own CPU time over it. Linux only; elsewhere, or when anything is unclear, nothing changes.
+OpenMP reads its policy once, when PyTorch loads: ``kinema generate`` measures for 0.1 s before that.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 
-BUSY_ENOUGH = 0.5  # cores' worth of other processes' work that takes a thread away
+BUSY_ENOUGH = 0.5  # cores' worth of other processes' work that makes PyTorch's threads wait passively
 
 
 @dataclass
@@ -72,8 +75,23 @@ def busy_elsewhere(since: _Mark, stat: str = "/proc/stat") -> float | None:
     return max(0.0, others / wall)
 
 
-def threads_beside(others: float | None, threads: int) -> int:
-    """``threads`` less one per core of ``others``' work (rounded; at least 1); unchanged when unknown."""
+def busy_now(window: float = 0.1, stat: str = "/proc/stat") -> float | None:
+    """Cores' worth of work other processes do on this process's CPUs, sampled over ``window`` seconds."""
+    start = mark(stat)
+    time.sleep(window)
+    return busy_elsewhere(start, stat)
+
+
+def wait_passively_if_busy(window: float = 0.1) -> float | None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep at least ``BUSY_ENOUGH`` of this process's
+    cores busy; returns how busy (None: left alone). Only before PyTorch loads (OpenMP reads the variable
+    then), on Linux, and when the user set no wait policy of their own."""
+    import sys
+    if "torch" in sys.modules or not sys.platform.startswith("linux") or \
+            any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+        return None
+    others = busy_now(window)
     if others is None or others < BUSY_ENOUGH:
-        return threads
-    return max(1, min(threads, len(allowed_cpus()) - round(others)))
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return others

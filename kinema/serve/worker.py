@@ -47,18 +47,6 @@ def worker_name(slot: int) -> str:
     return f"{host}-w{slot}"
 
 
-def worker_threads(threads: int | None, workers: int, device: str | None) -> int | None:
-    """CPU threads for one of ``workers`` worker processes: ``threads`` if set; on a CPU, the cores shared out
-    (PyTorch's threads in two processes on the same cores wait on each other at every barrier: tens of times
-    slower, ``kinema.common.threads``); None: PyTorch's choice."""
-    if threads:
-        return threads
-    if workers > 1 and (device or "cpu").startswith("cpu"):
-        from ..common.threads import allowed_cpus
-        return max(1, len(allowed_cpus()) // workers)
-    return None
-
-
 class Worker:
     """One worker: a job store handle, the models it has loaded, and its stop flag."""
 
@@ -79,10 +67,9 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stopping.set())
-        threads = worker_threads(self.cfg.threads, self.cfg.workers, self.cfg.device)
-        if threads is not None:
+        if self.cfg.threads:
             import torch
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.cfg.threads)
         requeued = self.store.recover(self.name)
         if requeued:
             log.warning("%s: requeued %d job(s) left running by its previous run", self.name, requeued)
