@@ -49,3 +49,21 @@ def test_passive_waiting_only_when_busy_and_only_before_torch_loads(monkeypatch)
     monkeypatch.delenv("OMP_WAIT_POLICY")
     modules["torch"] = object()  # too late: OpenMP has read its settings
     assert threads.wait_passively_if_busy() is None and "OMP_WAIT_POLICY" not in threads.os.environ
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_same_seed_gives_the_same_latents_on_any_thread_count(tiny_model_dir, dtype):
+    import torch
+
+    from kinema.infer import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_model_dir, dtype=dtype)
+    before, latents = torch.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            pipe._prompt_cache.clear()  # the text is encoded again on this thread count
+            latents[n] = pipe.generate("a red ball bounces on the floor", seed=5, steps=3).latents
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(latents[1], latents[2])

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         others = wait_passively_if_busy()
         if others is not None and not args.quiet:
             print(f"note: other processes keep about {others:.1f} of this machine's CPU cores busy: PyTorch's "
-                  "threads will wait for each other passively instead of spinning (OMP_WAIT_POLICY=PASSIVE; "
-                  "--threads 1, or fewer processes, is faster still)", file=sys.stderr)
+                  "threads will wait for each other passively instead of spinning (OMP_WAIT_POLICY=PASSIVE)",
+                  file=sys.stderr)
     from ..config import ConfigError
     from ..infer import InputError
     from ..weights import WeightsError

@@ -7,9 +7,6 @@ others spin; against a second PyTorch process (an eval, a training run, another 
 each taking the other's time. Measured on 2 cores beside a 2-thread matmul loop: the bundled model's clip took
 48 s instead of 0.8 s. With ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) it took 1.4 s, and 1.8 s on one
 thread; but passive waiting costs an idle machine about 1.5x, so it is chosen only when the cores are busy.
-Fewer threads would also help, but a bf16 clip depends on the thread count (1 and 2 threads differ by up to
-56 levels of 255), and the same seed must give the same video: the wait policy leaves the work and its
-order as they were.
 
 The measure: the CPUs' busy time from ``/proc/stat`` (only the CPUs this process may run on) over an interval,
 less this process's own CPU time over it. Linux only; elsewhere, or when anything is unclear, nothing changes.
@@ -18,6 +15,7 @@ OpenMP reads its policy once, when PyTorch loads: ``kinema generate`` measures f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -95,3 +93,21 @@ def wait_passively_if_busy(window: float = 0.1) -> float | None:
         return None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return others
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int, device):
+    """Run the block on ``n`` CPU threads (elsewhere, or already so: as it is). For a small computation whose
+    result must not depend on the machine's thread count: the MiniLM text encoder's fp32 matmuls round
+    differently on 1 and 2 threads (by ~1e-6), and a bf16 clip sampled from the two encodings differs by up to
+    56 levels of 255, where the DiT and the VAE give the same bits on any thread count."""
+    import torch
+    before = torch.get_num_threads()
+    if getattr(device, "type", str(device)) != "cpu" or before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -7,12 +7,14 @@ modulated output head), then initialisation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common.threads import fixed_threads
 from ..config import DiTConfig
 from ..nn import FP32LayerNorm, RMSNorm, apply_rope, attention, gelu_tanh, rope_3d, timestep_features
 from .patchify import patch_grid, patchify, unpatchify
@@ -257,7 +259,10 @@ class DiT(nn.Module):
             if timestep.shape[1] != latents.shape[2]:
                 raise ValueError(f"per-frame timestep has {timestep.shape[1]} frames, latents have {latents.shape[2]}")
             timestep = timestep[:, :: patch[0]]
-        temb, modulation, text = self.condition_embedder(timestep, text.to(w.dtype))
+        # a few rows of fp32 matmuls, whose rounding depends on the CPU thread count (MKL): on one thread, so that
+        # the same seed gives the same bf16 clip on any thread count (kinema.common.threads.fixed_threads)
+        with contextlib.nullcontext() if torch.compiler.is_compiling() else fixed_threads(1, latents.device):
+            temb, modulation, text = self.condition_embedder(timestep, text.to(w.dtype))
         image_context = None if image_tokens is None else self.condition_embedder.image_embedder(image_tokens.to(w.dtype))
         rope = self.rope(grid, x.device)
 

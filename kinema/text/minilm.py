@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from kinema.common.threads import fixed_threads
 from kinema.text.encoder import TextEncoder, check_prompts, pad_to_length, split_device_dtype
 
 
@@ -199,5 +200,6 @@ class MiniLMEncoder(TextEncoder):
             id_tensor[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = True
         id_tensor, mask = id_tensor.to(self.device), mask.to(self.device)
-        hidden = self._model(id_tensor, mask)  # (B, longest, 384)
+        with fixed_threads(1, self.device):  # the same encoding, hence the same bf16 video, on any thread count
+            hidden = self._model(id_tensor, mask)  # (B, longest, 384)
         return pad_to_length(hidden, mask, self.max_length)
