@@ -248,8 +248,9 @@ def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, 
 
 def test_several_cpu_workers_wait_passively(monkeypatch):
     from kinema.serve import ServeConfig
+    from kinema.common.threads import WAIT_POLICY_VARIABLES
     from kinema.serve.run import cpu_workers_wait_passively
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+    for var in WAIT_POLICY_VARIABLES:
         monkeypatch.setenv(var, "")  # recorded first, so that whatever the code sets is undone after the test
         monkeypatch.delenv(var)
     assert not cpu_workers_wait_passively(ServeConfig(workers=1))  # alone on its cores: spinning is faster

@@ -34,7 +34,7 @@ def test_busy_elsewhere_is_the_cpus_busy_time_less_the_processes_own(tmp_path, m
 def test_passive_waiting_only_when_busy_and_only_before_torch_loads(monkeypatch):
     import sys
 
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+    for var in threads.WAIT_POLICY_VARIABLES:
         monkeypatch.setenv(var, "")  # recorded first, so that whatever the code sets is undone after the test
         monkeypatch.delenv(var)
     monkeypatch.setattr(sys, "platform", "linux")

@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
     warnings.formatwarning = lambda message, *args, **kwargs: f"kinema: warning: {message}\n"
     parser = build_parser()
-    args, extra = parser.parse_known_args(_join_dashed_values(list(sys.argv[1:] if argv is None else argv)))
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `generate --gpus N`, relaunched under torchrun
+    given = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(_join_dashed_values(given))
+    args.argv = given  # for `generate --gpus N`, relaunched under torchrun
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "generate" and getattr(args, "threads", None) != 1:  # before PyTorch (and OpenMP) loads

@@ -80,13 +80,20 @@ def busy_now(window: float = 0.1, stat: str = "/proc/stat") -> float | None:
     return busy_elsewhere(start, stat)
 
 
+WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # the user's own say on waiting
+
+
+def user_chose_wait_policy() -> bool:
+    """Whether the environment already says how OpenMP threads wait (then kinema leaves it alone)."""
+    return any(k in os.environ for k in WAIT_POLICY_VARIABLES)
+
+
 def wait_passively_if_busy(window: float = 0.1) -> float | None:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep at least ``BUSY_ENOUGH`` of this process's
     cores busy; returns how busy (None: left alone). Only before PyTorch loads (OpenMP reads the variable
     then), on Linux, and when the user set no wait policy of their own."""
     import sys
-    if "torch" in sys.modules or not sys.platform.startswith("linux") or \
-            any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+    if "torch" in sys.modules or not sys.platform.startswith("linux") or user_chose_wait_policy():
         return None
     others = busy_now(window)
     if others is None or others < BUSY_ENOUGH:

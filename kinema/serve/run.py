@@ -8,8 +8,8 @@ the server stops taking requests, then each worker puts its current job back in 
 from __future__ import annotations
 
 import logging
-import os
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -77,8 +77,8 @@ def cpu_workers_wait_passively(cfg: ServeConfig) -> bool:
     loads), so that two busy workers' threads do not spin against each other at every barrier, which makes
     both tens of times slower (``kinema.common.threads``). The thread count stays PyTorch's (or ``--threads``),
     so a worker's clip is the CLI's at the same seed. Not where the user set a wait policy."""
-    if cfg.workers < 2 or not (cfg.device or "cpu").startswith("cpu") or \
-            any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+    from ..common.threads import user_chose_wait_policy
+    if cfg.workers < 2 or not (cfg.device or "cpu").startswith("cpu") or user_chose_wait_policy():
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
