@@ -167,9 +167,9 @@ class Server:
                  name: str = "server"):
         self.folder, self.model, self.db, self.port = folder, model, db, free_port()
         self.data = folder / "data"
-        self.common = ["--data", str(self.data), "--db", db, "--model", str(model), "--threads", "1",
-                       "--poll-ms", "100", *extra]
-        self.proc = Proc([*(role or []), "--port", str(self.port), *self.common], folder / f"{name}.log")
+        self.common = ["--data", str(self.data), "--db", db, "--model", str(model), "--poll-ms", "100", *extra]
+        threads = [] if role == ["api"] else ["--threads", "1"]  # `serve api` runs no model: it refuses --threads
+        self.proc = Proc([*(role or []), "--port", str(self.port), *self.common, *threads], folder / f"{name}.log")
         self.workers: list[Proc] = []
 
     @property
@@ -189,7 +189,7 @@ class Server:
 
     def start_worker(self, slot: int, extra: list[str] = ()) -> Proc:
         """A separate ``kinema serve worker`` on the same store and data folder."""
-        proc = Proc(["worker", "--slot", str(slot), *self.common, *extra], self.folder / f"worker{slot}-{len(self.workers)}.log")
+        proc = Proc(["worker", "--slot", str(slot), *self.common, "--threads", "1", *extra], self.folder / f"worker{slot}-{len(self.workers)}.log")
         self.workers.append(proc)
         return proc
 

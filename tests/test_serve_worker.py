@@ -189,6 +189,25 @@ def test_bad_memory_flags_are_refused_naming_the_value_and_the_choices(tmp_path,
         ServeConfig(**{flag[2:]: value})
 
 
+def test_each_role_takes_only_the_flags_it_reads(tmp_path, capsys):
+    """`serve api --device cuda` would be silently ignored (the API runs no model): refused, and not in its --help."""
+    for role, flag, value in (("api", "--device", "cuda"), ("api", "--threads", "2"), ("api", "--workers", "2"),
+                              ("worker", "--port", "9000"), ("worker", "--no-auth", None), ("keys list", "--model", "m")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["serve", *role.split(), flag, *([value] if value else []), "--data", str(tmp_path)])
+        assert exit_.value.code == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+    helps = {}
+    for role in ("api", "worker"):
+        with pytest.raises(SystemExit):
+            cli.main(["serve", role, "--help"])
+        helps[role] = capsys.readouterr().out
+    assert "--port" in helps["api"] and "--device" not in helps["api"] and "--threads" not in helps["api"]
+    assert "--device" in helps["worker"] and "--port" not in helps["worker"] and "--rate" not in helps["worker"]
+    for role in ("api", "worker"):
+        assert "--data" in helps[role] and "--model" in helps[role] and "--seconds" in helps[role]
+
+
 def test_a_worker_refuses_a_model_too_large_for_its_mode_naming_one_that_fits(worker, monkeypatch):
     monkeypatch.setattr(worker, "cfg", replace(worker.cfg, dtype="fp32"))  # auto: bf16 on some CPUs
     spec = worker.catalog["tiny"]

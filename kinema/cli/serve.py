@@ -8,38 +8,50 @@ import sys
 from . import CLIError
 
 
-def _serve_options(p: argparse.ArgumentParser, top: bool) -> None:
-    """The deployment flags, on ``serve`` and again on each role (there with no defaults, so either place works)."""
+API, WORKER, KEYS = "api", "worker", "keys"
+EVERY = (API, WORKER, KEYS)
+
+
+def _serve_options(p: argparse.ArgumentParser, top: bool, role: str | None = None) -> None:
+    """The deployment flags, on ``serve`` (all of them) and again on a role (only those it reads, with no defaults,
+    so either place works; a flag the role ignores, e.g. ``serve api --device``, is refused by argparse)."""
     d = {} if top else {"default": argparse.SUPPRESS}
     csv = lambda text: tuple(v.strip() for v in text.split(",") if v.strip())  # noqa: E731
-    p.add_argument("--data", dest="data_dir", help="data folder: results, uploads, SQLite store (default ~/.kinema/serve)", **d)
-    p.add_argument("--db", help="job store URL: sqlite:///PATH or postgresql://USER@HOST/DB (shared by several hosts)", **d)
-    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)", **d)
-    p.add_argument("--port", type=int, help="default 8000", **d)
-    p.add_argument("--model", dest="models", action="append", help="model folder to serve (repeatable; default: bundled)", **d)
-    p.add_argument("--sizes", type=csv, help="accepted sizes, e.g. 128x128,176x96 (default: from each model)", **d)
-    p.add_argument("--seconds", type=csv, help="accepted durations, e.g. 2,4 (default: from each model)", **d)
-    p.add_argument("--workers", type=int, help="worker processes started by `kinema serve` (default 1)", **d)
-    p.add_argument("--device", help="worker device, e.g. cuda (default cpu)", **d)
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="workers' precision (default auto: bf16 where the device has it natively, else fp32)", **d)
-    p.add_argument("--offload", choices=("none", "model", "block"),
-                   help="workers' memory mode, as `kinema generate --offload` (default none)", **d)
-    p.add_argument("--quantize", choices=("none", "int8"),
-                   help="int8: workers store DiT block weights in 8 bits, as `kinema generate --quantize`", **d)
-    p.add_argument("--threads", type=int, help="CPU threads per worker (default: PyTorch's choice)", **d)
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="workers run the DiT and VAE decode through torch.compile (each new size compiles on "
-                        "its first job; later jobs about 1.2x faster)", **d)
-    p.add_argument("--no-auth", dest="auth", action="store_const", const=False,
-                   help="no API keys (development; refused unless --host is loopback)", **d)
-    p.add_argument("--lease-seconds", dest="lease_s", type=float, help="retry a job after its worker is silent this long (60)", **d)
-    p.add_argument("--max-attempts", type=int, help="tries per job before it fails (3)", **d)
-    p.add_argument("--ttl-hours", dest="ttl_s", type=lambda h: float(h) * 3600, metavar="HOURS",
-                   help="keep results this long (168)", **d)
-    p.add_argument("--poll-ms", type=int, help="poll interval hinted to clients and used by idle workers (1000)", **d)
-    p.add_argument("--rate", dest="rate_per_min", type=int, help="default videos per minute per key (30)", **d)
-    p.add_argument("--queue", dest="max_queue", type=int, help="default unfinished videos per key (16)", **d)
+
+    def add(roles: tuple[str, ...], *flags: str, **kw) -> None:
+        if top or role in roles:
+            p.add_argument(*flags, **kw, **d)
+
+    add(EVERY, "--data", dest="data_dir", help="data folder: results, uploads, SQLite store (default ~/.kinema/serve)")
+    add(EVERY, "--db", help="job store URL: sqlite:///PATH or postgresql://USER@HOST/DB (shared by several hosts)")
+    add((API,), "--host", help="address to bind (default 127.0.0.1: this machine only)")
+    add((API,), "--port", type=int, help="default 8000")
+    add((API, WORKER), "--model", dest="models", action="append",
+        help="model folder to serve (repeatable; default: bundled)")
+    add((API, WORKER), "--sizes", type=csv, help="accepted sizes, e.g. 128x128,176x96 (default: from each model)")
+    add((API, WORKER), "--seconds", type=csv, help="accepted durations, e.g. 2,4 (default: from each model)")
+    add((), "--workers", type=int, help="worker processes started by `kinema serve` (default 1)")
+    add((WORKER,), "--device", help="worker device, e.g. cuda (default cpu)")
+    add((WORKER,), "--dtype", choices=("auto", "fp32", "bf16", "fp16"),
+        help="workers' precision (default auto: bf16 where the device has it natively, else fp32)")
+    add((WORKER,), "--offload", choices=("none", "model", "block"),
+        help="workers' memory mode, as `kinema generate --offload` (default none)")
+    add((WORKER,), "--quantize", choices=("none", "int8"),
+        help="int8: workers store DiT block weights in 8 bits, as `kinema generate --quantize`")
+    add((WORKER,), "--threads", type=int, help="CPU threads per worker (default: PyTorch's choice)")
+    add((WORKER,), "--compile", action="store_const", const=True,
+        help="workers run the DiT and VAE decode through torch.compile (each new size compiles on "
+             "its first job; later jobs about 1.2x faster)")
+    add((API,), "--no-auth", dest="auth", action="store_const", const=False,
+        help="no API keys (development; refused unless --host is loopback)")
+    add((API, WORKER), "--lease-seconds", dest="lease_s", type=float,
+        help="retry a job after its worker is silent this long (60)")
+    add((API, WORKER), "--max-attempts", type=int, help="tries per job before it fails (3)")
+    add((API, WORKER), "--ttl-hours", dest="ttl_s", type=lambda h: float(h) * 3600, metavar="HOURS",
+        help="keep results this long (168)")
+    add((API, WORKER), "--poll-ms", type=int, help="poll interval hinted to clients and used by idle workers (1000)")
+    add((API, KEYS), "--rate", dest="rate_per_min", type=int, help="default videos per minute per key (30)")
+    add((API, KEYS), "--queue", dest="max_queue", type=int, help="default unfinished videos per key (16)")
 
 
 def add_parser(sub) -> None:
@@ -50,9 +62,9 @@ def add_parser(sub) -> None:
     _serve_options(s, top=True)
     roles = s.add_subparsers(dest="serve_role", metavar="[ROLE]",
                              help="optional: without one, the API and its workers in one command")
-    _serve_options(roles.add_parser("api", help="the HTTP API only"), top=False)
+    _serve_options(roles.add_parser("api", help="the HTTP API only"), top=False, role=API)
     w = roles.add_parser("worker", help="one worker only (any host that reaches the store and data folder)")
-    _serve_options(w, top=False)
+    _serve_options(w, top=False, role=WORKER)
     w.add_argument("--slot", type=int, default=0, help="this worker's number on its host (distinct per process)")
     keys = roles.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_action", required=True,
                                                                            metavar="ACTION")
@@ -63,7 +75,7 @@ def add_parser(sub) -> None:
     kr = keys.add_parser("revoke", help="revoke a key by id or name")
     kr.add_argument("key")
     for k in (kc, kr, keys.add_parser("list", help="list keys (never their secrets)")):
-        _serve_options(k, top=False)
+        _serve_options(k, top=False, role=KEYS)
     s.set_defaults(func=cmd_serve)
 
 
