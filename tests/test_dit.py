@@ -237,3 +237,82 @@ def test_inference_normalises_and_rotates_q_and_k_in_one_fp32_pass(tmp_path):
     err = {k: (outs[torch.bfloat16, k] - exact).norm() / exact.norm() for k in ("fused", "two")}
     assert not torch.equal(outs[torch.bfloat16, "fused"], outs[torch.bfloat16, "two"])
     assert err["fused"] <= 1.1 * err["two"], err
+
+
+def test_bf16_ffn_fuses_the_gelu_into_the_matmul_where_onednn_has_bf16():
+    """On a CPU with native bf16 the FFN's first matmul applies the GELU to its fp32 accumulator (one rounding):
+    as near the fp32 answer as the two-call path or nearer; elsewhere, and with autograd or a LoRA-style
+    subclass of nn.Linear, the two calls run (bit for bit ``gelu_tanh(linear(x))``)."""
+    import torch.nn.functional as F
+
+    from kinema.nn import activation, gelu_tanh, linear_gelu_tanh
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 256)
+    x = torch.randn(2, 40, 64)
+    exact = F.gelu(lin(x), approximate="tanh").detach()
+    lin_b, xb = copy.deepcopy(lin).bfloat16(), x.bfloat16()
+    with torch.no_grad():
+        two_calls = gelu_tanh(lin_b(xb))
+        got = linear_gelu_tanh(xb, lin_b)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 40, 256)
+    err = {k: (v.float() - exact).norm() / exact.norm() for k, v in (("got", got), ("two", two_calls))}
+    assert err["got"] <= 1.05 * err["two"], err
+    if activation._onednn_bf16():
+        assert not torch.equal(got, two_calls)  # the fused kernel ran
+    y = linear_gelu_tanh(xb, lin_b)  # autograd on: the two calls (gelu_tanh's autograd form)
+    assert y.requires_grad and torch.equal(y.detach(), F.gelu(lin_b(xb), approximate="tanh"))
+
+    class Sub(torch.nn.Linear):
+        pass
+
+    sub = Sub(64, 256).bfloat16()
+    sub.load_state_dict(lin_b.state_dict())
+    with torch.no_grad():
+        assert torch.equal(linear_gelu_tanh(xb, sub), two_calls)
+        assert torch.equal(linear_gelu_tanh(x, lin), gelu_tanh(lin(x)))  # fp32: two calls (no gain fused)
+    activation._onednn_bf16.cache_clear()
+    real = torch.ops.mkldnn._is_mkldnn_bf16_supported
+    try:
+        torch.ops.mkldnn._is_mkldnn_bf16_supported = lambda: False  # a CPU without native bf16
+        with torch.no_grad():
+            assert torch.equal(linear_gelu_tanh(xb, lin_b), two_calls)
+    finally:
+        torch.ops.mkldnn._is_mkldnn_bf16_supported = real
+        activation._onednn_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reusing_text_embeds_and_projects_a_text_once_with_bit_identical_outputs(dtype):
+    """Inside ``reusing_text()`` a sampling loop's repeated text tensor is embedded once and its cross-attention
+    keys and values projected once per block; another tensor (even equal) is computed afresh; leaving the
+    context forgets everything; autograd never reuses."""
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(**TINY, patch_size=(1, 2, 2))).to_precision(dtype).eval()
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.2)
+    x, t, text = torch.randn(2, 4, 3, 8, 6).to(dtype), torch.tensor([500.0, 20.0]), torch.randn(2, 7, 16).to(dtype)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    calls = {"text": 0, "k": 0}
+    dit.condition_embedder.text_embedder.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
+    for block in dit.blocks:
+        block.attn2.to_k.register_forward_hook(lambda *a: calls.__setitem__("k", calls["k"] + 1))
+    n = len(dit.blocks)
+    with torch.no_grad():
+        plain = [dit(x, t * s, text, mask) for s in (1.0, 0.5)]
+        assert calls == {"text": 2, "k": 2 * n}
+        with dit.reusing_text():
+            reused = [dit(x, t * s, text, mask) for s in (1.0, 0.5)]
+            assert calls == {"text": 3, "k": 3 * n}  # once for both calls
+            other = dit(x, t, text.clone(), mask)  # an equal but different tensor: computed afresh
+            assert calls == {"text": 4, "k": 4 * n} and torch.equal(other, plain[0])
+        assert all(b.attn2.context_memo is None for b in dit.blocks) and dit._text_memo is None
+        dit(x, t, text, mask)
+        assert calls == {"text": 5, "k": 5 * n}
+    assert all(torch.equal(a, b) for a, b in zip(plain, reused))
+    with dit.reusing_text():
+        for _ in range(2):
+            dit(x, t, text, mask).sum().backward()  # training: recomputed on each call
+    assert calls == {"text": 7, "k": 7 * n}

@@ -262,12 +262,14 @@ class Pipeline:
         dit = self.dit if dit is None else dit
         integer_timesteps = self.cfg.sampling.schedule == "wan" and dit is self.dit
 
+        first, first_mask = text[:1], None if mask is None else mask[:1]  # one tensor for every step: see reusing_text
+
         def both(x: torch.Tensor, t_frames: torch.Tensor, need_uncond: bool):
             ts = t_frames * 1000.0
             if integer_timesteps:  # Wan was trained and sampled on int(t * 1000)
                 ts = ts.floor()
             if not need_uncond:
-                v = dit(x.to(self.dtype), ts, text[:1], None if mask is None else mask[:1])
+                v = dit(x.to(self.dtype), ts, first, first_mask)
                 return v.float(), None
             v = dit(torch.cat([x, x]).to(self.dtype), torch.cat([ts, ts]), text, mask).float()
             return v[:1], v[1:]
@@ -319,8 +321,10 @@ class Pipeline:
         # the step cache reuses a residual across steps by input similarity: a turned cycle is not the same input
         threshold = 0.0 if cyclic else s.cache_threshold
         eager = self.compiled and threshold > 0  # the cache swaps block forwards that a compiled graph has inlined
+        dit = self.dit if student is None else student[0]
         with (torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext(),
-              step_cache(self.dit if student is None else student[0], threshold) as cache):  # fresh per run
+              dit.reusing_text(),  # the prompt pair is embedded (and its keys and values projected) once
+              step_cache(dit, threshold) as cache):  # fresh per run
             x = get_sampler(s.sampler if student is None else "euler")(velocity, x, ts.to(self.device), callback=step_cb)
         self.cache_stats = None if cache is None else cache.stats
         if cache is not None:
