@@ -245,7 +245,8 @@ def test_bf16_ffn_fuses_the_gelu_into_the_matmul_where_onednn_has_bf16():
     subclass of nn.Linear, the two calls run (bit for bit ``gelu_tanh(linear(x))``)."""
     import torch.nn.functional as F
 
-    from kinema.nn import activation, gelu_tanh, linear_gelu_tanh
+    from kinema.nn import gelu_tanh, linear
+    from kinema.nn import linear_gelu_tanh
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 256)
@@ -258,7 +259,7 @@ def test_bf16_ffn_fuses_the_gelu_into_the_matmul_where_onednn_has_bf16():
     assert got.dtype == torch.bfloat16 and got.shape == (2, 40, 256)
     err = {k: (v.float() - exact).norm() / exact.norm() for k, v in (("got", got), ("two", two_calls))}
     assert err["got"] <= 1.05 * err["two"], err
-    if activation._onednn_bf16():
+    if linear.onednn_bf16():
         assert not torch.equal(got, two_calls)  # the fused kernel ran
     y = linear_gelu_tanh(xb, lin_b)  # autograd on: the two calls (gelu_tanh's autograd form)
     assert y.requires_grad and torch.equal(y.detach(), F.gelu(lin_b(xb), approximate="tanh"))
@@ -271,7 +272,7 @@ def test_bf16_ffn_fuses_the_gelu_into_the_matmul_where_onednn_has_bf16():
     with torch.no_grad():
         assert torch.equal(linear_gelu_tanh(xb, sub), two_calls)
         assert torch.equal(linear_gelu_tanh(x, lin), gelu_tanh(lin(x)))  # fp32: two calls (no gain fused)
-    activation._onednn_bf16.cache_clear()
+    linear.onednn_bf16.cache_clear()
     real = torch.ops.mkldnn._is_mkldnn_bf16_supported
     try:
         torch.ops.mkldnn._is_mkldnn_bf16_supported = lambda: False  # a CPU without native bf16
@@ -279,7 +280,46 @@ def test_bf16_ffn_fuses_the_gelu_into_the_matmul_where_onednn_has_bf16():
             assert torch.equal(linear_gelu_tanh(xb, lin_b), two_calls)
     finally:
         torch.ops.mkldnn._is_mkldnn_bf16_supported = real
-        activation._onednn_bf16.cache_clear()
+        linear.onednn_bf16.cache_clear()
+
+
+def test_linear_keeps_a_onednn_layout_of_its_bf16_weight_with_the_same_bits_and_follows_changes():
+    """kinema's Linear multiplies a bf16 CPU inference by a copy of its weight laid out once for oneDNN: bit for bit
+    ``F.linear``; the copy follows the weight (replaced, or updated in place) and is never used under autograd,
+    in fp32, for a layer above the size limit, or where oneDNN has no native bf16."""
+    import torch.nn.functional as F
+
+    from kinema.nn import Linear, linear
+
+    torch.manual_seed(0)
+    lin = Linear(64, 96).bfloat16()
+    x = torch.randn(3, 17, 64).bfloat16()
+    native = linear.onednn_bf16()
+    with torch.no_grad():
+        for _ in range(2):  # the second call reuses the copy
+            assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+        assert ("_onednn_weight" in lin.__dict__) == native
+        lin.weight.mul_(2)  # in place: the copy is made again
+        assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+        lin.weight = torch.nn.Parameter(torch.randn(96, 64).bfloat16())  # replaced
+        assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+        assert torch.equal(lin(x[0, :2]), F.linear(x[0, :2], lin.weight, lin.bias))  # any row count
+        assert linear.onednn_weight(lin, x.float()) is None  # fp32: PyTorch's own path
+    assert linear.onednn_weight(lin, x) is None and lin(x).requires_grad  # autograd: plain F.linear
+    big = Linear(1024, 1025).bfloat16()
+    with torch.no_grad():
+        assert linear.onednn_weight(big, torch.randn(2, 1024).bfloat16()) is None  # above PACK_MAX_WEIGHTS
+        if native:
+            assert linear.onednn_weight(lin, x) is not None
+    linear.onednn_bf16.cache_clear()
+    real = torch.ops.mkldnn._is_mkldnn_bf16_supported
+    try:
+        torch.ops.mkldnn._is_mkldnn_bf16_supported = lambda: False
+        with torch.no_grad():
+            assert linear.onednn_weight(lin, x) is None and torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+    finally:
+        torch.ops.mkldnn._is_mkldnn_bf16_supported = real
+        linear.onednn_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -17,6 +17,7 @@ from kinema.config import ConfigError, preset
 from kinema.train import TrainError, apply_lora, load_config, remove_lora, train
 from kinema.train.config import BucketConfig
 from kinema.data.cache import write_latent_cache
+from kinema.nn import Linear
 
 BUCKETS = [dict(frames=9, height=64, width=64, batch_size=2),  # latent (3, 8, 8)
            dict(frames=9, height=48, width=80, batch_size=2),  # latent (3, 6, 10)
@@ -209,7 +210,7 @@ def test_trained_lora_changes_the_output_and_removing_it_restores_the_base_bit_f
     assert not torch.allclose(adapted, base)
     assert remove_lora(dit) == 20  # 10 target patterns x 2 blocks
     assert torch.equal(_dit_output(dit), base)
-    assert all(type(m) is torch.nn.Linear for m in dit.modules() if isinstance(m, torch.nn.Linear))
+    assert all(type(m) is Linear for m in dit.modules() if isinstance(m, torch.nn.Linear))  # no LoRA layer left
 
 
 def test_wan_lora_key_formats_load_to_the_same_adapter(tmp_path, tiny_model_dir):

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..common.threads import fixed_threads
 from ..config import DiTConfig
-from ..nn import (FP32LayerNorm, RMSNorm, apply_rope, attention, gelu_tanh, linear_gelu_tanh, rope_3d,
+from ..nn import (FP32LayerNorm, Linear, RMSNorm, apply_rope, attention, gelu_tanh, linear_gelu_tanh, rope_3d,
                   timestep_features)
 from .patchify import patch_grid, patchify, unpatchify
 
@@ -38,15 +38,15 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, eps: float, qk_norm: bool = True, image_kv_dim: int | None = None):
         super().__init__()
         self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.to_q = Linear(dim, dim)
+        self.to_k = Linear(dim, dim)
+        self.to_v = Linear(dim, dim)
+        self.to_out = nn.ModuleList([Linear(dim, dim), nn.Dropout(0.0)])
         self.norm_q = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         if image_kv_dim is not None:  # Wan I2V: CLIP image tokens get their own keys and values
-            self.add_k_proj = nn.Linear(image_kv_dim, dim)
-            self.add_v_proj = nn.Linear(image_kv_dim, dim)
+            self.add_k_proj = Linear(image_kv_dim, dim)
+            self.add_v_proj = Linear(image_kv_dim, dim)
             self.norm_added_k = RMSNorm(dim, eps=eps)
         self.context_memo: dict | None = None  # set by DiT.reusing_text(): keys and values per context tensor
 
@@ -99,8 +99,8 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dim_out: int | None = None, approximate: str = "tanh"):
         super().__init__()
         proj = nn.Module()
-        proj.proj = nn.Linear(dim, hidden)
-        self.net = nn.ModuleList([proj, nn.Dropout(0.0), nn.Linear(hidden, dim_out or dim)])
+        proj.proj = Linear(dim, hidden)
+        self.net = nn.ModuleList([proj, nn.Dropout(0.0), Linear(hidden, dim_out or dim)])
         self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +114,8 @@ class TwoLayer(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, act: str):
         super().__init__()
-        self.linear_1 = nn.Linear(d_in, d_out)
-        self.linear_2 = nn.Linear(d_out, d_out)
+        self.linear_1 = Linear(d_in, d_out)
+        self.linear_2 = Linear(d_out, d_out)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +190,7 @@ class ConditionEmbedder(nn.Module):
         dim = cfg.dim
         self.freq_dim = cfg.freq_dim
         self.time_embedder = TwoLayer(cfg.freq_dim, dim, "silu")
-        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.time_proj = Linear(dim, 6 * dim)
         self.text_embedder = TwoLayer(cfg.text_dim, dim, "gelu_tanh")
         self.image_embedder = ImageEmbedder(cfg.image_dim, dim) if cfg.image_dim is not None else None
 
@@ -216,7 +216,7 @@ class DiT(nn.Module):
         self.condition_embedder = ConditionEmbedder(cfg)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(patch))
+        self.proj_out = Linear(dim, cfg.out_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
         self._rope_cache: dict = {}
         self._text_memo: dict | None = None  # inside reusing_text(): embedded text per input text tensor

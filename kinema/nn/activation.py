@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .linear import Linear, onednn_bf16_inference, onednn_weight
 
 _SQRT_8_OVER_PI = 1.5957691216057308  # 2 * sqrt(2 / pi)
 
@@ -24,14 +24,6 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return u.sigmoid_().mul_(x)
 
 
-@functools.cache
-def _onednn_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX), so its fused linear is the fast path."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
 
 def linear_gelu_tanh(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``gelu_tanh(linear(x))``. A bf16 CPU inference on a CPU with native bf16 runs it as one oneDNN matmul
@@ -39,10 +31,11 @@ def linear_gelu_tanh(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     ``mkldnn._linear_pointwise``, the kernel inductor fuses into on CPUs): the bundled DiT's FFN 2.54 -> 2.31
     ms for (2, 320, 256) -> 1024 -> 256 on 2 cores, and nearer the fp32 answer (a bf16 map is no longer
     rounded before the activation). fp32 gains nothing from it (4.54 vs 4.56 ms) and keeps the two calls,
-    as do autograd, a subclass of ``nn.Linear`` (LoRA), hooks on the layer and ``torch.compile``."""
-    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and type(linear) is nn.Linear
-            and linear.weight.dtype == torch.bfloat16 and not torch.is_grad_enabled()
-            and not linear._forward_hooks and not linear._forward_pre_hooks
-            and not torch.compiler.is_compiling() and _onednn_bf16()):
-        return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "gelu", [], "tanh")
+    as do autograd, layers other than kinema's and torch's own Linear (LoRA's), hooks on the layer and
+    ``torch.compile``."""
+    if (type(linear) in (nn.Linear, Linear) and not linear._forward_hooks and not linear._forward_pre_hooks
+            and onednn_bf16_inference(x, linear.weight)):
+        packed = onednn_weight(linear, x)  # None for a large layer: oneDNN lays the plain weight out itself
+        return torch.ops.mkldnn._linear_pointwise(x, linear.weight if packed is None else packed, linear.bias,
+                                                  "gelu", [], "tanh")
     return gelu_tanh(linear(x))

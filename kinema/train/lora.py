@@ -26,6 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from kinema.common.io import atomic_path
+from kinema.nn import Linear
 
 
 class LoRALinear(nn.Linear):
@@ -58,8 +59,9 @@ class LoRALinear(nn.Linear):
 
 
 def _plain(layer: LoRALinear) -> nn.Linear:
-    """A plain nn.Linear holding ``layer``'s own weight and bias Parameters."""
-    plain = nn.Linear.__new__(nn.Linear)
+    """A plain linear layer (kinema's ``Linear``: nn.Linear with a faster CPU path) holding ``layer``'s own weight
+    and bias Parameters."""
+    plain = Linear.__new__(Linear)
     nn.Module.__init__(plain)
     plain.in_features, plain.out_features = layer.in_features, layer.out_features
     plain.weight = layer.weight
