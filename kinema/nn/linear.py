@@ -15,9 +15,12 @@ PACK_MAX_WEIGHTS = 1 << 20
 
 @functools.cache
 def onednn_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX)."""
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX), and this PyTorch build has the
+    oneDNN kernels that inductor calls (``mkldnn._linear_pointwise``, ``mkldnn._reorder_linear_weight``)."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        ops = torch.ops.mkldnn
+        return bool(torch.backends.mkldnn.is_available() and ops._is_mkldnn_bf16_supported()
+                    and ops._linear_pointwise is not None and ops._reorder_linear_weight is not None)
     except (AttributeError, RuntimeError):
         return False
 
