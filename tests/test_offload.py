@@ -204,6 +204,26 @@ def test_bad_plans_are_refused(kwargs, match):
 
 # -- how much memory, and refusing what cannot fit ----------------------------------------------------------
 
+def test_estimating_memory_counts_parameters_without_importing_torch_dynamo():
+    """Every `kinema generate` estimates memory before it loads; counting the DiT's parameters on the meta
+    device once ran its initialisers there, whose torch._refs path imports torch._dynamo (1.3 s a command)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from kinema.config import preset; from kinema.infer.memory import estimate_memory; "
+            "from kinema.dit import DiT; cfg = preset('wan2.1-t2v-1.3b'); "
+            "est = estimate_memory(cfg, 832, 480, 81, torch.bfloat16); "
+            "dit = DiT(cfg.dit.replace(num_layers=1)).to('meta'); "
+            "print(est.weights > 0, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+    with torch.device("meta"):
+        dit = DiT(preset("world-small").dit)
+    assert all(p.is_meta for p in dit.parameters())  # shapes only, nothing filled
+    assert sum(p.numel() for p in dit.parameters()) == sum(p.numel() for p in DiT(preset("world-small").dit).parameters())
+
+
 def test_estimates_shrink_with_each_mode():
     cfg = preset("wan2.1-t2v-1.3b")
     s = cfg.sampling

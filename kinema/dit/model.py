@@ -224,6 +224,8 @@ class DiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier for linears, zero for what should start as identity (adaLN modulation, output head)."""
+        if self.scale_shift_table.is_meta:  # shapes only (memory estimates): nothing to fill, and on the meta
+            return  # device normal_ goes through torch._refs, whose import of torch._dynamo takes over a second
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
