@@ -63,7 +63,7 @@ class Attention(nn.Module):
     def _context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of a cross-attention ``context``, reused while ``context_memo`` holds them for this
         very tensor (the same object: DiT.reusing_text() vouches that it is not modified in place)."""
-        memo = None if torch.is_grad_enabled() or torch.compiler.is_compiling() else self.context_memo
+        memo = None if torch.compiler.is_compiling() or torch.is_grad_enabled() else self.context_memo
         hit = None if memo is None else memo.get(id(context))
         if hit is not None and hit[0]() is context:
             return hit[1], hit[2]
@@ -291,9 +291,10 @@ class DiT(nn.Module):
 
     def _embedded_text(self, text: torch.Tensor) -> torch.Tensor:
         """The text tokens at model width, memoised per tensor inside ``reusing_text()``."""
-        memo = self._text_memo
-        if memo is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() or self._text_memo is None:
+            # (compiling: checked first, so that a compiled graph never reads, nor guards on, the memo)
             return self.condition_embedder.text_embedder(text.to(self.dtype))
+        memo = self._text_memo
         hit = memo.get(id(text))
         if hit is None or hit[0]() is not text:
             if len(memo) >= 4:

@@ -221,17 +221,20 @@ class Pipeline:
         For processes that make many clips (a server, long videos): each new shape (size, length, prompt
         length, guided or not) compiles on its first call, about a minute for the bundled model on 2 CPU
         cores (seconds once inductor's on-disk cache holds the graphs); a shape that changes is then compiled
-        as dynamic. Measured on the bundled model, 2 CPU cores with AVX-512 BF16 (README, Speed): in bf16 the
-        DiT step x1.23, the VAE decode x1.16, a whole clip x1.19; in fp32 the DiT step x1.17 but the VAE
-        decode x0.40 (inductor's convolutions leave oneDNN's direct path), so an fp32 VAE on a CPU stays
-        eager. Outputs match eager to rounding, not bit for bit. Inductor needs a C++ compiler on a CPU and
-        Triton on a GPU. A request with the step cache samples eagerly (the cache swaps block forwards).
+        as dynamic. Measured on the bundled model, 2 CPU cores with AVX-512 BF16 (README, Speed): since the
+        eager DiT's bf16 changes of 2026-11-28 (oneDNN weight layouts kept, the fused GELU, the prompt's keys
+        and values reused) a compiled bf16 DiT step is x0.99-1.09 of eager (x1.23 before) and a whole bf16
+        clip x0.94-0.97 (a compiled DiT recomputes the prompt's keys and values every step); fp32: step x1.14,
+        clip x1.07. The VAE decode compiled is no faster on a CPU (x0.94-0.99 in bf16; inductor's convolutions
+        leave oneDNN's direct path, x0.40 in fp32 on 2026-11-27's code), so on a CPU it stays eager. Outputs match eager to rounding,
+        not bit for bit. Inductor needs a C++ compiler on a CPU and Triton on a GPU. A request with the step
+        cache samples eagerly (the cache swaps block forwards).
         """
         if not self.compiled:
             self.dit.compile()
             if self.student is not None:
                 self.student[0].compile()
-            if not (self.device.type == "cpu" and next(self.vae.parameters()).dtype == torch.float32):
+            if self.device.type != "cpu":
                 self.vae.decode = torch.compile(self.vae.decode)
             self.compiled = True
         return self
