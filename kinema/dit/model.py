@@ -32,6 +32,25 @@ def keeps_fp32(name: str) -> bool:
     return any(part in FP32_MODULES for part in name.split("."))
 
 
+class TensorMemo:
+    """Values kept per tensor object (its identity, not its contents), a few at a time: for inputs a caller
+    passes again unchanged, step after step (``DiT.reusing_text``). A tensor freed and another made at the same
+    address is not mistaken for it (a weak reference tells them apart)."""
+
+    def __init__(self, size: int = 4):
+        self.size, self._items = size, {}
+
+    def get(self, t: torch.Tensor):
+        hit = self._items.get(id(t))
+        return hit[1] if hit is not None and hit[0]() is t else None
+
+    def put(self, t: torch.Tensor, value):
+        if len(self._items) >= self.size:
+            self._items.clear()
+        self._items[id(t)] = (weakref.ref(t), value)
+        return value
+
+
 class Attention(nn.Module):
     """Multi-head attention with q/k RMS-normed across heads; self-attention gets RoPE, cross-attention a key mask."""
 
@@ -48,7 +67,7 @@ class Attention(nn.Module):
             self.add_k_proj = Linear(image_kv_dim, dim)
             self.add_v_proj = Linear(image_kv_dim, dim)
             self.norm_added_k = RMSNorm(dim, eps=eps)
-        self.context_memo: dict | None = None  # set by DiT.reusing_text(): keys and values per context tensor
+        self.context_memo: TensorMemo | None = None  # set by DiT.reusing_text(): keys and values per context
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, N, D) -> (B, heads, N, d)
@@ -64,15 +83,12 @@ class Attention(nn.Module):
         """Keys and values of a cross-attention ``context``, reused while ``context_memo`` holds them for this
         very tensor (the same object: DiT.reusing_text() vouches that it is not modified in place)."""
         memo = None if torch.compiler.is_compiling() or torch.is_grad_enabled() else self.context_memo
-        hit = None if memo is None else memo.get(id(context))
-        if hit is not None and hit[0]() is context:
-            return hit[1], hit[2]
-        k, v = self._heads(self.norm_k(self.to_k(context))), self._heads(self.to_v(context))
-        if memo is not None and context.device.type == "cpu":  # on an accelerator: negligible work, real memory
-            if len(memo) >= 4:
-                memo.clear()
-            memo[id(context)] = (weakref.ref(context), k, v)
-        return k, v
+        kv = None if memo is None else memo.get(context)
+        if kv is None:
+            kv = self._heads(self.norm_k(self.to_k(context))), self._heads(self.to_v(context))
+            if memo is not None and context.device.type == "cpu":  # on an accelerator: little work, real memory
+                memo.put(context, kv)
+        return kv
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, image_context: torch.Tensor | None = None):
@@ -194,12 +210,9 @@ class ConditionEmbedder(nn.Module):
         self.text_embedder = TwoLayer(cfg.text_dim, dim, "gelu_tanh")
         self.image_embedder = ImageEmbedder(cfg.image_dim, dim) if cfg.image_dim is not None else None
 
-    def forward(self, timestep: torch.Tensor, text: torch.Tensor):
-        """``timestep`` (B,) or (B, f) in [0, 1000] -> temb (.., D), modulation (.., 6, D), text (B, L, D)."""
-        return *self.time(timestep, text.dtype), self.text_embedder(text)
-
     def time(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``timestep`` (B,) or (B, f) -> temb (.., D) in ``dtype``, modulation (.., 6, D)."""
+        """``timestep`` (B,) or (B, f) in [0, 1000] -> temb (.., D) in ``dtype``, modulation (.., 6, D). The text
+        and image tokens go through ``text_embedder`` / ``image_embedder`` (the DiT keeps the text's per call)."""
         feats = timestep_features(timestep, self.freq_dim)
         temb = self.time_embedder(feats.to(self.time_embedder.linear_1.weight.dtype)).to(dtype)
         return temb, self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))
@@ -219,7 +232,7 @@ class DiT(nn.Module):
         self.proj_out = Linear(dim, cfg.out_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
         self._rope_cache: dict = {}
-        self._text_memo: dict | None = None  # inside reusing_text(): embedded text per input text tensor
+        self._text_memo: TensorMemo | None = None  # inside reusing_text(): embedded text per input text tensor
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -279,9 +292,9 @@ class DiT(nn.Module):
         if self._text_memo is not None:
             yield self
             return
-        self._text_memo = {}
+        self._text_memo = TensorMemo()
         for block in self.blocks:
-            block.attn2.context_memo = {}
+            block.attn2.context_memo = TensorMemo()
         try:
             yield self
         finally:
@@ -294,13 +307,10 @@ class DiT(nn.Module):
         if torch.compiler.is_compiling() or torch.is_grad_enabled() or self._text_memo is None:
             # (compiling: checked first, so that a compiled graph never reads, nor guards on, the memo)
             return self.condition_embedder.text_embedder(text.to(self.dtype))
-        memo = self._text_memo
-        hit = memo.get(id(text))
-        if hit is None or hit[0]() is not text:
-            if len(memo) >= 4:
-                memo.clear()
-            hit = memo[id(text)] = (weakref.ref(text), self.condition_embedder.text_embedder(text.to(self.dtype)))
-        return hit[1]
+        embedded = self._text_memo.get(text)
+        if embedded is None:
+            embedded = self._text_memo.put(text, self.condition_embedder.text_embedder(text.to(self.dtype)))
+        return embedded
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None) -> torch.Tensor:

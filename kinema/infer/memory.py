@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from kinema.common.precision import dtype_name
-from kinema.nn import Linear
 from kinema.infer.offload import MEMORY_MODES, QUANTIZE, MemoryFitError, MemoryPlan
+from kinema.nn.linear import plain_linear
 
 GB = 1024**3
 _DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
@@ -79,7 +78,7 @@ def _parameter_counts(dit_cfg, vae_cfg) -> tuple[int, int, int, int]:
         block = DiT(dit_cfg.replace(num_layers=1)).blocks[0]
         block_params = sum(p.numel() for p in block.parameters())
         shell = sum(p.numel() for p in DiT(dit_cfg.replace(num_layers=1)).parameters()) - block_params
-        block_linear = sum(m.weight.numel() for m in block.modules() if type(m) in (nn.Linear, Linear))  # what int8 stores
+        block_linear = sum(m.weight.numel() for m in block.modules() if plain_linear(m))  # what int8 stores
         vae = sum(p.numel() for p in VAE(vae_cfg).parameters())
     return shell + dit_cfg.num_layers * block_params, block_params, block_linear, vae
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import Linear
+from ..nn.linear import plain_linear
 
 MEMORY_MODES = ("none", "model", "block")
 QUANTIZE = ("none", "int8")
@@ -108,7 +108,7 @@ def quantize_int8(module: nn.Module) -> int:
     """
     saved = 0
     for name, child in module.named_children():
-        if type(child) in (nn.Linear, Linear):  # kinema's Linear is nn.Linear with a faster CPU path
+        if plain_linear(child):
             q = Int8Linear(child)
             saved += child.weight.numel() * child.weight.element_size() - q.weight_int8.numel() - 4 * q.out_features
             setattr(module, name, q)

@@ -226,9 +226,9 @@ class Pipeline:
         and values reused) a compiled bf16 DiT step is x0.99-1.09 of eager (x1.23 before) and a whole bf16
         clip x0.94-0.97 (a compiled DiT recomputes the prompt's keys and values every step); fp32: step x1.14,
         clip x1.07. The VAE decode compiled is no faster on a CPU (x0.94-0.99 in bf16; inductor's convolutions
-        leave oneDNN's direct path, x0.40 in fp32 on 2026-11-27's code), so on a CPU it stays eager. Outputs match eager to rounding,
-        not bit for bit. Inductor needs a C++ compiler on a CPU and Triton on a GPU. A request with the step
-        cache samples eagerly (the cache swaps block forwards).
+        leave oneDNN's direct path, x0.40 in fp32 on 2026-11-27's code), so on a CPU it stays eager. Outputs
+        match eager to rounding, not bit for bit. Inductor needs a C++ compiler on a CPU and Triton on a GPU.
+        A request with the step cache samples eagerly (the cache swaps block forwards).
         """
         if not self.compiled:
             self.dit.compile()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear, onednn_bf16_inference, onednn_weight
+from .linear import kept_layout, onednn_bf16_inference, plain_linear
 
 _SQRT_8_OVER_PI = 1.5957691216057308  # 2 * sqrt(2 / pi)
 
@@ -24,7 +24,6 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return u.sigmoid_().mul_(x)
 
 
-
 def linear_gelu_tanh(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``gelu_tanh(linear(x))``. A bf16 CPU inference on a CPU with native bf16 runs it as one oneDNN matmul
     with the GELU applied to its fp32 accumulator before the one rounding to bf16 (PyTorch's
@@ -33,9 +32,9 @@ def linear_gelu_tanh(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     rounded before the activation). fp32 gains nothing from it (4.54 vs 4.56 ms) and keeps the two calls,
     as do autograd, layers other than kinema's and torch's own Linear (LoRA's), hooks on the layer and
     ``torch.compile``."""
-    if (type(linear) in (nn.Linear, Linear) and not linear._forward_hooks and not linear._forward_pre_hooks
+    if (plain_linear(linear) and not linear._forward_hooks and not linear._forward_pre_hooks
             and onednn_bf16_inference(x, linear.weight)):
-        packed = onednn_weight(linear, x)  # None for a large layer: oneDNN lays the plain weight out itself
+        packed = kept_layout(linear)  # None for a large layer: oneDNN lays the plain weight out itself
         return torch.ops.mkldnn._linear_pointwise(x, linear.weight if packed is None else packed, linear.bias,
                                                   "gelu", [], "tanh")
     return gelu_tanh(linear(x))

@@ -41,8 +41,14 @@ def onednn_weight(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     640-row one. The copy is kept on the layer and made again when the weight changes (another tensor, or
     an in-place update bumping its version); the products are bit for bit those of ``F.linear``.
     """
+    return kept_layout(linear) if onednn_bf16_inference(x, linear.weight) else None
+
+
+def kept_layout(linear: nn.Linear) -> torch.Tensor | None:
+    """The oneDNN layout of ``linear``'s weight, kept on the layer (``onednn_weight``, whose checks the caller
+    has made); None for a layer above ``PACK_MAX_WEIGHTS``."""
     w = linear.weight
-    if w.numel() > PACK_MAX_WEIGHTS or not onednn_bf16_inference(x, w):
+    if w.numel() > PACK_MAX_WEIGHTS:
         return None
     try:
         key = (w.data_ptr(), w._version, tuple(w.shape))
@@ -52,6 +58,12 @@ def onednn_weight(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     if held is None or held[0] != key:
         held = linear.__dict__["_onednn_weight"] = (key, torch.ops.mkldnn._reorder_linear_weight(w))
     return held[1]
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """``torch.nn.Linear`` itself or kinema's ``Linear``: a layer that is its weight and bias and nothing more
+    (a subclass such as a LoRA layer adds to its forward, so it is not replaced, fused or quantised)."""
+    return type(module) in (nn.Linear, Linear)
 
 
 class Linear(nn.Linear):
