@@ -61,6 +61,37 @@ def losses(result) -> list[float]:
     return [json.loads(line)["loss"] for line in result.metrics.read_text().splitlines()]
 
 
+def test_trainer_adamw_is_fused_on_a_cpu_and_updates_as_pytorchs_reference_adamw():
+    from kinema.dit import DiT
+    from kinema.train.config import OptimConfig
+    from kinema.train.loop import adamw
+
+    torch.manual_seed(0)
+    model, reference = DiT(preset("tiny").dit), DiT(preset("tiny").dit)
+    reference.load_state_dict(model.state_dict())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for net in (model, reference):
+        net.proj_out.bias.requires_grad_(False)  # frozen: no optimizer touches it
+    ours = adamw(model, OptimConfig(lr=1e-2, weight_decay=0.1))
+    assert all(group["fused"] for group in ours.param_groups)
+    assert [group["weight_decay"] for group in ours.param_groups] == [0.1, 0.0]  # matrices; the rest
+    trainable = [p for p in reference.parameters() if p.requires_grad]
+    theirs = torch.optim.AdamW([{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": 0.1},
+                                {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
+                               lr=1e-2, foreach=False)  # PyTorch's one-tensor-at-a-time update
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in model.parameters()]
+        for net in (model, reference):
+            for p, grad in zip(net.parameters(), grads):
+                p.grad = grad.clone() if p.requires_grad else None
+        ours.step()
+        theirs.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(a, start[name]) == (name == "proj_out.bias"), name  # every trainable one moved
+
+
 def test_data_echo_loads_one_batch_in_n_and_trains_on_new_draws_in_between(tmp_path, cache, monkeypatch):
     from kinema.train.feed import Feed
 

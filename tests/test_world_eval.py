@@ -216,6 +216,30 @@ def test_eval_tasks_on_a_tiny_model(tiny_model_dir, tmp_path, one_thread):
     assert all(0.0 <= report[k]["inner_within_typical"] <= 1.0 for k in ("loop", "image_loop"))
 
 
+def test_eval_tasks_measures_the_parts_asked_for_as_a_full_run_does(tiny_model_dir, tmp_path, one_thread, capsys):
+    import json
+
+    from kinema.cli import main
+
+    common = ["eval", "tasks", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1"]
+    full, part = tmp_path / "full.json", tmp_path / "part.json"
+    assert main(common + ["--json", str(full)]) == 0
+    assert main(common + ["--only", "loop, extend", "--json", str(part)]) == 0
+    full, part = json.loads(full.read_text()), json.loads(part.read_text())
+    assert part["parts"] == ["extend", "loop"] and full["parts"] == ["image", "extend", "loop"]
+    assert "image_to_video" not in part and "image_to_video" in full
+    for key in ("extend", "loop", "image_loop"):  # each case sampled with its own seed, whatever else is measured
+        assert part[key] == full[key]
+    table = capsys.readouterr().out.split("tasks benchmark:")[-1]
+    assert "(extend, loop only)" in table and "extend forwards" in table and "image-to-video" not in table
+    capsys.readouterr()
+    for bad in (["--only", "i2v"], ["--only", ""], ["--only", "image", "--motion-strength", "0.5"]):
+        assert main(common + bad) == 2  # refused before any model loads
+    err = capsys.readouterr().err
+    assert "'i2v'" in err and "image, extend, loop" in err and "--only leaves out" in err
+    assert main(["eval", "world", "--only", "extend", "--n", "1"]) == 2
+
+
 def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_dir, tmp_path, one_thread, monkeypatch):
     import json
 

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     e.add_argument("--motion-strength", type=float, metavar="S",
                    help="tasks: the extensions' start, as `kinema generate --extend --motion-strength` (default 0.4; "
                         "1: from pure noise)")
+    e.add_argument("--only", metavar="PARTS",
+                   help="tasks: measure only these, comma-separated: image (image-to-video), extend (forwards and "
+                        "backwards), loop (default: all; each case is sampled with the same seed either way)")
     e.add_argument("--no-student", action="store_true",
                    help="sample with the teacher even when the model has a few-step student for --steps")
     e.add_argument("--cache-threshold", type=float, metavar="T",

@@ -66,6 +66,8 @@ def run_eval(args) -> int:
         return _run_tasks(args)
     if args.motion_strength is not None:
         raise EvalArgumentError("--motion-strength sets the extensions of the tasks suite; 'world' has none")
+    if args.only is not None:
+        raise EvalArgumentError("--only picks parts of the tasks suite; 'world' has none")
     width, height, frames, fps = 128, 128, 17, 8
     if args.ground_truth or args.reconstruct:
         from ..data.world import render, scene_from_prompt
@@ -111,20 +113,28 @@ def _run_tasks(args) -> int:
     if args.ground_truth or args.reconstruct:
         raise EvalArgumentError("--ground-truth and --reconstruct score the world suite; 'tasks' measures a model")
     from ..infer.tasks import MOTION_STRENGTH, check_motion_strength
+    from .tasks import PARTS, check_parts
 
+    try:
+        parts = PARTS if args.only is None else check_parts(args.only)
+    except ValueError as err:
+        raise EvalArgumentError(f"--only: {err}") from None
+    if "extend" not in parts and args.motion_strength is not None:
+        raise EvalArgumentError("--motion-strength sets the extensions, which --only leaves out")
     motion = MOTION_STRENGTH if args.motion_strength is None else check_motion_strength(args.motion_strength,
                                                                                         "--motion-strength")
     threshold = _cache_threshold(args)
     t = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
-                            motion_strength=motion, cache_threshold=threshold)
+                            motion_strength=motion, cache_threshold=threshold, parts=parts)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["settings"]["dtype"] = dtype_name(pipe.dtype)
     report["settings"].update(_cache_report(pipe, threshold))
     report["model"] = args.model or "bundled model"
     report["seconds"] = round(time.perf_counter() - t, 1)
-    print(f"tasks benchmark: {report['model']}, {args.n} cases, {report['seconds']} s")
+    measured = "" if parts == PARTS else f" ({', '.join(parts)} only)"
+    print(f"tasks benchmark: {report['model']}, {args.n} cases{measured}, {report['seconds']} s")
     print(format_report(report))
     _print_cache(report["settings"])
     _save(report, args.json)

@@ -75,12 +75,22 @@ def lr_factor(cfg: OptimConfig, max_steps: int, i: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def adamw(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay on matrices only."""
+    """AdamW over the trainable parameters; weight decay on matrices only.
+
+    On a CPU or CUDA device it is PyTorch's fused AdamW: one vectorised kernel over all the parameters, where
+    PyTorch's CPU default updates them one tensor at a time (a dim-384 / 8-layer DiT's 231 tensors: 35 ->
+    11 ms a step on 2 cores, 2-3% of a training step; on CUDA it also replaces the default multi-tensor path).
+    The same update to fp32 rounding."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    fused = bool(trainable) and all(p.device.type in FUSED_ADAMW_DEVICES for p in trainable)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=fused or None)
 
 
 @dataclass
