@@ -61,16 +61,37 @@ class ChannelRMSNorm(nn.Module):
             y = F.normalize(x.float(), dim=1).type_as(x) * (self.scale * self.gamma).to(x.dtype)
             y = y if self.bias is None else y + self.bias.to(x.dtype)
             return F.silu(y) if silu else y
-        # the same x / max(|x|, eps), 3x faster on a CPU than F.normalize's norm over a strided axis
-        xf = x.float()
-        norm = xf.square().sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)
-        y = xf.div_(norm) if xf is not x else xf / norm
+        y = self._scaled(x)
         if not silu:
-            y = y.type_as(x).mul_((self.scale * self.gamma).to(x.dtype))
-            return y if self.bias is None else y + self.bias.to(x.dtype)
-        y = y.mul_(self.scale * self.gamma.float())
-        y = y if self.bias is None else y.add_(self.bias.float())
+            return y.type_as(x)
         return F.silu(y, inplace=True).type_as(x)
+
+    def _scaled(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference: ``x / max(|x|, eps) * scale * gamma (+ bias)`` in fp32, the same as F.normalize's. ``out``
+        (fp32 ``x`` only): where to compute it."""
+        xf = x.float()
+        if xf.ndim > 2 and xf.stride(1) == 1:  # channels-last: each pixel's channels are one contiguous run
+            norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True)  # 2x faster than summing the squares
+        else:  # 3x faster on a CPU than F.normalize's norm over a strided axis
+            norm = xf.square().sum(1, keepdim=True).sqrt_()
+        norm.clamp_min_(1e-12)
+        if out is not None:
+            y = torch.div(xf, norm, out=out)
+        else:
+            y = xf.div_(norm) if xf is not x else xf / norm
+        y = y.mul_(self.scale * self.gamma.float())
+        return y if self.bias is None else y.add_(self.bias.float())
+
+    def norm_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """SiLU of the normalised ``x`` written into ``out`` (``x``'s shape and dtype), at inference; None where
+        autograd needs the plain path (the caller copies). Saves the copy of every normed map into the causal
+        convolution's buffer (``norm_conv``)."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
+            return None
+        if x.dtype == torch.float32:
+            return F.silu(self._scaled(x, out=out), inplace=True)
+        out.copy_(F.silu(self._scaled(x), inplace=True))  # the one rounding, into place
+        return out
 
 
 class FrameNorm(nn.Module):
