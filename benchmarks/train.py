@@ -1,13 +1,14 @@
 """Training throughput, kinema's DiT vs diffusers' WanTransformer3DModel, same weights and batch, in one run.
 
-    python benchmarks/train.py [--repeats 5] [--batches 1 4] [--threads N] [--json results.json]
+    python benchmarks/train.py [--repeats 5] [--batches 1 4] [--threads N] [--precision fp32|bf16] [--json F]
 
 One training step = flow-matching interpolation, forward, MSE to the velocity target, backward, AdamW
 step. Shapes: dim 384 / 8 layers / 6 heads / ffn 1536 (``--dit bundled``: the bundled model's), 17x128x128 clips
 (latent 5x16x16 -> 320 tokens), text 64 x 384. Prints tokens/s and MFU (against this machine's measured
 matmul peak, kinema.train.throughput) for both and the ratio kinema / diffusers (> 1: kinema is faster).
-fp32 on CPU; bf16 autocast on CUDA. Steps of the two are timed alternately, so a machine whose load
-changes during the run slows both alike.
+fp32 on CPU and bf16 autocast on CUDA unless ``--precision`` says (bf16 on a CPU: autocast there, as
+``[parallel] precision = "bf16"`` trains; its matmul peak then the bf16 one). Steps of the two are timed
+alternately, so a machine whose load changes during the run slows both alike.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ def build_pair(device: torch.device, shape: str = "issue"):
     return ours.to(device).train(), ref.to(device).train(), cfg
 
 
-def make_step(model, call, device: torch.device):
+def make_step(model, call, device: torch.device, bf16: bool):
     """A closure running one training step of ``model`` on a batch; ``call(model, x_t, t, text)`` -> velocity."""
     from kinema.flow import interpolate, velocity_target
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step(latents, noise, t, text):
         optimizer.zero_grad(set_to_none=True)
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--dit", choices=("issue", "bundled"), default="issue",
                         help="DiT shape: the engine issue's dim 384 / 8 layers (default) or the bundled model's")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="fp32, or bf16 autocast (default: bf16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -101,14 +104,15 @@ def main() -> None:
     from kinema.train.throughput import dit_tokens, dit_train_flops, measure_matmul_peak
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = measure_matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32, seconds=1.0)
+    bf16 = (args.precision or ("bf16" if device.type == "cuda" else "fp32")) == "bf16"
+    peak = measure_matmul_peak(device, torch.bfloat16 if bf16 else torch.float32, seconds=1.0)
     ours, ref, cfg = build_pair(device, args.dit)
     params = sum(p.numel() for p in ours.parameters())
     grid, text_len = (5, 16, 16), 64  # 17x128x128 pixels -> latent 5x16x16
     tokens = dit_tokens(cfg, grid)
-    steps = {"kinema": make_step(ours, kinema_call, device), "diffusers": make_step(ref, diffusers_call, device)}
-    print(f"device {device}, {params / 1e6:.1f}M params, {tokens} tokens/clip, matmul peak {peak / 1e9:.1f} GFLOP/s, "
-          f"torch {torch.__version__}")
+    steps = {"kinema": make_step(ours, kinema_call, device, bf16), "diffusers": make_step(ref, diffusers_call, device, bf16)}
+    print(f"device {device}, {'bf16 autocast' if bf16 else 'fp32'}, {params / 1e6:.1f}M params, {tokens} tokens/clip, "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s, torch {torch.__version__}")
     print(f"{'batch':>5} {'impl':>10} {'step ms':>9} {'tokens/s':>10} {'MFU':>7}")
     results = []
     for batch in args.batches:
@@ -129,7 +133,7 @@ def main() -> None:
         results.append(row)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "peak_flops": peak, "params": params, "tokens": tokens, "results": results}, f, indent=1)
+            json.dump({"device": str(device), "precision": "bf16" if bf16 else "fp32", "peak_flops": peak, "params": params, "tokens": tokens, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
