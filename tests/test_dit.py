@@ -1,6 +1,7 @@
 """DiT: parity with diffusers' WanTransformer3DModel, patchify round trip, RoPE, masks, per-frame timesteps."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -186,6 +187,25 @@ def test_fast_rms_norm_is_torchs_with_and_without_autograd():
     assert torch.equal(x, x0) and torch.equal(xb, xb0)  # inputs are not normalised in place
     y = ours(x.clone().requires_grad_())  # training takes torch's own path
     assert y.requires_grad and torch.allclose(y, fast, atol=1e-5, rtol=1e-5)
+    # autocast training: a bf16 map, the fp32 weight; torch's values and gradients, without its warning
+    leaf, ref_leaf = xb.clone().requires_grad_(), xb.clone().requires_grad_()
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch warns once per process: here, every time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = ours(leaf)
+    finally:
+        torch.set_warn_always(always)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Mismatch dtype between input and weight ... fused implementation"
+        y_ref = ref(ref_leaf)
+    g = torch.randn(y.shape).bfloat16()
+    y.backward(g)
+    y_ref.backward(g)
+    assert y.dtype == y_ref.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    assert torch.allclose(leaf.grad.float(), ref_leaf.grad.float(), atol=1e-2, rtol=1e-2)
+    assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-3, rtol=1e-3)
 
 
 def test_small_bf16_attention_matches_the_fused_kernel_with_and_without_autograd():

@@ -28,6 +28,11 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight_grad = self.weight is not None and self.weight.requires_grad
         if len(self.normalized_shape) != 1 or (torch.is_grad_enabled() and (x.requires_grad or weight_grad)):
+            if self.weight is not None and x.dtype != self.weight.dtype and x.dtype in (torch.bfloat16, torch.float16):
+                # a half-precision map and an fp32 weight (autocast training): torch would warn that it cannot
+                # use its fused kernel and compute the same in separate fp32 passes; the fused fp32 kernel on an
+                # fp32 copy gives those values, rounded once to x's dtype as before, without the warning
+                return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
             return super().forward(x)
         y = self._normed(x).to(x.dtype)
         return y if self.weight is None else y.mul_(self.weight.to(x.dtype))
