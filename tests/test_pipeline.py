@@ -86,7 +86,8 @@ def test_cli_png_for_a_single_frame(tiny_model_dir, tmp_path):
     out = tmp_path / "still.png"
     assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--frames", "1", "-o", str(out), "-q"]) == 0
     from PIL import Image
-    assert Image.open(out).size == (64, 64)
+    with Image.open(out) as img:
+        assert img.size == (64, 64)
 
 
 @pytest.mark.parametrize("args,match", [

@@ -52,17 +52,17 @@ class Database:
         return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=10)
 
     def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None or (self.dialect == "postgresql" and conn.closed):
-            conn = self._local.conn = self._connect()
-        return conn
+        held = getattr(self._local, "held", None)
+        if held is None or (self.dialect == "postgresql" and held.conn.closed):
+            held = self._local.held = _Held(self._connect())
+        return held.conn
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.close()
+            self._local.held = None
 
     # -- statements ----------------------------------------------------------------------------------------
     def _sql(self, sql: str) -> str:
@@ -100,6 +100,23 @@ class Database:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+
+class _Held:
+    """A thread's connection, closed when the thread ends (its thread-local slot is dropped) or the handle is:
+    a connection only dropped would be closed by the driver's finaliser, which psycopg warns about."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 -- a connection the server already dropped has nothing left to close
+            pass
+
+    def __del__(self):
+        self.close()
 
 
 class Transaction:
