@@ -113,6 +113,7 @@ def test_student_euler_steps_on_the_targets_land_where_the_teacher_does():
     (dict(distill=dict(sampler="unipc")), r"distill\.sampler must be one of \('euler', 'heun'\).*got 'unipc'"),
     (dict(distill=dict(states="random")), r"distill\.states must be one of .*got 'random'"),
     (dict(distill=dict(guidance=-2.0)), r"distill\.guidance must be in \[0, 50\] or null, got -2\.0"),
+    (dict(distill=dict(reuse=0)), r"distill\.reuse must be an integer in \[1, 64\], got 0"),
     (dict(distill=dict(guidance="lots")), r"distill\.guidance must be a number, got 'lots'"),
     (dict(init_from=None), r"distill needs a teacher: set distill\.teacher or init_from"),
     (dict(lora=dict(rank=4)), r"lora\.rank must be 0, got 4"),
@@ -171,6 +172,47 @@ def test_a_student_continues_from_an_exported_one_and_a_mismatched_start_is_refu
         train(recipe(tmp_path / "none", teacher_dir, cache, distill=dict(continue_student=True)))
     with pytest.raises(ConfigError, match=r"samples differently from this run's \(steps 4 vs 2; times .*\)"):
         train(recipe(tmp_path / "other", distilled.exported, cache, distill=dict(continue_student=True, steps=2)))
+
+
+def test_reuse_trains_on_earlier_teacher_batches_of_the_same_shape_but_never_on_stand_ins(tmp_path, teacher_dir,
+                                                                                           cache, monkeypatch):
+    """distill.reuse = 3: the teacher computes a batch's segments every third call; the calls between train on a
+    kept batch of the same shape (the same loss as on it), a batch of a new shape or with a stand-in for a bad
+    sample (weight 0) is computed fresh, and one with a stand-in is never kept."""
+    from kinema.text import build_text_encoder
+    from kinema.train.distill import Distiller
+    from kinema.weights import load_dit, read_config
+
+    cfg = load_config(recipe(tmp_path, teacher_dir, cache, distill=dict(reuse=3)))
+    model_cfg = read_config(teacher_dir)
+    encoder = build_text_encoder(model_cfg.text)
+    distiller = Distiller(cfg, model_cfg, torch.device("cpu"), lambda p: tuple(x[0] for x in encoder.encode([p])))
+    computed = []
+    segments = distiller.segments
+    monkeypatch.setattr(distiller, "segments", lambda *a: computed.append(a[0].shape[0]) or segments(*a))
+    student = load_dit(teacher_dir).eval()
+    g = torch.Generator().manual_seed(3)
+
+    def batch(n):
+        text, mask = encoder.encode(PROMPTS[:n])
+        return (torch.randn(n, 4, 3, 8, 8, generator=g), torch.randn(n, 4, 3, 8, 8, generator=g),
+                torch.zeros(n, 3, dtype=torch.bool), text, mask)
+
+    def losses(b, weights=None):
+        with torch.no_grad():
+            return distiller.losses(student, *b, weights)[0]
+
+    first = losses(batch(2))                                   # call 0: computed
+    assert torch.equal(losses(batch(2)), first)                # call 1: the kept batch again, same loss
+    other = losses(batch(3))                                   # call 2: no kept batch of 3: computed, kept
+    losses(batch(2))                                           # call 3: computed (every third call)
+    stand_in = batch(2)
+    losses(stand_in, torch.tensor([1.0, 0.0]))                 # call 4: a stand-in: computed, not kept
+    assert computed == [2, 3, 2, 2] and len(distiller.computed) == 3
+    assert torch.equal(segments(*stand_in)[0][0], stand_in[1])  # a batch's first states are its noise ...
+    assert not any(torch.equal(c[0][0], stand_in[1]) for c in distiller.computed)  # ... and the stand-in's are not kept
+    again = losses(batch(3))                                   # call 5: the kept batch of 3
+    assert torch.equal(again, other) and computed == [2, 3, 2, 2]
 
 
 def test_export_writes_the_teacher_folder_with_the_student_and_its_schedule(distilled, teacher_dir):

@@ -317,8 +317,15 @@ class DistillConfig:
     # Start from init_from's few-step student (its student.safetensors), not its DiT: distil an exported
     # student further (its schedule and guidance must be this run's; its train_steps carry on).
     continue_student: bool = False
+    # The teacher's segments of a batch train the student this many times on average: the teacher computes a
+    # fresh batch every `reuse` calls, and each call between trains on one of the last `reuse` computed batches,
+    # drawn at random (echoing, as data.echo does for a DiT; the teacher's 2 x steps x substeps forwards are
+    # most of a step). Not checkpointed: a resumed run starts with a fresh batch.
+    reuse: int = 1
 
     def __post_init__(self):
+        _check(isinstance(self.reuse, int) and 1 <= self.reuse <= 64,
+               f"distill.reuse must be an integer in [1, 64], got {self.reuse!r}")
         _check(1 <= self.steps <= 64, f"distill.steps must be an integer in [1, 64], got {self.steps}")
         _check(1 <= self.substeps <= 256, f"distill.substeps must be an integer in [1, 256], got {self.substeps}")
         _check(self.sampler in DISTILL_SAMPLERS,

@@ -107,7 +107,10 @@ class Distiller:
         self.negative = tuple(t.to(device) for t in encode(self.info.negative_prompt))
         # forward + backward is ~3 forwards: K student passes and the teacher's forwards, in student-pass units
         calls = self.cfg.steps * self.cfg.substeps * (2 if self.cfg.sampler == "heun" else 1)
-        self.flops_factor = self.cfg.steps + calls * (2 if self.info.guidance != 1 else 1) / 3
+        self.flops_factor = self.cfg.steps + calls * (2 if self.info.guidance != 1 else 1) / (3 * self.cfg.reuse)
+        self.computed: list[tuple] = []  # distill.reuse: the last computed batches' segments, newest last
+        self.calls = 0
+        self.draws = torch.Generator().manual_seed(cfg.seed)
 
     def teacher_velocity(self, text: torch.Tensor, text_mask: torch.Tensor) -> Callable:
         """The guided teacher ``(x, t_frames (B, F)) -> v`` for text (B, L, D) against the negative prompt."""
@@ -127,13 +130,9 @@ class Distiller:
 
         return guided(cond_uncond, self.info.guidance)
 
-    def losses(self, student, latents: torch.Tensor, noise: torch.Tensor, frame_mask: torch.Tensor,
-               text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-sample loss (B,) (mean over the K segments) and per-segment parts ``seg{k}`` (B,).
-
-        ``latents``/``noise`` (B, C, F, H, W), ``frame_mask`` (B, F) bool (given frames), ``text`` (B, L, D).
-        """
-        b = latents.shape[0]
+    def segments(self, latents: torch.Tensor, noise: torch.Tensor, frame_mask: torch.Tensor, text: torch.Tensor,
+                 text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's segments of one batch: each segment's start state and mean velocity, (K, B, C, F, H, W)."""
         cond = Condition(latents, frame_mask)
         times = self.times.tolist()
         with torch.no_grad():
@@ -142,10 +141,30 @@ class Distiller:
             def noised(k: int) -> torch.Tensor:  # segment k restarts from the real latent noised to t_k
                 return cond.apply(interpolate(latents, noise, times[k]))
 
-            states, targets = segment_targets(velocity, cond.apply(noise), self.fine_times.to(latents.device),
-                                              self.cfg.substeps, self.cfg.sampler,
-                                              noised if self.cfg.states == "noised" else None)  # (K, B, C, F, H, W)
-        k = states.shape[0]
+            return segment_targets(velocity, cond.apply(noise), self.fine_times.to(latents.device),
+                                   self.cfg.substeps, self.cfg.sampler, noised if self.cfg.states == "noised" else None)
+
+    def losses(self, student, latents: torch.Tensor, noise: torch.Tensor, frame_mask: torch.Tensor,
+               text: torch.Tensor, text_mask: torch.Tensor,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample loss (B,) (mean over the K segments) and per-segment parts ``seg{k}`` (B,).
+
+        ``latents``/``noise`` (B, C, F, H, W), ``frame_mask`` (B, F) bool (given frames), ``text`` (B, L, D),
+        ``weights`` (B,) the loop's per-sample weights (0 for a stand-in). With ``distill.reuse`` > 1 a call may
+        train on an earlier batch of the same shape instead (batches with stand-ins are neither kept nor swapped).
+        """
+        times = self.times.tolist()
+        whole = weights is None or bool((weights == 1).all())  # no stand-in for a bad sample: safe to keep or swap
+        alike = [c for c in self.computed if c[0].shape[1:] == latents.shape and c[3].shape == text.shape] if whole else []
+        if self.calls % self.cfg.reuse == 0 or not alike:
+            states, targets = self.segments(latents, noise, frame_mask, text, text_mask)
+            if whole and self.cfg.reuse > 1:
+                self.computed = (self.computed + [(states, targets, frame_mask, text, text_mask)])[-self.cfg.reuse:]
+        else:  # distill.reuse: train again on one of the last computed batches of this shape (this one goes unused)
+            pick = int(torch.randint(len(alike), (1,), generator=self.draws))
+            states, targets, frame_mask, text, text_mask = alike[pick]
+        self.calls += 1
+        b, k = states.shape[1], states.shape[0]
         t = torch.tensor(times[:k], device=latents.device, dtype=torch.float32).repeat_interleave(b)  # (K * B,)
         t_frames = t[:, None] * (~frame_mask).repeat(k, 1).float()  # (K * B, F): row k * B + i is sample i at t_k
         pred = student(states.flatten(0, 1), t_frames * 1000.0, text.repeat(k, 1, 1),

@@ -224,6 +224,7 @@ class Trainer:
             dc, info = cfg.distill, self.distiller.info
             print0(f"distilling {cfg.teacher} into a {dc.steps}-step student: {dc.substeps} {dc.sampler} teacher "
                    f"sub-steps per step, guidance {info.guidance} baked in, shift {info.shift}, {dc.states} states"
+                   + (f"; each batch's segments trained ~{dc.reuse}x" if dc.reuse > 1 else "")
                    + (f"; continuing the student of {cfg.init_from}" if dc.continue_student else ""))
 
     def _echo_note(self) -> str:
@@ -312,7 +313,7 @@ class Trainer:
                               self.model_cfg.vae.temporal_factor)
         if self.distiller is not None:
             return self.distiller.losses(self.train_model, batch.latents, batch.noise, batch.frame_mask,
-                                         batch.text_tokens, batch.text_mask)
+                                         batch.text_tokens, batch.text_mask, batch.weights)
         mask = batch.text_mask if self.model_cfg.text.use_mask else None
         return flow_matching_losses(self.train_model, batch.latents, batch.noise, batch.t, batch.frame_mask,
                                     batch.text_tokens, mask, batch.token_weight), {}
