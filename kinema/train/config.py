@@ -317,10 +317,10 @@ class DistillConfig:
     # Start from init_from's few-step student (its student.safetensors), not its DiT: distil an exported
     # student further (its schedule and guidance must be this run's; its train_steps carry on).
     continue_student: bool = False
-    # The teacher's segments of a batch train the student this many times on average: the teacher computes a
-    # fresh batch every `reuse` calls, and each call between trains on one of the last `reuse` computed batches,
-    # drawn at random (echoing, as data.echo does for a DiT; the teacher's 2 x steps x substeps forwards are
-    # most of a step). Not checkpointed: a resumed run starts with a fresh batch.
+    # The teacher's segments of a batch train the student up to this many times: the teacher computes a fresh
+    # batch every `reuse` calls, and each call between trains on one of the last `reuse` computed batches of its
+    # shape, drawn at random (echoing, as data.echo does for a DiT: the teacher's 2 x steps x substeps forwards
+    # are most of a step); a shape with none kept yet is computed. Not checkpointed: a resumed run starts fresh.
     reuse: int = 1
 
     def __post_init__(self):

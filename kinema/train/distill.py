@@ -155,11 +155,13 @@ class Distiller:
         """
         times = self.times.tolist()
         whole = weights is None or bool((weights == 1).all())  # no stand-in for a bad sample: safe to keep or swap
-        alike = [c for c in self.computed if c[0].shape[1:] == latents.shape and c[3].shape == text.shape] if whole else []
+        alike = [c for c in self.computed if _alike(c, (None, latents, None, text))] if whole else []
         if self.calls % self.cfg.reuse == 0 or not alike:
             states, targets = self.segments(latents, noise, frame_mask, text, text_mask)
-            if whole and self.cfg.reuse > 1:
-                self.computed = (self.computed + [(states, targets, frame_mask, text, text_mask)])[-self.cfg.reuse:]
+            if whole and self.cfg.reuse > 1:  # keep the last `reuse` batches of each shape (buckets mix shapes)
+                kept = self.computed + [(states, targets, frame_mask, text, text_mask)]
+                self.computed = [c for i, c in enumerate(kept) if sum(
+                    _alike(c, d) for d in kept[i + 1:]) < self.cfg.reuse]
         else:  # distill.reuse: train again on one of the last computed batches of this shape (this one goes unused)
             pick = int(torch.randint(len(alike), (1,), generator=self.draws))
             states, targets, frame_mask, text, text_mask = alike[pick]
@@ -173,6 +175,13 @@ class Distiller:
         scored = (~frame_mask)[None, :, None, :, None, None].float().expand_as(err)
         per_segment = (err * scored).sum((2, 3, 4, 5)) / scored.sum((2, 3, 4, 5)).clamp_min(1.0)  # (K, B)
         return per_segment.mean(0), {f"seg{i}": per_segment[i].detach() for i in range(k)}
+
+
+def _alike(kept: tuple, batch: tuple) -> bool:
+    """Whether a kept batch (states (K, B, ...), targets, frame mask, text, mask) has ``batch``'s shapes (its
+    latents or states second, text fourth)."""
+    shape = batch[1].shape if batch[0] is None else batch[0].shape[1:]
+    return kept[0].shape[1:] == shape and kept[3].shape == batch[3].shape
 
 
 def export_student(checkpoint_meta: dict, cfg: TrainConfig, student, vae, out: str | Path) -> Path:
