@@ -108,7 +108,7 @@ class Distiller:
         # forward + backward is ~3 forwards: K student passes and the teacher's forwards, in student-pass units
         calls = self.cfg.steps * self.cfg.substeps * (2 if self.cfg.sampler == "heun" else 1)
         self.flops_factor = self.cfg.steps + calls * (2 if self.info.guidance != 1 else 1) / (3 * self.cfg.reuse)
-        self.computed: list[tuple] = []  # distill.reuse: the last computed batches' segments, newest last
+        self.kept: dict[tuple, list[tuple]] = {}  # distill.reuse: per batch shape, the last computed batches
         self.calls = 0
         self.draws = torch.Generator().manual_seed(cfg.seed)
 
@@ -129,6 +129,11 @@ class Distiller:
             return v[:b], v[b:]
 
         return guided(cond_uncond, self.info.guidance)
+
+    @property
+    def computed(self) -> list[tuple]:
+        """Every kept batch's (states, targets, frame mask, text, text mask), of all shapes."""
+        return [c for batches in self.kept.values() for c in batches]
 
     def segments(self, latents: torch.Tensor, noise: torch.Tensor, frame_mask: torch.Tensor, text: torch.Tensor,
                  text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,13 +160,12 @@ class Distiller:
         """
         times = self.times.tolist()
         whole = weights is None or bool((weights == 1).all())  # no stand-in for a bad sample: safe to keep or swap
-        alike = [c for c in self.computed if _alike(c, (None, latents, None, text))] if whole else []
+        shape = (tuple(latents.shape), tuple(text.shape))  # buckets mix shapes: batches are kept per shape
+        alike = self.kept.get(shape, []) if whole else []
         if self.calls % self.cfg.reuse == 0 or not alike:
             states, targets = self.segments(latents, noise, frame_mask, text, text_mask)
-            if whole and self.cfg.reuse > 1:  # keep the last `reuse` batches of each shape (buckets mix shapes)
-                kept = self.computed + [(states, targets, frame_mask, text, text_mask)]
-                self.computed = [c for i, c in enumerate(kept) if sum(
-                    _alike(c, d) for d in kept[i + 1:]) < self.cfg.reuse]
+            if whole and self.cfg.reuse > 1:
+                self.kept[shape] = (alike + [(states, targets, frame_mask, text, text_mask)])[-self.cfg.reuse:]
         else:  # distill.reuse: train again on one of the last computed batches of this shape (this one goes unused)
             pick = int(torch.randint(len(alike), (1,), generator=self.draws))
             states, targets, frame_mask, text, text_mask = alike[pick]
@@ -175,13 +179,6 @@ class Distiller:
         scored = (~frame_mask)[None, :, None, :, None, None].float().expand_as(err)
         per_segment = (err * scored).sum((2, 3, 4, 5)) / scored.sum((2, 3, 4, 5)).clamp_min(1.0)  # (K, B)
         return per_segment.mean(0), {f"seg{i}": per_segment[i].detach() for i in range(k)}
-
-
-def _alike(kept: tuple, batch: tuple) -> bool:
-    """Whether a kept batch (states (K, B, ...), targets, frame mask, text, mask) has ``batch``'s shapes (its
-    latents or states second, text fourth)."""
-    shape = batch[1].shape if batch[0] is None else batch[0].shape[1:]
-    return kept[0].shape[1:] == shape and kept[3].shape == batch[3].shape
 
 
 def export_student(checkpoint_meta: dict, cfg: TrainConfig, student, vae, out: str | Path) -> Path:
