@@ -1,11 +1,13 @@
 """``kinema generate`` end to end, stage by stage, with and without the step cache; kinema vs diffusers per stage.
 
-    python benchmarks/generate.py [--model PATH] [--thresholds 0 0.1] [--repeats 3] [--compile] [--json out.json]
+    python benchmarks/generate.py [--model PATH] [--thresholds 0 0.1] [--intervals 0,0.92] [--repeats 3] [--compile]
+                                  [--json out.json]
 
 Stages: text encode, DiT step (the CFG batch, alone), VAE decode, MP4 write; then whole generations
 (text -> sampling -> decode -> MP4, prompt cache cleared first, model loading apart) for each step-cache
-threshold: wall, real-time factor (clip seconds / wall seconds), seconds per sampling step, evaluations
-the cache reused, and how far the result moved from the uncached one. MFU is the DiT step's FLOPs
+threshold and each ``--intervals`` guidance interval: wall, real-time factor (clip seconds / wall seconds),
+seconds per sampling step, evaluations the cache reused, and how far the result moved from the uncached,
+model-default one (the requests take turns, run by run). MFU is the DiT step's FLOPs
 (``engine.dit_flops``) over its time, against a large matmul timed in the same run. Where diffusers has the
 same stage (``WanTransformer3DModel`` step, ``AutoencoderKLWan`` decode) it runs with identical weights,
 interleaved with kinema (``engine.compare``); ratio = diffusers / kinema, > 1 means kinema is faster.
@@ -114,31 +116,38 @@ def stages(pipe: Pipeline, s, repeats: int, peak_gflops: float, scratch: Path) -
             "vae_decode_s": decode_s, "mp4_write_s": write_s}
 
 
-def generation(pipe: Pipeline, s, repeats: int, scratch: Path) -> tuple[dict, object]:
-    """Median whole-generation wall (text, sampling, decode, MP4) and its split; the last run's Video."""
-    walls, splits, step_times, video = [], [], [], None
+def generations(pipe: Pipeline, requests: list, repeats: int, scratch: Path) -> list[tuple[dict, object]]:
+    """Per request, the median whole-generation wall (text, sampling, decode, MP4) and its split, and the last
+    run's Video. The requests take turns, run by run, so a busy spell of the machine falls on all of them."""
+    walls, splits, step_times, videos = ([[] for _ in requests] for _ in range(4))
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
-    for _ in range(repeats + 1):  # the first run warms up (allocator, oneDNN kernels) and is not counted
-        marks = []
-        pipe._prompt_cache.clear()  # a fresh `kinema generate` process encodes its prompt once
-        sync()
-        t0 = time.perf_counter()
-        video = pipe.run(s, progress=lambda i, n: marks.append(time.perf_counter()))
-        t1 = time.perf_counter()
-        video.save(scratch / "generation.mp4")
-        t2 = time.perf_counter()
-        walls.append(t2 - t0)
-        splits.append({**video.timings, "write": t2 - t1})
-        step_times.append(float(np.diff(marks).mean()) if len(marks) > 1 else video.timings["sample"])
-    walls, splits, step_times = walls[1:], splits[1:], step_times[1:]
-    i = int(np.argsort(walls)[len(walls) // 2])  # the median run, reported whole
-    row = {"cache_threshold": s.cache_threshold, "total_s": walls[i], "real_time_factor": video.seconds / walls[i],
-           "text_s": splits[i]["text"], "sample_s": splits[i]["sample"], "decode_s": splits[i]["decode"],
-           "write_s": splits[i]["write"], "step_s": step_times[i]}
-    stats = pipe.cache_stats
-    if stats is not None:
-        row.update(reused=stats.reused, evaluations=stats.full + stats.reused)
-    return row, video
+    for turn in range(repeats + 1):  # the first turn warms up (allocator, oneDNN kernels) and is not counted
+        for k, s in enumerate(requests):
+            marks = []
+            pipe._prompt_cache.clear()  # a fresh `kinema generate` process encodes its prompt once
+            sync()
+            t0 = time.perf_counter()
+            video = pipe.run(s, progress=lambda i, n: marks.append(time.perf_counter()))
+            t1 = time.perf_counter()
+            video.save(scratch / "generation.mp4")
+            t2 = time.perf_counter()
+            videos[k] = [video, pipe.cache_stats]
+            if turn:
+                walls[k].append(t2 - t0)
+                splits[k].append({**video.timings, "write": t2 - t1})
+                step_times[k].append(float(np.diff(marks).mean()) if len(marks) > 1 else video.timings["sample"])
+    out = []
+    for k, s in enumerate(requests):
+        i = int(np.argsort(walls[k])[len(walls[k]) // 2])  # the median run, reported whole
+        video, stats = videos[k]
+        row = {"cache_threshold": s.cache_threshold, "guidance_interval": list(s.guidance_interval),
+               "total_s": walls[k][i], "real_time_factor": video.seconds / walls[k][i], "text_s": splits[k][i]["text"],
+               "sample_s": splits[k][i]["sample"], "decode_s": splits[k][i]["decode"],
+               "write_s": splits[k][i]["write"], "step_s": step_times[k][i]}
+        if stats is not None:
+            row.update(reused=stats.reused, evaluations=stats.full + stats.reused)
+        out.append((row, video))
+    return out
 
 
 @torch.inference_mode()
@@ -212,11 +221,13 @@ def print_table(result: dict) -> None:
           f"MFU {st['dit_step_mfu']:.1%} of {result['machine']['matmul_peak_gflops']:.0f} GFLOP/s")
     print(f"  VAE decode         {st['vae_decode_s'] * 1000:9.1f} ms")
     print(f"  MP4 write          {st['mp4_write_s'] * 1000:9.1f} ms")
-    print(f"  {'cache':>8} {'total s':>8} {'RTF':>6} {'sample s':>9} {'step ms':>8} {'reused':>8} {'speed-up':>9} "
-          f"{'latent err':>10} {'PSNR dB':>8}")
+    print(f"  {'cache':>8} {'guided t':>10} {'total s':>8} {'RTF':>6} {'sample s':>9} {'step ms':>8} {'reused':>8} "
+          f"{'speed-up':>9} {'latent err':>10} {'PSNR dB':>8}")
     for r in result["runs"]:
         reused = f"{r['reused']}/{r['evaluations']}" if "reused" in r else "-"
-        print(f"  {r['cache_threshold']:>8g} {r['total_s']:8.2f} {r['real_time_factor']:6.2f} {r['sample_s']:9.2f} "
+        guided_t = "{:g}-{:g}".format(*r["guidance_interval"])
+        print(f"  {r['cache_threshold']:>8g} {guided_t:>10} {r['total_s']:8.2f} {r['real_time_factor']:6.2f} "
+              f"{r['sample_s']:9.2f} "
               f"{r['step_s'] * 1000:8.1f} {reused:>8} {r['sample_speedup']:8.2f}x {r['latent_rel_err']:10.4f} "
               f"{'exact' if r['psnr_db'] is None else format(r['psnr_db'], '.1f'):>8}")
     for r in result.get("vs_compiled", []):
@@ -233,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", help="model folder (default: the bundled model, else random world-small weights)")
     ap.add_argument("--prompt", default="a red ball bounces on a checkered floor")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1], help="step-cache thresholds (0 = off)")
+    ap.add_argument("--intervals", nargs="+", default=[], metavar="LO,HI",
+                    help="also time these guidance intervals (uncached), each against the model's own")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--frames", type=int)
     ap.add_argument("--size", help="WIDTHxHEIGHT (default: the model's)")
@@ -272,13 +285,14 @@ def main(argv: list[str] | None = None) -> dict:
             "stages": stages(pipe, base, args.repeats, peak, scratch),
             "runs": [],
         }
-        reference = None
-        for threshold in sorted(set(args.thresholds)):
-            s = pipe.settings(args.prompt, steps=base.steps, frames=base.frames, width=base.width,
-                              height=base.height, cache_threshold=threshold)
-            row, video = generation(pipe, s, args.repeats, scratch)
-            reference = reference or (row, video)
-            ref_row, ref_video = reference
+        runs = [(threshold, None) for threshold in sorted(set(args.thresholds))]
+        runs += [(0.0, interval) for interval in args.intervals]
+        requests = [pipe.settings(args.prompt, steps=base.steps, frames=base.frames, width=base.width,
+                                  height=base.height, cache_threshold=threshold, guidance_interval=interval)
+                    for threshold, interval in runs]
+        timed_runs = generations(pipe, requests, args.repeats, scratch)
+        ref_row, ref_video = timed_runs[0]  # uncached, the model's guidance interval
+        for row, video in timed_runs:
             row["sample_speedup"] = ref_row["sample_s"] / row["sample_s"]
             row["latent_rel_err"] = float((video.latents - ref_video.latents).norm() / ref_video.latents.norm())
             db = psnr(video.frames, ref_video.frames)

@@ -169,6 +169,21 @@ TEXT_KINDS = ("minilm", "t5")
 SAMPLERS = ("euler", "heun", "unipc")
 
 
+def check_interval(interval) -> tuple[float, float]:
+    """A guidance interval (a pair of numbers, or text "LO,HI") as a ``(lo, hi)`` pair of floats with
+    0 <= lo < hi <= 1; ValueError naming it otherwise."""
+    try:
+        lo, hi = (float(v) for v in (interval.split(",") if isinstance(interval, str) else interval))
+        ok = isinstance(interval, str) or not any(isinstance(v, bool) for v in interval)
+        ok = ok and math.isfinite(lo) and math.isfinite(hi)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 0 <= lo < hi <= 1:
+        raise ValueError(f"guidance interval must be two noise levels LO,HI with 0 <= LO < HI <= 1 (1 = pure noise; "
+                         f"0,1 = guidance at every step), got {interval!r}")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class SamplingDefaults(_Config):
     """What a model recommends at inference; every field can be overridden per request."""
@@ -179,6 +194,9 @@ class SamplingDefaults(_Config):
     fps: int = 8
     steps: int = 20
     guidance: float = 5.0
+    # noise levels (t: 1 = pure noise) at whose steps guidance applies; outside, the conditional prediction
+    # alone (one network row instead of two): Kynkaanniemi et al. 2024, kinema.flow.guidance
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     shift: float = 3.0
     sampler: str = "unipc"
     negative_prompt: str = ""
@@ -192,6 +210,10 @@ class SamplingDefaults(_Config):
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _check(self.fps >= 1, f"fps must be >= 1, got {self.fps}")
         _check(self.shift > 0, f"shift must be > 0, got {self.shift}")
+        try:
+            object.__setattr__(self, "guidance_interval", check_interval(self.guidance_interval))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 from kinema.flow import (
     SAMPLERS,
     cfg,
+    check_interval,
     draw_t,
     euler,
     expand_t,
@@ -368,3 +369,31 @@ def test_guided_skips_uncond_at_scale_one():
     assert asked == [False, True]
     with pytest.raises(ValueError, match="scale 3.0"):
         guided(lambda x, t, need: (x, None), 3.0)(x, t)
+
+
+def test_guided_in_an_interval_guides_only_the_steps_inside_it():
+    asked = []
+
+    def cond_uncond(x, t, need_uncond):  # conditional velocity 2x, unconditional x
+        asked.append(need_uncond)
+        return 2 * x, (x if need_uncond else None)
+
+    x = _noise(torch.float32)
+    velocity = guided(cond_uncond, 3.0, interval=(0.2, 0.6))
+    for t, guided_here in ((1.0, False), (0.6, True), (0.4, True), (0.2, True), (0.1, False)):
+        want = x + 3 * (2 * x - x) if guided_here else 2 * x
+        torch.testing.assert_close(velocity(x, torch.full((2,), t)), want)
+    assert asked == [False, True, True, True, False]  # outside: the conditional half alone
+    # per-frame times (given frames held at 0): the step's noise level is that of the frames being made
+    asked.clear()
+    velocity(x, torch.tensor([[0.0, 0.9, 0.9], [0.0, 0.9, 0.9]]))
+    velocity(x, torch.tensor([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]]))
+    assert asked == [False, True]
+    asked.clear()
+    guided(cond_uncond, 3.0, interval=(0.0, 1.0))(x, torch.full((2,), 1.0))  # the whole range: every step
+    guided(cond_uncond, 1.0, interval=(0.0, 1.0))(x, torch.full((2,), 0.5))  # scale 1: never
+    assert asked == [True, False]
+    for bad in ((0.6, 0.2), (0.0, 1.5), (-0.1, 0.5), (0.3, 0.3), (0.5,), "0.5", (True, 1), (float("nan"), 1)):
+        with pytest.raises(ValueError, match="guidance interval must be two noise levels LO,HI with 0 <= LO < HI <= 1"):
+            guided(cond_uncond, 3.0, interval=bad)
+    assert check_interval(" 0.25, 0.75") == (0.25, 0.75)  # text as the CLI and the HTTP API take it

@@ -42,6 +42,23 @@ def test_guidance_one_skips_the_unconditional_pass(pipe, monkeypatch):
     assert calls == [2, 2]  # cond and uncond batched together
 
 
+def test_guidance_interval_runs_the_unconditional_row_only_inside_it(pipe, monkeypatch):
+    import json
+    calls = []
+    forward = pipe.dit.forward
+    monkeypatch.setattr(pipe.dit, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    common = dict(guidance=4.0, steps=4, shift=1.0, sampler="euler", seed=2)  # steps at t = 1, 0.75, 0.5, 0.25
+    video = pipe.generate("a ball", guidance_interval=(0.4, 0.8), **common)
+    assert calls == [1, 2, 2, 1]
+    assert json.loads(video.metadata()["settings"])["guidance_interval"] == [0.4, 0.8]
+    # no step inside: the video guidance 1 makes; the whole range: the default's
+    assert torch.equal(pipe.generate("a ball", guidance_interval="0,0.1", **common).latents,
+                       pipe.generate("a ball", **{**common, "guidance": 1.0}).latents)
+    everywhere = pipe.generate("a ball", guidance_interval=(0, 1), **common).latents
+    assert torch.equal(everywhere, pipe.generate("a ball", **common).latents)
+    assert not torch.equal(everywhere, video.latents)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "heun", "unipc"])
 def test_every_sampler_runs(pipe, sampler):
     v = pipe.generate("a ball", sampler=sampler, steps=3, frames=5, width=32, height=48)
@@ -54,6 +71,8 @@ def test_every_sampler_runs(pipe, sampler):
     (dict(steps=0), r"steps must be an integer in \[1, 1000\]"),
     (dict(sampler="ddim"), r"unknown sampler 'ddim'"),
     (dict(guidance=-1.0), r"guidance must be"),
+    (dict(guidance_interval=(0.8, 0.2)), r"guidance interval must be two noise levels LO,HI .*got \(0.8, 0.2\)"),
+    (dict(guidance_interval="0.5"), r"guidance interval must be .*got '0.5'"),
 ])
 def test_bad_settings_are_refused(pipe, kwargs, match):
     with pytest.raises(InputError, match=match):
@@ -95,6 +114,7 @@ def test_cli_png_for_a_single_frame(tiny_model_dir, tmp_path):
     (["--size", "100x64"], "width 100 is not a positive multiple of 16"),
     (["--steps", "-3"], "steps must be"),
     (["--sampler", "nope"], "unknown sampler"),
+    (["--guidance-interval", "0.9,0.1"], "guidance interval must be two noise levels LO,HI with 0 <= LO < HI <= 1"),
     (["-o", "x.avi"], "accepted: .mp4"),
     (["--device", "tpu9"], "'tpu9' is not a device; accepted: cpu, cuda"),
 ])
@@ -234,10 +254,12 @@ def test_the_cli_says_which_flags_the_student_does_not_use(capsys):
         def uses_student(self, settings):
             return self.student
 
-    args = SimpleNamespace(quiet=False, guidance=7.0, shift=None, sampler="heun", negative=None)
+    args = SimpleNamespace(quiet=False, guidance=7.0, guidance_interval="0.2,0.9", shift=None, sampler="heun",
+                           negative=None)
     settings = SimpleNamespace(steps=4)
     warn_student_ignores(args, Pipe(True), settings)
     err = capsys.readouterr().err
-    assert "--guidance, --sampler not used: the model's 4-step student" in err and "--shift" not in err
+    assert "--guidance, --guidance-interval, --sampler not used: the model's 4-step student" in err
+    assert "--shift" not in err
     warn_student_ignores(args, Pipe(False), settings)  # the teacher samples: every flag is used
     assert not capsys.readouterr().err

@@ -80,8 +80,10 @@ def test_openai_sdk_create_download_remix_list_delete(server, key, tmp_path):
     assert [m.id for m in models] == ["tiny"]
     t0 = time.time()
     video = c.videos.create_and_poll(prompt="a red ball bounces on the floor", model="tiny", seconds="2",
-                                     size="80x48", extra_body={"seed": 7, "steps": 2})
+                                     size="80x48", extra_body={"seed": 7, "steps": 2, "guidance_interval": "0.5,1"})
     assert video.status == "completed", video.error
+    status, shown, _ = server.request("GET", f"/v1/videos/{video.id}", key=key)
+    assert status == 200 and shown["kinema"]["settings"]["guidance_interval"] == [0.5, 1.0]
     assert (video.progress, video.model, video.seconds, video.size, video.object) == (100, "tiny", "2", "80x48", "video")
     assert t0 - 1 <= video.created_at <= video.completed_at < video.expires_at
     assert video.error is None and video.remixed_from_video_id is None
@@ -170,6 +172,8 @@ def test_malformed_requests_get_4xx_in_openai_shape(server, key):
         ("seconds not a number", "POST", "/v1/videos", *multipart({"prompt": "x", "seconds": "lots"}), key, 400,
          "seconds"),
         ("seed not a number", "POST", "/v1/videos", *multipart({"prompt": "x", "seed": "lucky"}), key, 400, "seed"),
+        ("bad guidance_interval", "POST", "/v1/videos", *multipart({"prompt": "x", "guidance_interval": "0.9,0.1"}), key,
+         400, "guidance_interval"),
         ("empty prompt", "POST", "/v1/videos", *multipart({"prompt": "   "}), key, 400, "prompt"),
         ("no prompt", "POST", "/v1/videos", *multipart({"size": "64x64"}), key, 400, "prompt"),
         ("100 kB prompt", "POST", "/v1/videos", *multipart({"prompt": "x" * 100_000}), key, 400, "prompt"),

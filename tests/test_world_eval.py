@@ -250,23 +250,25 @@ def test_eval_world_generates_with_the_steps_and_guidance_asked_for(tiny_model_d
     original = Pipeline.generate
 
     def spy(self, prompt, **kw):
-        seen.append((kw["steps"], kw["guidance"], kw["shift"]))
+        seen.append((kw["steps"], kw["guidance"], kw["shift"], kw["guidance_interval"]))
         return original(self, prompt, **kw)
 
     monkeypatch.setattr(Pipeline, "generate", spy)
     out = tmp_path / "world.json"
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--guidance", "1.5",
-                 "--shift", "5", "--json", str(out)]) == 0
-    assert seen == [(1, 1.5, 5.0)] * 5  # one video per row
-    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "shift": 5.0, "student": False,
-                                                       "dtype": "float32"}
+                 "--shift", "5", "--guidance-interval", "0.2,0.9", "--json", str(out)]) == 0
+    assert seen == [(1, 1.5, 5.0, (0.2, 0.9))] * 5  # one video per row
+    assert json.loads(out.read_text())["sampling"] == {"steps": 1, "guidance": 1.5, "guidance_interval": [0.2, 0.9],
+                                                       "shift": 5.0, "student": False, "dtype": "float32"}
     assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--json", str(out)]) == 0
     defaults = Pipeline.from_pretrained(tiny_model_dir).cfg.sampling
     sampling = json.loads(out.read_text())["sampling"]
-    assert seen[-1] == (1, None, None)
+    assert seen[-1] == (1, None, None, None)
     assert (sampling["guidance"], sampling["shift"]) == (defaults.guidance, defaults.shift)  # the model's, recorded
+    assert sampling["guidance_interval"] == list(defaults.guidance_interval)
     assert main(["eval", "world", "--reconstruct", "--guidance", "2", "--n", "1"]) == 2  # refused: nothing is sampled
     assert main(["eval", "world", "--ground-truth", "--shift", "3", "--n", "1"]) == 2
+    assert main(["eval", "world", "--model", str(tiny_model_dir), "--guidance-interval", "1,0", "--n", "1"]) == 2
 
 
 def test_eval_world_with_the_step_cache_reports_what_it_reused(tiny_model_dir, tmp_path, one_thread):

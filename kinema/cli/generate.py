@@ -66,6 +66,9 @@ def add_parser(sub) -> None:
     g.add_argument("--fps", type=int)
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="guide only the steps whose noise level t is in [LO, HI] (1 = pure noise); the others take the "
+                        "conditional prediction alone, half the network work (default: the model's, 0,1 = every step)")
     g.add_argument("--shift", type=float, help="timestep shift (higher = more steps at high noise)")
     g.add_argument("--sampler", help="euler | heun | unipc")
     g.add_argument("--seed", type=int, default=0)
@@ -145,8 +148,9 @@ def cmd_generate(args) -> int:
     width, height = args.size if args.size else (None, None)
     prompt = extended.prompt if extended is not None else args.prompt
     settings = make_settings(cfg, prompt, negative_prompt=args.negative, width=width, height=height,
-                             frames=frames, fps=args.fps, steps=args.steps, guidance=args.guidance, shift=args.shift,
-                             sampler=args.sampler, seed=args.seed, cache_threshold=args.cache_threshold)
+                             frames=frames, fps=args.fps, steps=args.steps, guidance=args.guidance,
+                             guidance_interval=args.guidance_interval, shift=args.shift, sampler=args.sampler,
+                             seed=args.seed, cache_threshold=args.cache_threshold)
     out = check_output(args.output if args.output else default_output(settings))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -256,7 +260,8 @@ def warn_student_ignores(args, pipe, settings) -> None:
     """Say which of the flags given are not used when the model's few-step student samples the request."""
     if args.quiet or not pipe.uses_student(settings):
         return
-    ignored = [flag for flag, value in (("--guidance", args.guidance), ("--shift", args.shift),
+    ignored = [flag for flag, value in (("--guidance", args.guidance), ("--guidance-interval", args.guidance_interval),
+                                        ("--shift", args.shift),
                                         ("--sampler", args.sampler), ("--negative", args.negative)) if value is not None]
     if ignored:
         print(f"kinema: warning: {', '.join(ignored)} not used: the model's {settings.steps}-step student samples "

@@ -129,8 +129,8 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
     first_prompt = prompts[0][1] if isinstance(prompts, list) else prompts
     width, height = args.size if args.size else (None, None)
     overrides = dict(negative_prompt=args.negative, width=width, height=height, fps=args.fps, steps=args.steps,
-                     guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
-                     cache_threshold=args.cache_threshold)
+                     guidance=args.guidance, guidance_interval=args.guidance_interval, shift=args.shift,
+                     sampler=args.sampler, seed=args.seed, cache_threshold=args.cache_threshold)
     settings = make_settings(cfg, first_prompt, frames=None if sets_length else frames, **overrides)
     out = check_output(args.output if args.output else default_output(settings, ".png" if task == "image" else ".mp4"))
     if task == "long" and output_suffix(out) not in long_mod.STREAM_FORMATS:

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     e.add_argument("--n", type=int, default=100, help="prompts per row (world) or cases (tasks)")
     e.add_argument("--steps", type=int, help="sampling steps; default: the model's")
     e.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
+    e.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="noise levels whose steps are guided, as `kinema generate --guidance-interval`; default: the "
+                        "model's")
     e.add_argument("--shift", type=float, help="timestep shift of the sampling schedule; default: the model's")
     e.add_argument("--motion-strength", type=float, metavar="S",
                    help="tasks: the extensions' start, as `kinema generate --extend --motion-strength` (default 0.4; "

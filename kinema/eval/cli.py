@@ -8,6 +8,7 @@ import time
 
 from ..common.io import atomic_write_text
 from ..common.precision import dtype_name
+from ..config import check_interval
 
 
 class EvalArgumentError(ValueError):
@@ -57,7 +58,8 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
-    for flag, given in (("--guidance", args.guidance is not None), ("--shift", args.shift is not None),
+    for flag, given in (("--guidance", args.guidance is not None),
+                        ("--guidance-interval", args.guidance_interval is not None), ("--shift", args.shift is not None),
                         ("--no-student", args.no_student), ("--cache-threshold", args.cache_threshold is not None),
                         ("--dtype", args.dtype != "fp32")):
         if given and (args.ground_truth or args.reconstruct):
@@ -81,14 +83,16 @@ def run_eval(args) -> int:
         from ..infer import Pipeline
         threshold = _cache_threshold(args)
         pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
-        steps, guidance, shift = args.steps, args.guidance, args.shift
+        steps, guidance, shift, interval = args.steps, args.guidance, args.shift, _interval(args)
 
         def generate(prompt: str, seed: int):
             return pipe.generate(prompt, width=width, height=height, frames=frames, fps=fps, steps=steps,
-                                 guidance=guidance, shift=shift, seed=seed, cache_threshold=threshold).frames
+                                 guidance=guidance, guidance_interval=interval, shift=shift, seed=seed,
+                                 cache_threshold=threshold).frames
         label = args.model or "bundled model"
         defaults = pipe.cfg.sampling
         sampling = {"steps": steps or defaults.steps, "guidance": defaults.guidance if guidance is None else guidance,
+                    "guidance_interval": list(defaults.guidance_interval if interval is None else interval),
                     "shift": defaults.shift if shift is None else shift,
                     "student": _samples_with_student(pipe, steps), "dtype": dtype_name(pipe.dtype)}
     t = time.perf_counter()
@@ -123,11 +127,11 @@ def _run_tasks(args) -> int:
         raise EvalArgumentError("--motion-strength sets the extensions, which --only leaves out")
     motion = MOTION_STRENGTH if args.motion_strength is None else check_motion_strength(args.motion_strength,
                                                                                         "--motion-strength")
-    threshold = _cache_threshold(args)
+    threshold, interval = _cache_threshold(args), _interval(args)
     t = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
-                            motion_strength=motion, cache_threshold=threshold, parts=parts)
+                            guidance_interval=interval, motion_strength=motion, cache_threshold=threshold, parts=parts)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
     report["settings"]["dtype"] = dtype_name(pipe.dtype)
     report["settings"].update(_cache_report(pipe, threshold))
@@ -139,6 +143,16 @@ def _run_tasks(args) -> int:
     _print_cache(report["settings"])
     _save(report, args.json)
     return 0
+
+
+def _interval(args) -> tuple[float, float] | None:
+    """``--guidance-interval``, checked before any model loads (None: not given, the model's)."""
+    if args.guidance_interval is None:
+        return None
+    try:
+        return check_interval(args.guidance_interval)
+    except ValueError as err:
+        raise EvalArgumentError(f"--guidance-interval: {err}") from None
 
 
 def _cache_threshold(args) -> float | None:

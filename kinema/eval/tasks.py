@@ -113,7 +113,7 @@ def check_parts(parts) -> tuple[str, ...]:
 
 def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0,
                    guidance: float | None = None, shift: float | None = None,
-                   motion_strength: float | None = None, cache_threshold: float | None = None,
+                   guidance_interval: tuple[float, float] | None = None, motion_strength: float | None = None, cache_threshold: float | None = None,
                    parts=PARTS) -> dict:
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report.
     ``motion_strength``: the extensions' (``tasks.extend``; None: its default); ``cache_threshold``: the step
@@ -135,7 +135,8 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
     cases = task_cases(n, s.width, s.height, s.frames, s.fps, seed, after, before)
     i2v, i2v_moves, t2v_moves, ceiling, extended, backwards, joins, loops, image_loops = ([] for _ in range(9))
     asked = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("shift", shift),
-                               ("cache_threshold", cache_threshold)) if v is not None}
+                               ("guidance_interval", guidance_interval), ("cache_threshold", cache_threshold))
+             if v is not None}
     for i, (prompt, clip, move, _, _) in enumerate(cases):
         settings = {"seed": seed + i, **asked}
         image = clip[0]
@@ -165,6 +166,7 @@ def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, e
         "settings": {"width": s.width, "height": s.height, "frames": s.frames, "fps": s.fps, "steps": steps or s.steps,
                      "fit_steps": FIT_STEPS,
                      "guidance": s.guidance if guidance is None else guidance,
+                     "guidance_interval": list(s.guidance_interval if guidance_interval is None else guidance_interval),
                      "shift": s.shift if shift is None else shift, "extend_seconds": extend_seconds,
                      "extend_motion_strength": motion_strength,
                      "seed": seed},

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..common.precision import compute_dtype, dtype_name, resolve_dtype, usable_dtype  # noqa: F401 (re-exported)
-from ..config import SAMPLERS, ModelConfig
+from ..config import SAMPLERS, ModelConfig, check_interval
 from ..dit import DiT
 from ..flow import get_sampler, guided, sampling_schedule, shift_t
 from ..tasks import Condition, conditioned_velocity, cyclic_velocity
@@ -58,6 +58,7 @@ class Settings:
     fps: int = 8
     steps: int = 20
     guidance: float = 5.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # noise levels whose steps are guided (flow.guidance)
     shift: float = 3.0
     sampler: str = "unipc"
     seed: int = 0
@@ -105,7 +106,8 @@ def make_settings(cfg: ModelConfig, prompt: str, **overrides) -> Settings:
     """Settings from ``cfg``'s sampling defaults and the non-None ``overrides``, validated against ``cfg``."""
     d = cfg.sampling
     base = dict(negative_prompt=d.negative_prompt, width=d.width, height=d.height, frames=d.frames, fps=d.fps,
-                steps=d.steps, guidance=d.guidance, shift=d.shift, sampler=d.sampler)
+                steps=d.steps, guidance=d.guidance, guidance_interval=d.guidance_interval, shift=d.shift,
+                sampler=d.sampler)
     extras = {"seed", "strength", "cache_threshold"}
     unknown = sorted(set(overrides) - set(base) - extras)
     if unknown:
@@ -135,6 +137,10 @@ def check_settings(cfg: ModelConfig, s: Settings) -> None:
         raise InputError(f"steps must be an integer in [1, 1000], got {s.steps}")
     if not (isinstance(s.guidance, (int, float)) and math.isfinite(s.guidance) and 0 <= s.guidance <= 50):
         raise InputError(f"guidance must be a number in [0, 50], got {s.guidance}")
+    try:
+        s.guidance_interval = check_interval(s.guidance_interval)
+    except ValueError as e:
+        raise InputError(str(e), param="guidance_interval") from None
     if not (isinstance(s.shift, (int, float)) and 0 < s.shift <= 100):
         raise InputError(f"shift must be in (0, 100], got {s.shift}")
     if not isinstance(s.fps, int) or not 1 <= s.fps <= 240:
@@ -260,8 +266,11 @@ class Pipeline:
         tokens, mask = self._prompt_cache[key]
         return tokens, (mask if self.cfg.text.use_mask else None)
 
-    def velocity_fn(self, text: torch.Tensor, mask: torch.Tensor | None, guidance: float, dit: DiT | None = None):
-        """A guided velocity ``(x, t_frames) -> v`` over a (cond, uncond) text pair (text is (2, L, D))."""
+    def velocity_fn(self, text: torch.Tensor, mask: torch.Tensor | None, guidance: float, dit: DiT | None = None,
+                    interval: tuple[float, float] | None = None):
+        """A guided velocity ``(x, t_frames) -> v`` over a (cond, uncond) text pair (text is (2, L, D));
+        ``interval``: the noise levels whose steps are guided (``flow.guided``; None: every step). A step
+        outside it runs the conditional row alone."""
         dit = self.dit if dit is None else dit
         integer_timesteps = self.cfg.sampling.schedule == "wan" and dit is self.dit
 
@@ -277,10 +286,7 @@ class Pipeline:
             v = dit(torch.cat([x, x]).to(self.dtype), torch.cat([ts, ts]), text, mask).float()
             return v[:1], v[1:]
 
-        def velocity(x, t_frames):
-            return guided(lambda x_, t_, need: both(x_, t_, need), guidance)(x, t_frames)
-
-        return velocity
+        return guided(both, guidance, interval)
 
     def uses_student(self, s: Settings) -> bool:
         """True when ``s`` is sampled by the few-step student: there is one, and ``s`` asks for its steps."""
@@ -294,7 +300,8 @@ class Pipeline:
         return {"student": json.dumps({"steps": info.steps, "sampler": "euler",
                                        "times": student_times(info, s.strength).tolist(),
                                        "guidance_baked": info.guidance, "negative_prompt_baked": info.negative_prompt,
-                                       "not_used": ["guidance", "shift", "sampler", "negative_prompt"]})}
+                                       "not_used": ["guidance", "guidance_interval", "shift", "sampler",
+                                                    "negative_prompt"]})}
 
     @torch.inference_mode()
     def sample(self, s: Settings, condition: Condition | None = None, init_latents: torch.Tensor | None = None,
@@ -317,7 +324,7 @@ class Pipeline:
         if condition is not None:
             x = condition.apply(x)
         text, mask = self.encode_prompts([s.prompt, s.negative_prompt])
-        velocity = (self.velocity_fn(text, mask, s.guidance) if student is None else
+        velocity = (self.velocity_fn(text, mask, s.guidance, interval=s.guidance_interval) if student is None else
                     self.velocity_fn(text, mask, 1.0, dit=student[0]))
         velocity = conditioned_velocity(cyclic_velocity(velocity) if cyclic else velocity, condition)
         step_cb = None if callback is None else (lambda i, n, _x: callback(i + 1, n))
@@ -360,11 +367,13 @@ class Pipeline:
 
     def generate(self, prompt: str, *, negative_prompt: str | None = None, width: int | None = None,
                  height: int | None = None, frames: int | None = None, fps: int | None = None, steps: int | None = None,
-                 guidance: float | None = None, shift: float | None = None, sampler: str | None = None, seed: int = 0,
+                 guidance: float | None = None, guidance_interval: tuple[float, float] | str | None = None,
+                 shift: float | None = None, sampler: str | None = None, seed: int = 0,
                  cache_threshold: float | None = None, progress: bool | Callable[[int, int], None] = False) -> Video:
         """Text -> video with this model's defaults for anything not given."""
         s = self.settings(prompt, negative_prompt=negative_prompt, width=width, height=height, frames=frames, fps=fps,
-                          steps=steps, guidance=guidance, shift=shift, sampler=sampler, seed=seed,
+                          steps=steps, guidance=guidance, guidance_interval=guidance_interval, shift=shift,
+                          sampler=sampler, seed=seed,
                           cache_threshold=cache_threshold)
         return self.run(s, progress=progress)
 

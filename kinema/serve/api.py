@@ -36,7 +36,7 @@ from .wire import APIError, BodyLimit, BodyTooLarge, error_response, read_body, 
 
 log = logging.getLogger("kinema.serve.api")
 STATIC = Path(__file__).resolve().parent / "static"
-EXTRAS = ("seed", "steps", "guidance", "shift", "sampler", "negative_prompt")
+EXTRAS = ("seed", "steps", "guidance", "guidance_interval", "shift", "sampler", "negative_prompt")
 CREATE_FIELDS = ("prompt", "model", "seconds", "size", "input_reference[image_url]", "input_reference[file_id]", *EXTRAS)
 SOURCE_FIELDS = ("video[id]",)
 DEFAULT_STRENGTH = 0.7  # edits and remixes: how much of the source is re-noised (1 = start from pure noise)
@@ -226,8 +226,7 @@ class VideosAPI:
 
     async def remix(self, request: Request) -> Response:
         owner = await self.owner(request)
-        body = await read_body(request, ("prompt", "seed", "steps", "guidance", "shift", "sampler", "negative_prompt",
-                                         "strength"))
+        body = await read_body(request, ("prompt", *EXTRAS, "strength"))
         source = await self.completed_source(owner, {"video_id": request.path_params["video_id"]}, "video_id")
         prompt = self.prompt(body.fields)
         spec = self.spec_of(source)

@@ -13,13 +13,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig, check_interval
 from ..infer.pipeline import InputError, Settings, bundled_model_path, make_settings
 
 # Clients written for OpenAI's Videos API name Sora models; they get the server's default model.
 SORA_ALIASES = ("sora-2", "sora-2-pro")
 TASK_NAMES = ("image_to_video", "extend", "edit")  # beyond text-to-video and remix, if kinema.infer.tasks has them
-EXTRA_FIELDS = {"seed": int, "steps": int, "guidance": float, "negative_prompt": str, "sampler": str, "shift": float}
+def _interval(raw: str) -> list[float]:
+    """A ``guidance_interval`` field, text "LO,HI", as [lo, hi]."""
+    try:
+        return list(check_interval(raw))
+    except ValueError as e:
+        raise InputError(str(e), param="guidance_interval") from None
+
+
+EXTRA_FIELDS = {"seed": int, "steps": int, "guidance": float, "negative_prompt": str, "sampler": str, "shift": float,
+                "guidance_interval": _interval}
 
 
 class TaskUnavailable(Exception):
@@ -84,7 +93,8 @@ class ModelSpec:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "kinema",
                 "sizes": list(self.sizes), "seconds": list(self.seconds), "default_size": self.default_size,
                 "default_seconds": self.default_seconds, "fps": s.fps, "tasks": tasks,
-                "defaults": {"steps": s.steps, "guidance": s.guidance, "shift": s.shift, "sampler": s.sampler,
+                "defaults": {"steps": s.steps, "guidance": s.guidance, "guidance_interval": list(s.guidance_interval),
+                             "shift": s.shift, "sampler": s.sampler,
                              "negative_prompt": s.negative_prompt}}
 
     def settings(self, prompt: str, size: str | None, seconds: str | None, extras: dict,
@@ -108,14 +118,14 @@ class ModelSpec:
 
 
 def parse_extras(fields: dict[str, str]) -> dict:
-    """kinema's extra form fields (seed, steps, guidance, negative_prompt, sampler, shift), typed."""
+    """kinema's extra form fields (seed, steps, guidance, negative_prompt, sampler, shift, guidance_interval), typed."""
     out = {}
     for name, kind in EXTRA_FIELDS.items():
         raw = fields.get(name)
         if raw is None or raw == "":
             continue
-        if kind is str:
-            out[name] = raw
+        if kind not in (int, float):
+            out[name] = kind(raw)
             continue
         try:
             value = kind(raw)
