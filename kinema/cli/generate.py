@@ -62,7 +62,8 @@ def add_parser(sub) -> None:
     n = g.add_mutually_exclusive_group()
     n.add_argument("--frames", type=int, help="frame count, 4k+1 (e.g. 17, 33, 81)")
     n.add_argument("--seconds", type=seconds_arg, help="duration; rounded to the nearest valid frame count")
-    g.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 16 (e.g. 128x128, 192x112)")
+    g.add_argument("--size", type=_size, help="WIDTHxHEIGHT, multiples of 16 (e.g. 128x128, 192x112); default: the "
+                                              "model's, or that of an input image or video")
     g.add_argument("--fps", type=int)
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")

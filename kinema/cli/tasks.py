@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def _keyframe(text: str) -> tuple[float, str]:
 def add_task_flags(g: argparse.ArgumentParser) -> None:
     t = g.add_argument_group(
         "prompting with images and videos",
-        "Input images and videos are resized to --size by --resize (default crop: scale to cover, centre-crop); "
+        "Without --size, the clip takes its (first) input's size: its own where the model can make it (multiples "
+        "of 16, up to twice the model's pixel count), else its aspect ratio at the model's pixel count. Inputs of "
+        "another size are fitted to the clip's by --resize (default crop: scale to cover, centre-crop); "
         "videos are resampled to --fps. Unreadable inputs, --strength outside (0, 1] and keyframe times outside "
         "the clip are refused before anything is generated.")
     t.add_argument("--image", metavar="PATH", help="image-to-video: the image as frame --image-frame (with --loop: "
@@ -127,7 +130,7 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
             raise CLIError("give either a prompt or --prompts-file, not both")
         prompts = long_mod.check_timed_prompts(long_mod.read_prompts_file(args.prompts_file), args.long)
     first_prompt = prompts[0][1] if isinstance(prompts, list) else prompts
-    width, height = args.size if args.size else (None, None)
+    width, height = args.size if args.size else _input_size(args, task, cfg)
     overrides = dict(negative_prompt=args.negative, width=width, height=height, fps=args.fps, steps=args.steps,
                      guidance=args.guidance, guidance_interval=args.guidance_interval, shift=args.shift,
                      sampler=args.sampler, seed=args.seed, cache_threshold=args.cache_threshold)
@@ -200,6 +203,26 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
             seam, typical = tasks.loop_seam(video.frames)
             print(f"loop seam: last-to-first difference {seam:.2f} vs median frame-to-frame {typical:.2f} (0-255)")
     return 0
+
+
+def _input_size(args, task: str, cfg) -> tuple[int | None, int | None]:
+    """Without --size, a task with an input image or video is made at that input's size (``size_for_input``);
+    a note says so where the input is resized to get there. (None, None) for tasks without one."""
+    from ..infer import tasks
+
+    flag, path = {"image-to-video": ("--image", args.image), "loop": ("--image", args.image),
+                  "keyframes": ("--keyframe", args.keyframe[0][1] if args.keyframe else None),
+                  "extend": ("--extend", args.extend), "connect": ("--connect A", (args.connect or [None])[0]),
+                  "edit": ("--edit", args.edit)}.get(task, (None, None))
+    if path is None:
+        return None, None
+    given = tasks.media_size(path, flag)
+    width, height = tasks.size_for_input(*given, cfg)
+    if (width, height) != given and not args.quiet:
+        print(f"kinema: {flag} {path} is {given[0]}x{given[1]}; made at {width}x{height}, its aspect ratio at the "
+              f"model's {cfg.sampling.width}x{cfg.sampling.height} pixel count (--size WxH to choose; --resize "
+              f"{args.resize} fits it)", file=sys.stderr)
+    return width, height
 
 
 def _task_inputs(args, task: str, settings, cfg) -> dict:

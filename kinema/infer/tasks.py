@@ -6,9 +6,11 @@ conditioned sampling loop of ``Pipeline.run``; the result joins the window's new
 (the input frames the window shares faded into its decoding of them, ``JOINS``).
 
 Inputs are paths or uint8 arrays ((H, W, 3) images, (F, H, W, 3) videos). Videos read from files are
-resampled to the request's fps; arrays are taken to be at that fps. Inputs of another size are resized to
-the requested width x height by ``resize``: "crop" (default: scale to cover, centre-crop), "pad" (scale
-to fit, black bars) or "stretch". The ``Video.latents`` of a task result is the sampled window, its given
+resampled to the request's fps; arrays are taken to be at that fps. A request that names neither width nor
+height is made at its (first) input's size (``size_for_input``: the input's own size where the model can
+make it, else its aspect ratio at the model's pixel count), so a wide video is extended wide. Inputs of
+another size are resized to the request's width x height by ``resize``: "crop" (default: scale to cover,
+centre-crop), "pad" (scale to fit, black bars) or "stretch". The ``Video.latents`` of a task result is the sampled window, its given
 latent frames exactly as the condition holds them.
 """
 
@@ -22,12 +24,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..common.video import RESIZE_POLICIES, VideoDecodeError, read_image, read_video, resize_video, to_model
+from ..common.video import (RESIZE_POLICIES, VideoDecodeError, probe_video, read_image, read_video, resize_video,
+                            to_model)
 from ..tasks.builders import (Window, connect_window, extend_window, image_window, keyframes_window, loop_window,
                               still_latent)
 from ..tasks.condition import Condition
 from ..tasks.fit import FIT_STEPS, fit_latents
 from ..tasks.frames import cross_fade, frame_at, grid_count, latent_index, pad_frames, pixel_span
+from ..config import ModelConfig
 from .pipeline import InputError, Pipeline, Settings, Video
 
 Media = str | os.PathLike | np.ndarray
@@ -70,6 +74,44 @@ def _fit(frames: np.ndarray, width: int, height: int, resize: str) -> np.ndarray
     if frames.shape[1:3] == (height, width):
         return frames
     return resize_video(frames, width, height, policy=resize)
+
+
+INPUT_AREA_LIMIT = 2  # an input's own size is kept up to this many times the model's default pixel count
+
+
+def size_for_input(width: int, height: int, cfg: ModelConfig) -> tuple[int, int]:
+    """The (width, height) a request made from a ``width`` x ``height`` input takes when it names no size:
+    the input's own where the model can make it (multiples of its pixel multiple, at most
+    ``INPUT_AREA_LIMIT`` times its default pixel count), else the input's aspect ratio at the model's default
+    pixel count, rounded to its multiples (a 1920x1080 video with the bundled model: 176x96)."""
+    m, area = cfg.pixel_multiple, cfg.sampling.width * cfg.sampling.height
+    if width % m == 0 and height % m == 0 and width * height <= INPUT_AREA_LIMIT * area:
+        return width, height
+    scale = math.sqrt(area / (width * height))
+    return max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m)
+
+
+def media_size(media: Media, name: str = "input") -> tuple[int, int]:
+    """(width, height) of an image or video path (as displayed: rotation and EXIF orientation applied) or array,
+    reading no more than its first frame; InputError if it cannot be read."""
+    if isinstance(media, (str, os.PathLike)):
+        try:
+            info = probe_video(media)
+        except VideoDecodeError as err:
+            raise InputError(f"{name}: {err}") from None
+        return info["width"], info["height"]
+    shape = np.shape(media)
+    if len(shape) not in (3, 4):
+        raise InputError(f"{name} must be uint8 RGB (H, W, 3) or (F, H, W, 3), got shape {tuple(shape)}")
+    return shape[-2], shape[-3]
+
+
+def _input_sized(pipe: Pipeline, settings: dict, media: Media | None, name: str) -> dict:
+    """``settings`` with the width and height ``size_for_input`` gives ``media``, where they name neither."""
+    if media is None or settings.get("width") is not None or settings.get("height") is not None:
+        return settings
+    width, height = size_for_input(*media_size(media, name), pipe.cfg)
+    return {**settings, "width": width, "height": height}
 
 
 def load_image(image: Media, width: int, height: int, resize: str = "crop", name: str = "image") -> np.ndarray:
@@ -232,7 +274,7 @@ def image_to_video(pipe: Pipeline, prompt: str, image: Media, frame: int = 0, *,
     decoder, ``kinema.tasks.fit``: about 2.5 dB closer to the image on the bundled model; 0 turns it off).
     """
     check_fit_steps(fit_steps)
-    s = pipe.settings(prompt, **settings)
+    s = pipe.settings(prompt, **_input_sized(pipe, settings, image, "image"))
     if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < s.frames:
         raise InputError(f"image frame must be an integer in [0, {s.frames - 1}] for a {s.frames}-frame clip, "
                          f"got {frame!r}")
@@ -246,7 +288,9 @@ def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]],
     """A clip with each (seconds, image) pinned at the latent frame holding that time (a keyframe at 0 s is
     decoded fitted to its image, as in ``image_to_video``)."""
     check_fit_steps(fit_steps)
-    s = pipe.settings(prompt, **settings)
+    first_given = images_at[0][1] if isinstance(images_at, (list, tuple)) and images_at \
+        and isinstance(images_at[0], (list, tuple)) and len(images_at[0]) == 2 else None
+    s = pipe.settings(prompt, **_input_sized(pipe, settings, first_given, "the first keyframe"))
     tf = _tf(pipe)
     pixels = keyframe_frames([t for t, _ in images_at], s.frames, s.fps, tf)
     images = [load_image(img, s.width, s.height, resize, name=f"keyframe at {t} s") for t, img in images_at]
@@ -275,7 +319,7 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
     if direction not in ("forward", "backward"):
         raise InputError(f"direction must be 'forward' or 'backward', got {direction!r}")
     _check_overlap(overlap)
-    s = _settings(pipe, prompt, settings, "extend", frames=None)
+    s = _settings(pipe, prompt, _input_sized(pipe, settings, video, "video"), "extend", frames=None)
     tf = _tf(pipe)
     frames = load_video(video, s.fps, s.width, s.height, resize)
     forward = direction == "forward"
@@ -297,7 +341,7 @@ def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds
     check_join(join)
     check_motion_strength(motion_strength)
     _check_overlap(overlap)
-    s = _settings(pipe, prompt, settings, "connect", frames=None)
+    s = _settings(pipe, prompt, _input_sized(pipe, settings, video_a, "video A"), "connect", frames=None)
     tf = _tf(pipe)
     a = load_video(video_a, s.fps, s.width, s.height, resize, name="video A")
     b = load_video(video_b, s.fps, s.width, s.height, resize, name="video B")
@@ -314,7 +358,7 @@ def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str
     The loop's latent frames are sampled and decoded as a cycle (``loop_window``): no frame of it is a start
     or an end while it is made. An image is held for the loop's first latent frame (``tf`` frames).
     """
-    s = pipe.settings(prompt, **settings)
+    s = pipe.settings(prompt, **_input_sized(pipe, settings, image, "image"))
     tf = _tf(pipe)
     if s.frames < 2 * tf + 1:
         raise InputError(f"a loop needs at least {2 * tf + 1} frames (two latent frames), got {s.frames}")
@@ -331,7 +375,7 @@ def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: 
     A length that is not tf*k+1 is padded by holding the last frame; the result has the input's length.
     """
     check_strength(strength)
-    s = _settings(pipe, prompt, settings, "edit", frames=None)
+    s = _settings(pipe, prompt, _input_sized(pipe, settings, video, "video"), "edit", frames=None)
     frames = load_video(video, s.fps, s.width, s.height, resize)
     padded = pad_frames(frames, _tf(pipe))
     s = replace(s, frames=len(padded), strength=strength)
