@@ -116,6 +116,13 @@ def test_bad_files_are_rejected_with_their_reason_and_every_good_file_is_kept(co
         assert row["fps"] == pytest.approx(fps) and row["frames"] == sum(lengths)
 
 
+def test_ingest_says_how_many_files_it_kept_and_rejected(corpus, tmp_path):
+    lines = []
+    ingest(tmp_path / "ds", [str(corpus[0])], log=lines.append)
+    assert lines[-1] == (f"ingest: {len(VIDEOS)} video(s) readable, 2 rejected (why: `kinema data inspect "
+                         f"{tmp_path / 'ds'}` or rejects.parquet)")
+
+
 def test_scene_boundaries_are_found_within_one_frame_and_every_shot_becomes_a_clip(corpus, dataset):
     videos, truth = corpus
     ds = Dataset.open(dataset)

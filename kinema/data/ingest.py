@@ -151,6 +151,10 @@ def ingest(root: str | os.PathLike, inputs: list[str] | None = None, units: int 
 
     run = run_units(store, ds.units, shard, prints.__getitem__, work, log)
     if run.complete:
-        write_parquet(ds.root / "sources.parquet", ds.gather("ingest", "sources", ("path",)), SOURCE_SCHEMA)
-        ds.write_rejects("ingest")
+        sources = ds.gather("ingest", "sources", ("path",))
+        write_parquet(ds.root / "sources.parquet", sources, SOURCE_SCHEMA)
+        rejected = ds.write_rejects("ingest")
+        if log:
+            log(f"ingest: {len(sources)} video(s) readable, {len(rejected)} rejected"
+                + (f" (why: `kinema data inspect {root}` or rejects.parquet)" if rejected else ""))
     return run
