@@ -113,8 +113,8 @@ def check_parts(parts) -> tuple[str, ...]:
 
 def run_tasks_eval(pipe, n: int = 20, seed: int = 0, steps: int | None = None, extend_seconds: float = 1.0,
                    guidance: float | None = None, shift: float | None = None,
-                   guidance_interval: tuple[float, float] | None = None, motion_strength: float | None = None, cache_threshold: float | None = None,
-                   parts=PARTS) -> dict:
+                   guidance_interval: tuple[float, float] | None = None, motion_strength: float | None = None,
+                   cache_threshold: float | None = None, parts=PARTS) -> dict:
     """Score image-to-video, extension and loops of ``pipe`` on ``n`` world cases; a JSON-able report.
     ``motion_strength``: the extensions' (``tasks.extend``; None: its default); ``cache_threshold``: the step
     cache's for every sampling but the loops' (sampled as a cycle, which the cache does not serve);

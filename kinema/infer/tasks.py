@@ -10,8 +10,8 @@ resampled to the request's fps; arrays are taken to be at that fps. A request th
 height is made at its (first) input's size (``size_for_input``: the input's own size where the model can
 make it, else its aspect ratio at the model's pixel count), so a wide video is extended wide. Inputs of
 another size are resized to the request's width x height by ``resize``: "crop" (default: scale to cover,
-centre-crop), "pad" (scale to fit, black bars) or "stretch". The ``Video.latents`` of a task result is the sampled window, its given
-latent frames exactly as the condition holds them.
+centre-crop), "pad" (scale to fit, black bars) or "stretch". The ``Video.latents`` of a task result is the
+sampled window, its given latent frames exactly as the condition holds them.
 """
 
 from __future__ import annotations

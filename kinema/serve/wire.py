@@ -169,8 +169,9 @@ def video_object(job: Job) -> dict:
         "error": {"code": job.error_code, "message": job.error_message} if job.status == "failed" else None,
         "remixed_from_video_id": job.source_id if job.kind == "remix" else None,
         "kinema": {"kind": job.kind, "source_video_id": job.source_id, "attempts": job.attempts,
-                   "settings": {k: s.get(k) for k in ("seed", "steps", "guidance", "guidance_interval", "shift", "sampler",
-                                                      "negative_prompt", "frames", "fps", "width", "height")}},
+                   "settings": {k: s.get(k) for k in ("seed", "steps", "guidance", "guidance_interval", "shift",
+                                                      "sampler", "negative_prompt", "frames", "fps", "width",
+                                                      "height")}},
     }
 
 
