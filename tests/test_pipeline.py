@@ -201,6 +201,17 @@ def test_video_save_refuses_a_png_of_several_frames(pipe, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_the_command_freezes_its_objects_before_python_exits_and_a_call_from_python_does_not(monkeypatch, capsys):
+    import gc
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    assert main(["generate", "   "]) == 2  # a call from Python (tests, scripts): its objects stay collectable
+    assert frozen == []
+    monkeypatch.setattr(sys, "argv", ["kinema", "generate", "   "])
+    assert main() == 2  # the console script: about to exit, so shutdown's collection skips them
+    assert frozen == [True] and "prompt is empty" in capsys.readouterr().err
+
+
 def test_cli_missing_model(capsys, tmp_path):
     assert main(["generate", "a ball", "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -16,6 +16,7 @@ One module per command family (generate.py + tasks.py, train.py, convert.py, ser
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     finally:
         restore()
+        if argv is None:  # the command itself (not a call from Python): about to exit
+            # Python's shutdown collects garbage over every live object, PyTorch's many thousands included:
+            # frozen, they are skipped. `kinema generate` as a command 3.46 -> 3.03 s (median of 12, 2 cores).
+            gc.freeze()
 
 
 def _join_dashed_values(argv: list[str]) -> list[str]:
