@@ -262,3 +262,14 @@ def test_resize_policies(clip):
     np.testing.assert_array_equal(as_tensor.numpy(), clip)
     with pytest.raises(ValueError, match="policy.*'squash'"):
         resize_video(clip, 32, 32, "squash")
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "frames/"])
+def test_an_output_that_cannot_be_made_is_named_not_its_temporary_name(tmp_path, clip, name):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    with pytest.raises(FileExistsError) as err:  # its folder cannot be made: the error names that folder
+        write_video(str(tmp_path / "notes.txt" / name), clip, fps=8)
+    assert err.value.filename == str(tmp_path / "notes.txt")
+    with pytest.raises(OSError) as err:  # /proc takes no new files: the error names the output, not a temp name
+        write_video(f"/proc/{name}", clip, fps=8)
+    assert err.value.filename == f"/proc/{name}".rstrip("/") and ".tmp" not in str(err.value)

@@ -16,9 +16,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     a format by extension (PyAV, PIL) still do the right thing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with beside(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should get the usual file mode
     try:
@@ -28,6 +29,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def beside(path: Path):
+    """Make a temporary name beside ``path``: an error (no permission, a read-only file system, a folder
+    that takes no files) names ``path``, the file asked for, not the temporary name it never got to."""
+    try:
+        yield
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, str(path)) from None
 
 
 def _umask() -> int:

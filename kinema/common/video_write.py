@@ -33,7 +33,7 @@ import av
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from kinema.common.io import atomic_path
+from kinema.common.io import atomic_path, beside
 from kinema.common.video import FOLDER_METADATA, FRAME_PATTERN, WRITE_FORMATS, _as_frames, _is_frame_folder
 
 
@@ -151,7 +151,8 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
         raise FileExistsError(f"cannot replace {path}: it holds files other than {FRAME_PATTERN.format(0)}... "
                               f"and {FOLDER_METADATA}; pick an empty or new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with beside(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():  # os.replace cannot replace a non-empty folder: move the old one aside first
