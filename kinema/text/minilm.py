@@ -66,7 +66,8 @@ def _embedding(count: int, dim: int, device: torch.device | str | None) -> nn.Em
 
 
 class Bert(nn.Module):
-    """BERT encoder: token ids (B, N) + mask (B, N) -> last hidden states (B, N, dim)."""
+    """BERT encoder: token ids (B, N) + mask (B, N) -> last hidden states (B, N, dim). Built to be loaded
+    (``load_state_dict``): its embedding tables start uninitialised."""
 
     def __init__(self, vocab_size: int, dim: int, layers: int, heads: int, ffn_dim: int, max_positions: int,
                  type_vocab_size: int = 2, eps: float = 1e-12, device: torch.device | str | None = None):
