@@ -155,6 +155,20 @@ def test_image_to_video_extend_and_edit(server, key):
     assert edited.status == "completed", edited.error
     check_mp4(c.videos.download_content(edited.id).content, 64, 64, 9)
 
+    # no size asked: an upload is made at the offered size nearest its aspect ratio (80x48 for 5:3 and 16:9)
+    buf = io.BytesIO()
+    Image.new("RGB", (160, 90), (40, 40, 220)).save(buf, "PNG")
+    wide = c.videos.create_and_poll(prompt="a blue box", seconds="1", extra_body={"steps": 1},
+                                    input_reference=("box.png", buf.getvalue(), "image/png"))
+    assert wide.status == "completed" and wide.size == "80x48", wide
+    wide_clip = c.videos.download_content(wide.id).content
+    check_mp4(wide_clip, 80, 48, 9)
+    for made in (c.videos.edit(video=("wide.mp4", wide_clip, "video/mp4"), prompt="a green box"),
+                 c.videos.extend(video=("wide.mp4", wide_clip, "video/mp4"), prompt="it slides", seconds="1",
+                                 extra_body={"steps": 1})):
+        made = c.videos.poll(made.id)
+        assert made.status == "completed" and made.size == "80x48", made
+
 
 # -- refusals -----------------------------------------------------------------------------------------------------
 

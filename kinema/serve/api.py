@@ -147,6 +147,10 @@ class VideosAPI:
             self.need_task("image_to_video", "image-to-video (input_reference)")
             image = await run_in_threadpool(decode_image, await self.reference_bytes(body))
             job.params["input"] = "image"
+            if not f.get("size"):  # made at the offered size nearest the image's aspect ratio
+                s, job.size, _ = spec.settings(prompt, spec.size_like(image.shape[1], image.shape[0]), seconds,
+                                               parse_extras(f), self.cfg.max_steps)
+                job.params["settings"] = asdict(s)
         return await self.submit(owner, job, image=image)
 
     async def reference_bytes(self, body) -> bytes:
@@ -252,7 +256,8 @@ class VideosAPI:
         motion = unit_number(f, "motion_strength", "lower keeps more of the video's motion carried on, 1 starts "
                                                    "from pure noise")
         source, spec, video = await self.source_video(owner, body)
-        size = source.size if source is not None else f.get("size")
+        size = source.size if source is not None else f.get("size") or spec.size_like(video[0].shape[2],
+                                                                                         video[0].shape[1])
         s, size, seconds = spec.settings(prompt, size, f["seconds"], parse_extras(f), self.cfg.max_steps)
         before = float(source.seconds) if source is not None else len(video[0]) / video[1]
         job = Job(id=new_video_id(), owner=owner.id, kind="extend", model=spec.name, prompt=prompt,
@@ -273,8 +278,9 @@ class VideosAPI:
             settings = dict(source.params["settings"], prompt=prompt, **parse_extras(f))
             self.check(spec, settings)
             size, seconds = source.size, source.seconds
-        else:  # the output keeps the upload's length; its size is one the model offers
-            s, size, _ = spec.settings(prompt, f.get("size"), None, parse_extras(f), self.cfg.max_steps)
+        else:  # the output keeps the upload's length; its size is the offered one nearest its aspect ratio
+            size = f.get("size") or spec.size_like(video[0].shape[2], video[0].shape[1])
+            s, size, _ = spec.settings(prompt, size, None, parse_extras(f), self.cfg.max_steps)
             settings, seconds = asdict(s), f"{len(video[0]) / video[1]:g}"
         job = Job(id=new_video_id(), owner=owner.id, kind="edit", model=spec.name, prompt=prompt, seconds=seconds,
                   size=size, params={"settings": settings, "strength": strength(f)}, source_id=source and source.id)

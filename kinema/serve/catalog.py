@@ -97,6 +97,14 @@ class ModelSpec:
                              "shift": s.shift, "sampler": s.sampler,
                              "negative_prompt": s.negative_prompt}}
 
+    def size_like(self, width: int, height: int) -> str:
+        """The offered size whose aspect ratio is nearest a ``width`` x ``height`` input's (the first offered, the
+        default, among equally near ones): what an uploaded image or video is made at when a request names no size."""
+        def distance(size: str) -> float:
+            w, h = (int(v) for v in size.split("x"))
+            return abs(math.log((w / h) / (width / height)))
+        return min(self.sizes, key=distance)
+
     def settings(self, prompt: str, size: str | None, seconds: str | None, extras: dict,
                  max_steps: int) -> tuple[Settings, str, str]:
         """(validated Settings, size, seconds) for a request; InputError names the bad value and what is accepted."""
