@@ -293,11 +293,15 @@ def test_missing_source_and_bad_kind(tmp_path):
 
 
 def test_a_pth_that_is_not_a_checkpoint_is_named(tmp_path):
-    for name, data in (("text.pth", b"bogus text"), ("empty.pth", b""), ("cut.pth", b"\x80\x02}q\x00(X")):
+    for name, data in (("text.pth", b"bogus text"), ("x.pth", b"x\n"), ("empty.pth", b"")):
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(ConversionError, match=f"cannot read .*{name} as a torch checkpoint: it is truncated or "
-                                                  r"not one \(\w+"):
+        with pytest.raises(ConversionError, match=f"cannot read .*{name} as a torch checkpoint: it is neither a zip "
+                                                  r"archive \(torch.save\) nor a pickle"):
             convert_checkpoint(tmp_path / name, tmp_path / "out")
+    (tmp_path / "cut.pth").write_bytes(b"\x80\x02}q\x00(X")  # a pickle that ends early
+    with pytest.raises(ConversionError, match=r"cannot read .*cut.pth as a torch checkpoint: it is truncated or "
+                                              r"not one \(\w+"):
+        convert_checkpoint(tmp_path / "cut.pth", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

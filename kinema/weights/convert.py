@@ -189,6 +189,11 @@ def _checkpoint_files(src: Path) -> list[Path]:
 
 def _load_torch(path: Path) -> Mapping[str, torch.Tensor]:
     """A ``.pth`` state dict, memory-mapped when the file allows; never unpickles anything but tensors."""
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if not zipfile.is_zipfile(path) and first != b"\x80":  # neither torch.save's zip nor a (legacy) pickle
+        raise ConversionError(f"cannot read {path} as a torch checkpoint: it is neither a zip archive (torch.save) "
+                              f"nor a pickle")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
