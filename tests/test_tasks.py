@@ -536,3 +536,8 @@ def test_cli_task_made_at_its_input_s_size_and_says_when_it_resizes(tiny_model_d
                  "--steps", "1", "-o", str(out)]) == 0
     assert (probe_video(out)["width"], probe_video(out)["height"]) == (32, 32)  # its own size, no note
     assert "made at" not in capsys.readouterr().err
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--extend", str(tmp_path / "clip.mp4"),
+                 "--seconds", "0.01", "--steps", "1", "-o", str(out)]) == 0
+    assert probe_video(out)["frames"] == 11 + 4  # a step of 4 frames at least, and it says so
+    assert "--seconds 0.01 comes to 4 new frames (0.5 s at 8 fps), the fewest an extension adds" in \
+        capsys.readouterr().err

@@ -259,6 +259,11 @@ def _task_inputs(args, task: str, settings, cfg) -> dict:
         inputs = dict(seconds=tasks.check_seconds(args.long, "--long"))
     else:
         inputs = {}
+    if task in ("extend", "connect") and not args.quiet:
+        new = tasks.new_frame_count(inputs["seconds"], fps, tf, inputs.get("direction", "forward"))
+        if abs(new - inputs["seconds"] * fps) > tf / 2:  # more than rounding to the nearest step: the minimum
+            print(f"kinema: --seconds {inputs['seconds']:g} comes to {new} new frames ({new / fps:g} s at {fps} fps), "
+                  f"the fewest {'an extension' if task == 'extend' else 'a connection'} adds", file=sys.stderr)
     if args.overlap is not None:
         inputs["overlap"] = args.overlap
     if args.motion_strength is not None:

@@ -323,11 +323,18 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
     tf = _tf(pipe)
     frames = load_video(video, s.fps, s.width, s.height, resize)
     forward = direction == "forward"
-    new = grid_count(seconds * s.fps, tf, offset=0 if forward else 1, minimum=tf if forward else 1)
+    new = new_frame_count(seconds, s.fps, tf, direction)
     window = extend_window(encoder(pipe), frames, new, overlap, tf, direction, carry=motion_strength < 1)
     s = replace(s, strength=motion_strength)
     return _run(pipe, s, window, progress, before=frames if forward else None, after=None if forward else frames,
                 join=join)
+
+
+def new_frame_count(seconds: float, fps: float, tf: int, direction: str = "forward") -> int:
+    """The frames an extension (or a connection: "forward") adds for about ``seconds``: steps of ``tf`` frames
+    forwards, ``tf*k + 1`` backwards, the count nearest ``seconds`` and at least one step."""
+    forward = direction == "forward"
+    return grid_count(seconds * fps, tf, offset=0 if forward else 1, minimum=tf if forward else 1)
 
 
 def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds: float, *,
@@ -345,7 +352,7 @@ def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds
     tf = _tf(pipe)
     a = load_video(video_a, s.fps, s.width, s.height, resize, name="video A")
     b = load_video(video_b, s.fps, s.width, s.height, resize, name="video B")
-    new = grid_count(seconds * s.fps, tf, offset=0, minimum=tf)
+    new = new_frame_count(seconds, s.fps, tf)
     window = connect_window(encoder(pipe), a, b, new, overlap, tf, carry=motion_strength < 1)
     joined = _run(pipe, replace(s, strength=motion_strength), window, progress, before=a, after=b, join=join)
     return replace(joined, frames=joined.frames[len(a):len(a) + new]), joined
