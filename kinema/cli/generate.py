@@ -172,8 +172,7 @@ def cmd_generate(args) -> int:
     video.save(out)
     if not args.quiet:
         t = video.timings
-        print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
-              f"{video.fps} fps; seed {settings.seed}; {video.notes.get('dtype', 'float32')})")
+        print(f"wrote {out}  ({clip_summary(video)}; seed {settings.seed}; {video.notes.get('dtype', 'float32')})")
         if "student" in video.notes:
             print(f"sampled by the model's {settings.steps}-step student (guidance baked in; --no-student for the teacher)")
         print(f"time: load {load_s:.2f}s, text {t['text']:.2f}s, sampling {t['sample']:.2f}s, decode {t['decode']:.2f}s "
@@ -255,6 +254,14 @@ def check_device(name: str, flag: str = "--device"):
     elif dev.type != "cpu":
         raise CLIError(f"{flag} {name!r} is not supported; accepted: cpu, cuda, cuda:N (a GPU), mps")
     return dev
+
+
+def clip_summary(video) -> str:
+    """"17 frames, 128x128, 2.1 s at 8 fps", or "one frame, 128x128" for an image."""
+    height, width = video.frames.shape[1:3]
+    if len(video.frames) == 1:
+        return f"one frame, {width}x{height}"
+    return f"{len(video.frames)} frames, {width}x{height}, {video.seconds:.1f} s at {video.fps:g} fps"
 
 
 def warn_student_ignores(args, pipe, settings) -> None:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from . import CLIError
-from .generate import (check_output, default_output, distributed, finish_distributed, frames_for_seconds, load_pipeline,
-                       output_suffix, seconds_arg, warn_student_ignores)
+from .generate import (check_output, clip_summary, default_output, distributed, finish_distributed, frames_for_seconds,
+                       load_pipeline, output_suffix, seconds_arg, warn_student_ignores)
 
 _TASK_FLAGS = {"extend": "--extend", "connect": "--connect", "edit": "--edit", "keyframe": "--keyframe",
                "long": "--long", "loop": "--loop", "image": "--image"}
@@ -195,8 +195,8 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
                 str(Path(out).with_name(f"{Path(out).stem}-transition{Path(out).suffix}")))
         result[0].save(side)
     if not args.quiet:
-        print(f"wrote {out}  ({len(video.frames)} frames, {settings.width}x{settings.height}, {video.seconds:.1f} s at "
-              f"{video.fps} fps; seed {settings.seed}; load {load_s:.2f}s, generate {video.timings['total']:.2f}s)")
+        print(f"wrote {out}  ({clip_summary(video)}; seed {settings.seed}; load {load_s:.2f}s, generate "
+              f"{video.timings['total']:.2f}s)")
         if task == "connect":
             print(f"wrote {side}  (the {len(result[0].frames)}-frame transition alone)")
         if task == "loop":
