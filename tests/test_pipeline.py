@@ -94,6 +94,15 @@ def test_cli_writes_mp4_with_metadata(tiny_model_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ball.mp4"]  # no temp files left behind
 
 
+def test_cli_summarises_what_it_wrote(tiny_model_dir, tmp_path, capsys):
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--frames", "1", "--steps", "1",
+                 "-o", str(tmp_path / "still.png")]) == 0
+    assert "(one frame, 64x64; seed 0;" in capsys.readouterr().out
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--steps", "1",
+                 "-o", str(tmp_path / "clip.mp4")]) == 0
+    assert "(9 frames, 64x64, 1.1 s at 8 fps; seed 0;" in capsys.readouterr().out
+
+
 def test_cli_seconds_rounds_to_valid_frames(tiny_model_dir, tmp_path):
     from kinema.common.video import probe_video
     out = tmp_path / "clip.mp4"
