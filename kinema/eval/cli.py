@@ -145,25 +145,26 @@ def _run_tasks(args) -> int:
     return 0
 
 
-def _interval(args) -> tuple[float, float] | None:
-    """``--guidance-interval``, checked before any model loads (None: not given, the model's)."""
-    if args.guidance_interval is None:
+def _checked(value, flag: str, check):
+    """``check(value)`` for a flag given (None when it was not: the model's default), before any model loads; its
+    ValueError as an EvalArgumentError naming the flag."""
+    if value is None:
         return None
     try:
-        return check_interval(args.guidance_interval)
+        return check(value)
     except ValueError as err:
-        raise EvalArgumentError(f"--guidance-interval: {err}") from None
+        raise EvalArgumentError(f"{flag}: {err}") from None
+
+
+def _interval(args) -> tuple[float, float] | None:
+    """``--guidance-interval``, checked (None: not given, the model's)."""
+    return _checked(args.guidance_interval, "--guidance-interval", check_interval)
 
 
 def _cache_threshold(args) -> float | None:
-    """``--cache-threshold``, checked before any model loads (None: not given, the sampling default)."""
-    if args.cache_threshold is None:
-        return None
+    """``--cache-threshold``, checked (None: not given, the sampling default)."""
     from ..infer.step_cache import check_threshold
-    try:
-        return check_threshold(args.cache_threshold)
-    except ValueError as e:
-        raise EvalArgumentError(f"--cache-threshold: {e}") from None
+    return _checked(args.cache_threshold, "--cache-threshold", check_threshold)
 
 
 def _cache_report(pipe, threshold: float | None) -> dict:

@@ -119,7 +119,8 @@ def make_settings(cfg: ModelConfig, prompt: str, **overrides) -> Settings:
 
 
 def check_settings(cfg: ModelConfig, s: Settings) -> None:
-    """Raise InputError naming the bad value and what is accepted, before any work starts."""
+    """Raise InputError naming the bad value and what is accepted, before any work starts (a guidance interval
+    given as text "LO,HI" or a list is stored back as a float pair)."""
     if not isinstance(s.prompt, str) or not s.prompt.strip():
         raise InputError("prompt is empty; give a description of the video, e.g. \"a red ball bounces on the floor\"")
     m = cfg.pixel_multiple

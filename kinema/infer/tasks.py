@@ -288,9 +288,8 @@ def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]],
     """A clip with each (seconds, image) pinned at the latent frame holding that time (a keyframe at 0 s is
     decoded fitted to its image, as in ``image_to_video``)."""
     check_fit_steps(fit_steps)
-    first_given = images_at[0][1] if isinstance(images_at, (list, tuple)) and images_at \
-        and isinstance(images_at[0], (list, tuple)) and len(images_at[0]) == 2 else None
-    s = pipe.settings(prompt, **_input_sized(pipe, settings, first_given, "the first keyframe"))
+    first_image = images_at[0][1] if images_at else None
+    s = pipe.settings(prompt, **_input_sized(pipe, settings, first_image, "the first keyframe"))
     tf = _tf(pipe)
     pixels = keyframe_frames([t for t, _ in images_at], s.frames, s.fps, tf)
     images = [load_image(img, s.width, s.height, resize, name=f"keyframe at {t} s") for t, img in images_at]

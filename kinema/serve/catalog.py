@@ -19,6 +19,8 @@ from ..infer.pipeline import InputError, Settings, bundled_model_path, make_sett
 # Clients written for OpenAI's Videos API name Sora models; they get the server's default model.
 SORA_ALIASES = ("sora-2", "sora-2-pro")
 TASK_NAMES = ("image_to_video", "extend", "edit")  # beyond text-to-video and remix, if kinema.infer.tasks has them
+
+
 def _interval(raw: str) -> list[float]:
     """A ``guidance_interval`` field, text "LO,HI", as [lo, hi]."""
     try:
