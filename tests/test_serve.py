@@ -97,8 +97,11 @@ def test_openai_sdk_create_download_remix_list_delete(server, key, tmp_path):
     raw = c.videos.with_raw_response.retrieve(video.id)
     assert int(raw.headers["openai-poll-after-ms"]) == 100
 
-    remix = c.videos.remix(video.id, prompt="a blue ball bounces on the floor")
+    remix = c.videos.remix(video.id, prompt="a blue ball bounces on the floor",
+                           extra_body={"guidance_interval": [0.25, 1]})  # a list, as the video object shows it
     assert remix.remixed_from_video_id == video.id and remix.status in ("queued", "in_progress", "completed")
+    assert server.request("GET", f"/v1/videos/{remix.id}", key=key)[1]["kinema"]["settings"]["guidance_interval"] == \
+        [0.25, 1.0]
     remix = c.videos.poll(remix.id)
     assert remix.status == "completed", remix.error
     assert (remix.size, remix.seconds, remix.prompt) == ("80x48", "2", "a blue ball bounces on the floor")
@@ -192,7 +195,20 @@ def test_malformed_requests_get_4xx_in_openai_shape(server, key):
         ("no prompt", "POST", "/v1/videos", *multipart({"size": "64x64"}), key, 400, "prompt"),
         ("100 kB prompt", "POST", "/v1/videos", *multipart({"prompt": "x" * 100_000}), key, 400, "prompt"),
         ("text file as image", "POST", "/v1/videos", *multipart({"prompt": "x"}, text_file), key, 400, "input_reference"),
-        ("unknown model", "POST", "/v1/videos", *multipart({"prompt": "x", "model": "nope"}), key, 400, None),
+        ("unknown model", "POST", "/v1/videos", *multipart({"prompt": "x", "model": "nope"}), key, 400, "model"),
+        ("negative seed", "POST", "/v1/videos", *multipart({"prompt": "x", "seed": "-1"}), key, 400, "seed"),
+        ("negative guidance", "POST", "/v1/videos", *multipart({"prompt": "x", "guidance": "-3"}), key, 400, "guidance"),
+        ("zero shift", "POST", "/v1/videos", *multipart({"prompt": "x", "shift": "0"}), key, 400, "shift"),
+        ("unknown sampler", "POST", "/v1/videos", *multipart({"prompt": "x", "sampler": "bogus"}), key, 400, "sampler"),
+        ("100 kB negative prompt", "POST", "/v1/videos", *multipart({"prompt": "x", "negative_prompt": "x" * 100_000}),
+         key, 400, "negative_prompt"),
+        ("lone surrogate", "POST", "/v1/videos", b'{"prompt": "\\ud800x"}', {"Content-Type": "application/json"}, key,
+         400, "prompt"),
+        ("NUL in JSON", "POST", "/v1/videos", b'{"prompt": "a\\u0000b"}', {"Content-Type": "application/json"}, key,
+         400, "prompt"),
+        ("NUL in a form", "POST", "/v1/videos", *multipart({"prompt": "a\x00b"}), key, 400, "prompt"),
+        ("surrogate in a field's name", "POST", "/v1/videos", b'{"prompt": "x", "\\udc80": 1}',
+         {"Content-Type": "application/json"}, key, 400, None),
         ("unknown field", "POST", "/v1/videos", *multipart({"prompt": "x", "colour": "red"}), key, 400, "colour"),
         ("bad steps", "POST", "/v1/videos", *multipart({"prompt": "x", "steps": "100000"}), key, 400, "steps"),
         ("file in a text field", "POST", "/v1/videos", *multipart({}, {"prompt": ("p.txt", b"x", "text/plain")}),
@@ -217,6 +233,7 @@ def test_malformed_requests_get_4xx_in_openai_shape(server, key):
          {"Content-Type": "application/json"}, key, 404, None),
         ("bad variant", "GET", f"/v1/videos/{mine['id']}/content?variant=../../x", None, {}, key, 400, "variant"),
         ("bad limit", "GET", "/v1/videos?limit=0", None, {}, key, 400, "limit"),
+        ("superscript limit", "GET", "/v1/videos?limit=%C2%B2", None, {}, key, 400, "limit"),
         ("bad order", "GET", "/v1/videos?order=sideways", None, {}, key, 400, "order"),
         ("bad cursor", "GET", "/v1/videos?after=video_" + "1" * 32, None, {}, key, 400, "after"),
         ("foreign cursor", "GET", f"/v1/videos?after={theirs['id']}", None, {}, key, 400, "after"),
@@ -262,8 +279,9 @@ def test_rate_limit_answers_429(server):
     limited = add_key(server.db, "limited", rate=1, queue=10)
     c = client(server, limited)
     c.videos.create(prompt="one", size="32x32", extra_body={"steps": 1})
-    with pytest.raises(openai.RateLimitError, match="1 videos per minute"):
+    with pytest.raises(openai.RateLimitError, match="1 videos per minute") as refused:
         c.videos.create(prompt="two", size="32x32", extra_body={"steps": 1})
+    assert 55 <= int(refused.value.response.headers["retry-after"]) <= 60  # when the first leaves the minute's window
 
 
 # -- reliability -----------------------------------------------------------------------------------------------------
@@ -347,3 +365,38 @@ def test_jobs_survive_a_server_restart_and_a_killed_worker(backend, tiny_model_d
         raise
     finally:
         srv.stop()
+
+
+def test_without_keys_only_this_machine_and_its_own_page_are_answered(tiny_model_dir, tmp_path):
+    db = store_url("sqlite", tmp_path)
+    api = Server(tmp_path, tiny_model_dir, db, role=["api"], extra=["--no-auth", "--sizes", SIZES]).wait_ready()
+    try:
+        form = multipart({"prompt": "a red ball", "size": "32x32"})
+        own = f"http://127.0.0.1:{api.port}"
+        cases = [  # (what, method, path, (body, headers) or None, extra headers, status, code)
+            ("a client that is not a browser", "POST", "/v1/videos", form, {}, 200, None),
+            ("the server's own page", "POST", "/v1/videos", form, {"Origin": own}, 200, None),
+            ("another site's form", "POST", "/v1/videos", form, {"Origin": "http://localhost:9999"}, 403,
+             "cross_site_request"),
+            ("a sandboxed page", "POST", "/v1/videos", form, {"Origin": "null"}, 403, "cross_site_request"),
+            ("another site, no Origin", "POST", "/v1/videos", form, {"Sec-Fetch-Site": "cross-site"}, 403,
+             "cross_site_request"),
+            ("DNS rebinding", "GET", "/v1/videos", None, {"Host": "attacker.example"}, 400, "invalid_host"),
+            ("DNS rebinding, with a port", "DELETE", "/v1/videos/video_" + "0" * 32, None,
+             {"Host": f"attacker.example:{api.port}"}, 400, "invalid_host"),
+            ("IPv6 loopback", "GET", "/v1/videos", None, {"Host": f"[::1]:{api.port}"}, 200, None),
+            ("localhost", "GET", "/v1/videos", None, {"Host": "localhost"}, 200, None),
+        ]
+        for what, method, path, body, headers, want, code in cases:
+            body, headers = (None, headers) if body is None else (body[0], {**body[1], **headers})
+            status, reply, _ = api.request(method, path, body, headers)
+            assert status == want, f"{what}: {status} {reply}"
+            if code is not None:
+                assert reply["error"]["code"] == code, f"{what}: {reply}"
+        status, page, _ = api.request("GET", "/v1/videos")
+        assert [v["prompt"] for v in page["data"]] == ["a red ball"] * 2  # only the two allowed ones were queued
+    except BaseException:
+        print(api.logs())
+        raise
+    finally:
+        api.stop()

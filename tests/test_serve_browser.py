@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_serve_support import Server, add_key, need, wait_for
 
 CHROMIUM = os.environ.get("KINEMA_CHROMIUM", "/usr/bin/chromium")
@@ -55,7 +56,8 @@ def test_page_generates_plays_and_remixes_a_video(browser, tiny_model_dir, tmp_p
 
         page.fill("#api-key", key)  # the server asks for keys: the page shows its key box
         page.click("#key-form button")
-        wait_js(page, "() => document.querySelectorAll('#size option').length === 2", 30, "the sizes from /v1/models")
+        wait_js(page, "() => document.querySelectorAll('#size option').length === 3", 30, "the sizes from /v1/models")
+        assert page.eval_on_selector_all("#size option", "els => els.map(e => e.value)") == ["", "64x64", "80x48"]
         assert page.eval_on_selector_all("#seconds option", "els => els.map(e => e.value)") == ["1", "2"]
 
         page.fill("#prompt", "a red ball bounces on the floor")
@@ -81,6 +83,15 @@ def test_page_generates_plays_and_remixes_a_video(browser, tiny_model_dir, tmp_p
         wait_js(page, """() => document.querySelectorAll('.card[data-status="completed"] video').length === 2""", 90,
                 "the remix to play")
         assert "remix" in page.text_content(".card .meta")  # the newest card, first in the gallery
+
+        image = tmp_path / "wide.png"  # image-to-video at size "auto": the offered size nearest the image's shape
+        Image.new("RGB", (200, 120), (200, 40, 40)).save(image)
+        page.select_option("#size", "")
+        page.set_input_files("#image", str(image))
+        page.click("#submit")
+        wait_js(page, """() => document.querySelectorAll('.card[data-status="completed"] video').length === 3""", 90,
+                "the image-to-video clip")
+        assert "80x48" in page.text_content(".card .meta")
 
         shot = tmp_path / "serve-page.png"
         page.screenshot(path=str(shot), full_page=True)

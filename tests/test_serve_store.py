@@ -17,7 +17,7 @@ from kinema.config import ConfigError, preset
 from kinema.infer import InputError
 from kinema.serve.catalog import ModelSpec, frames_for_seconds, parse_extras, resolve_model
 from kinema.serve.config import ServeConfig, is_loopback
-from kinema.serve.media import UploadError, decode_image, job_dir, spritesheet
+from kinema.serve.media import UploadError, decode_image, decode_video, job_dir, spritesheet
 from kinema.serve.store import Job, JobStore, LimitError
 
 
@@ -174,11 +174,16 @@ def test_rate_and_queue_limits_are_per_key(url):
     store = make_store(url)
     for n in range(3):
         submit(store, "key_a", n, rate=3)
-    with pytest.raises(LimitError, match="3 videos per minute"):
+    with pytest.raises(LimitError, match="3 videos per minute") as refused:
         submit(store, "key_a", 3, rate=3)
+    assert 58 <= refused.value.retry_after <= 60  # when the first of the three leaves the minute's window
+    with pytest.raises(LimitError) as refused:
+        submit(store, "key_a", 3, rate=2)
+    assert 58 <= refused.value.retry_after <= 60  # the second must leave too: no sooner
     submit(store, "key_b", 4, rate=3)  # another key has its own budget
-    with pytest.raises(LimitError, match="queue limit reached: 3"):
+    with pytest.raises(LimitError, match="queue limit reached: 3") as refused:
         submit(store, "key_a", 5, queue=3)
+    assert refused.value.retry_after is None  # frees when a job finishes: no time to promise
     store.finish(store.claim("w"))  # one finishes: room in the queue again
     submit(store, "key_a", 6, queue=3)
     store.delete(f"video_{6:032x}", "key_a")  # deleting does not hand the rate budget back
@@ -193,6 +198,8 @@ def test_results_expire(url):
     assert store.finish(store.claim("w"))
     assert store.purge_expired() == []
     time.sleep(0.3)
+    assert store.get(f"video_{1:032x}", "key_a") is None  # gone for clients before a sweep removes it
+    assert [j.id for j in store.page("key_a")[0]] == [f"video_{2:032x}"]
     assert store.purge_expired() == [f"video_{1:032x}"]  # the queued one never expires
     assert store.get(f"video_{1:032x}", "key_a") is None and store.get(f"video_{2:032x}", "key_a") is not None
 
@@ -206,6 +213,21 @@ def test_keys_are_stored_hashed_and_can_be_revoked(url):
     assert store.revoke_key("alice") and not store.revoke_key("alice")
     assert store.key_for(secret) is None
     assert [k.name for k in store.keys()] == ["alice"] and store.keys()[0].revoked_at is not None
+
+
+def test_connections_postgresql_dropped_are_replaced(tmp_path):
+    import psycopg
+    url = store_url("postgresql", tmp_path)
+    store = make_store(url)
+    submit(store, n=1)  # this thread now holds a connection
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    with psycopg.connect(url, autocommit=True) as admin:  # what a restart of the database server does to it
+        admin.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        wait_for = time.monotonic() + 10
+        while admin.execute(f"SELECT COUNT(*) {others}").fetchone()[0] and time.monotonic() < wait_for:
+            time.sleep(0.02)
+    submit(store, n=2)  # a transaction first: it reconnects instead of failing the request
+    assert [j.id for j in store.page("key_a")[0]] == [f"video_{2:032x}", f"video_{1:032x}"]
 
 
 def test_two_handles_on_one_store_see_the_same_jobs(url):
@@ -267,6 +289,19 @@ def test_uploads_must_be_real_images():
     for data in (b"hello, I am text", b"GIF89a" + b"\0" * 20, b"\x89PNG\r\n\x1a\n broken"):
         with pytest.raises(UploadError, match="accepted: PNG, JPEG, WEBP"):
             decode_image(data)
+
+
+def test_uploaded_videos_are_scaled_down_as_they_are_decoded(tmp_path):
+    from kinema.common.video_write import write_video
+    frames = np.zeros((9, 360, 640, 3), np.uint8)
+    frames[:, :, 320:] = (200, 30, 30)  # right half red: the picture is scaled, not cropped
+    write_video(tmp_path / "wide.mp4", frames, 8)
+    data = (tmp_path / "wide.mp4").read_bytes()
+    video, fps = decode_video(data, tmp_path / "scratch", max_frames=257, max_pixels=4 * 64 * 64)
+    assert video.shape == (9, 96, 170, 3) and fps == 8  # 640x360 -> 16:9 within 16384 pixels, even sides
+    assert video[:, :, :80, 0].mean() < 20 and video[:, :, 90:, 0].mean() > 180
+    video, _ = decode_video(data, tmp_path / "scratch", max_frames=5)  # within the limit: as it is
+    assert video.shape == (5, 360, 640, 3)
 
 
 def test_files_are_addressed_by_well_formed_ids_only(tmp_path):

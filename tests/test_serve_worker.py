@@ -12,7 +12,7 @@ import torch
 
 from kinema import cli
 from kinema.config import ConfigError
-from kinema.infer import make_settings
+from kinema.infer import InputError, make_settings
 from kinema.infer.memory import estimate_memory
 from kinema.infer.offload import MemoryFitError, MemoryPlan
 from kinema.serve import ServeConfig
@@ -96,6 +96,28 @@ def test_failures_are_recorded_and_the_worker_goes_on(worker, monkeypatch):
     failed = worker.store.get(job.id, "key_a")
     assert (failed.error_code, failed.error_message) == ("generation_failed", "RuntimeError: CUDA out of memory (pretend)")
 
+    job = queue(worker, 6)
+
+    def unreadable(*a, **k):  # the server's folders stay out of what the client reads
+        raise InputError(f"cannot decode {job_dir(worker.data, job.id) / 'input.png'}; see {worker.data / 'tmp'}")
+    monkeypatch.setattr(worker.pipeline("tiny"), "run", unreadable)
+    assert worker.process(job) == 0
+    assert worker.store.get(job.id, "key_a").error_message == "cannot decode input.png; see <data>/tmp"
+
+
+def test_a_job_deleted_while_its_files_are_written_is_no_error(worker, monkeypatch, caplog):
+    import kinema.serve.worker as worker_module
+    job = queue(worker, 7)
+
+    def deleted_meanwhile(folder, *a, **k):
+        worker.store.delete(job.id, "key_a")
+        raise FileNotFoundError(folder / "video.mp4")  # its folder went with it
+    monkeypatch.setattr(worker_module, "write_results", deleted_meanwhile)
+    with caplog.at_level("INFO", logger="kinema.serve.worker"):
+        assert worker.process(job) == 0
+    assert worker.store.get(job.id, "key_a") is None
+    assert "deleted while it was being written" in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+
 
 def test_a_second_worker_cannot_take_the_same_name(worker):
     worker._take_name()
@@ -129,6 +151,14 @@ def test_cli_manages_keys(tmp_path, capsys):
     assert cli.main(["serve", "keys", "revoke", "alice", *data]) == 2  # nothing left to revoke
     assert "no live key" in capsys.readouterr().err
     assert cli.main(["serve", "keys", "create", "--name", "alice", *data]) == 0  # the name is free again
+    capsys.readouterr()
+    for flags, said in ((["--name", "bob", "--key-rate", "-1"], "--key-rate must be a whole number >= 1"),
+                        (["--name", "bob", "--key-queue", "0"], "--key-queue must be a whole number >= 1"),
+                        (["--name", "  "], "needs a name")):
+        assert cli.main(["serve", "keys", "create", *flags, *data]) == 2, flags
+        assert said in capsys.readouterr().err
+    assert cli.main(["serve", "keys", "list", *data]) == 0
+    assert "bob" not in capsys.readouterr().out  # nothing was stored
 
 
 def test_cli_refuses_no_auth_off_loopback(tmp_path, capsys):

@@ -201,12 +201,14 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
 
 
 def read_video(
-    path: str | os.PathLike, max_frames: int | None = None, fps: float | None = None
+    path: str | os.PathLike, max_frames: int | None = None, fps: float | None = None, max_pixels: int | None = None
 ) -> tuple[np.ndarray, float]:
     """(uint8 frames (F, H, W, 3) upright, fps) from any video PyAV decodes, a frame folder or an image.
 
     ``fps`` resamples to that rate (nearest earlier frame per tick) and is then the returned rate;
-    ``max_frames`` stops after that many output frames. An image reads as one frame at 1 fps.
+    ``max_frames`` stops after that many output frames; ``max_pixels`` scales a video's larger frames down
+    (aspect kept, even sides) as they are decoded, so a long high-resolution clip never sits in memory at
+    full size. An image reads as one frame at 1 fps.
     """
     path = Path(path)
     _require_exists(path)
@@ -218,10 +220,21 @@ def read_video(
         return _read_folder(path, max_frames, fps)
     if path.suffix.lower() in IMAGE_EXTS:
         return read_image(path)[None], float(fps or 1.0)
-    return _read_av(path, max_frames, fps)
+    return _read_av(path, max_frames, fps, max_pixels)
 
 
-def _read_av(path: Path, max_frames: int | None, fps: float | None) -> tuple[np.ndarray, float]:
+def _rgb(frame, max_pixels: int | None) -> np.ndarray:
+    """A decoded frame as uint8 RGB, area-averaged down to at most ``max_pixels`` if it is larger."""
+    w, h = frame.width, frame.height
+    if max_pixels is None or w * h <= max_pixels:
+        return frame.to_ndarray(format="rgb24")
+    scale = math.sqrt(max_pixels / (w * h))
+    size = max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)
+    return frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def _read_av(path: Path, max_frames: int | None, fps: float | None,
+             max_pixels: int | None = None) -> tuple[np.ndarray, float]:
     import av
 
     frames: list[np.ndarray] = []
@@ -246,7 +259,7 @@ def _read_av(path: Path, max_frames: int | None, fps: float | None) -> tuple[np.
             converted: tuple[Any, np.ndarray] | None = None
             for frame in _resample(timed(), fps, max_frames, 1.0 / (src_fps or 1.0)):
                 if converted is None or converted[0] is not frame:  # upsampling repeats a frame: convert once
-                    converted = (frame, _upright(frame.to_ndarray(format="rgb24"), rotation))
+                    converted = (frame, _upright(_rgb(frame, max_pixels), rotation))
                 frames.append(converted[1])
         except (av.FFmpegError, EOFError, OSError) as err:
             raise VideoDecodeError(path, f"decoding failed after {decoded} frame(s) ({err})") from None

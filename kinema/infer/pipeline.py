@@ -122,38 +122,40 @@ def check_settings(cfg: ModelConfig, s: Settings) -> None:
     """Raise InputError naming the bad value and what is accepted, before any work starts (a guidance interval
     given as text "LO,HI" or a list is stored back as a float pair)."""
     if not isinstance(s.prompt, str) or not s.prompt.strip():
-        raise InputError("prompt is empty; give a description of the video, e.g. \"a red ball bounces on the floor\"")
+        raise InputError("prompt is empty; give a description of the video, e.g. \"a red ball bounces on the floor\"",
+                         param="prompt")
     m = cfg.pixel_multiple
     for name, v in (("width", s.width), ("height", s.height)):
         if not isinstance(v, int) or v < m or v % m:
             lo = max(m, (int(v) // m) * m) if isinstance(v, (int, float)) and v > 0 else m
-            raise InputError(f"{name} {v} is not a positive multiple of {m}; try {lo} or {lo + m}")
+            raise InputError(f"{name} {v} is not a positive multiple of {m}; try {lo} or {lo + m}", param="size")
     tf = cfg.vae.temporal_factor
     if not isinstance(s.frames, int) or s.frames < 1 or (s.frames - 1) % tf:
         lo, hi = nearest_valid_frames(int(s.frames) if isinstance(s.frames, (int, float)) and s.frames > 0 else 1, tf)
-        raise InputError(f"frames {s.frames} is not {tf}k+1 (1, {tf + 1}, {2 * tf + 1}, ...); try {lo} or {hi}")
+        raise InputError(f"frames {s.frames} is not {tf}k+1 (1, {tf + 1}, {2 * tf + 1}, ...); try {lo} or {hi}",
+                         param="seconds")
     if s.sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {s.sampler!r}; choose one of {list(SAMPLERS)}")
+        raise InputError(f"unknown sampler {s.sampler!r}; choose one of {list(SAMPLERS)}", param="sampler")
     if not isinstance(s.steps, int) or not 1 <= s.steps <= 1000:
-        raise InputError(f"steps must be an integer in [1, 1000], got {s.steps}")
+        raise InputError(f"steps must be an integer in [1, 1000], got {s.steps}", param="steps")
     if not (isinstance(s.guidance, (int, float)) and math.isfinite(s.guidance) and 0 <= s.guidance <= 50):
-        raise InputError(f"guidance must be a number in [0, 50], got {s.guidance}")
+        raise InputError(f"guidance must be a number in [0, 50], got {s.guidance}", param="guidance")
     try:
         s.guidance_interval = check_interval(s.guidance_interval)
     except ValueError as e:
         raise InputError(str(e), param="guidance_interval") from None
     if not (isinstance(s.shift, (int, float)) and 0 < s.shift <= 100):
-        raise InputError(f"shift must be in (0, 100], got {s.shift}")
+        raise InputError(f"shift must be in (0, 100], got {s.shift}", param="shift")
     if not isinstance(s.fps, int) or not 1 <= s.fps <= 240:
-        raise InputError(f"fps must be an integer in [1, 240], got {s.fps}")
+        raise InputError(f"fps must be an integer in [1, 240], got {s.fps}", param="fps")
     if not isinstance(s.seed, int) or not 0 <= s.seed < 2**63:
-        raise InputError(f"seed must be an integer in [0, 2^63), got {s.seed}")
+        raise InputError(f"seed must be an integer in [0, 2^63), got {s.seed}", param="seed")
     if not (isinstance(s.strength, (int, float)) and 0 < s.strength <= 1):
-        raise InputError(f"strength must be in (0, 1], got {s.strength}")
+        raise InputError(f"strength must be in (0, 1], got {s.strength}", param="strength")
     try:
         check_threshold(s.cache_threshold)
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise InputError(str(e), param="cache_threshold") from None
 
 
 class Pipeline:

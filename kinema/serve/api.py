@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import secrets
 import shutil
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from ..common.io import atomic_path
 from ..common.video_write import write_video
 from ..infer.pipeline import InputError
 from .catalog import ModelSpec, available_tasks, load_catalog, parse_extras, resolve_model
-from .config import ServeConfig
+from .config import ServeConfig, is_loopback
 from .media import (INPUT_IMAGE, INPUT_VIDEO, VARIANTS, VIDEO_ID, UploadError, decode_image, decode_video, job_dir,
                     remove_job_files, save_image)
 from .store import Job, JobStore, LimitError
@@ -76,9 +77,11 @@ class VideosAPI:
         if prompt is None or not prompt.strip():
             raise APIError(400, "prompt is required: describe the video, e.g. 'a red ball bounces on the floor'",
                            param="prompt", code="missing_prompt" if prompt is None else "empty_prompt")
-        if len(prompt) > self.cfg.max_prompt_chars:
-            raise APIError(400, f"prompt is {len(prompt)} characters; at most {self.cfg.max_prompt_chars} accepted",
-                           param="prompt", code="prompt_too_long")
+        for name in ("prompt", "negative_prompt"):
+            text = fields.get(name) or ""
+            if len(text) > self.cfg.max_prompt_chars:
+                raise APIError(400, f"{name} is {len(text)} characters; at most {self.cfg.max_prompt_chars} accepted",
+                               param=name, code="prompt_too_long")
         return prompt
 
     async def job_of(self, owner: Owner, video_id: str, param: str | None = None) -> Job:
@@ -113,7 +116,8 @@ class VideosAPI:
             job = await run_in_threadpool(self.store.submit, job, owner.rate_per_min, owner.max_queue)
         except LimitError as e:
             await run_in_threadpool(remove_job_files, self.data, job.id)
-            raise APIError(429, str(e), code="rate_limit_exceeded") from None
+            wait = e.retry_after or max(1, math.ceil(self.cfg.poll_ms / 1000))  # a queue frees as jobs finish
+            raise APIError(429, str(e), code="rate_limit_exceeded", headers={"retry-after": str(wait)}) from None
         except FileNotFoundError:
             await run_in_threadpool(remove_job_files, self.data, job.id)
             raise APIError(404, "the source video's files have expired", code="video_not_found") from None
@@ -186,7 +190,7 @@ class VideosAPI:
             raise APIError(400, f"unknown query parameter {shown(unknown[0])}; accepted: after, limit, order",
                            param=unknown[0], code="unknown_parameter")
         limit_text = q.get("limit", "20")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+        if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 100:
             raise APIError(400, f"limit must be an integer in [1, 100], got {shown(limit_text)}", param="limit")
         order = q.get("order", "desc")
         if order not in ("asc", "desc"):
@@ -296,9 +300,12 @@ class VideosAPI:
         if "video" not in body.files:
             raise APIError(400, "video is required: upload a file as 'video' or name a completed video as video[id]",
                            param="video")
+        spec = resolve_model(self.catalog, body.fields.get("model"))
         data = await read_upload(body.files["video"], self.cfg.max_upload_bytes, "video")
-        video = await run_in_threadpool(decode_video, data, self.data / "tmp", self.cfg.max_input_frames)
-        return None, resolve_model(self.catalog, body.fields.get("model")), video
+        width, height, _ = spec.largest_request  # decoded at up to twice the largest size's sides, no larger
+        video = await run_in_threadpool(decode_video, data, self.data / "tmp", self.cfg.max_input_frames,
+                                        4 * width * height)
+        return None, spec, video
 
     def spec_of(self, job: Job) -> ModelSpec:
         if job.model not in self.catalog:
@@ -308,13 +315,13 @@ class VideosAPI:
 
     def check(self, spec: ModelSpec, settings: dict) -> None:
         from ..infer.pipeline import Settings, check_settings
+        steps = settings.get("steps")
+        if isinstance(steps, int) and not 1 <= steps <= self.cfg.max_steps:
+            raise InputError(f"steps must be in [1, {self.cfg.max_steps}] on this server, got {steps}", param="steps")
         try:
             check_settings(spec.cfg, Settings(**settings))
         except TypeError as e:
             raise InputError(str(e)) from None
-        if settings["steps"] > self.cfg.max_steps:
-            raise InputError(f"steps must be in [1, {self.cfg.max_steps}] on this server, got {settings['steps']}",
-                             param="steps")
 
     # -- page and health -----------------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
@@ -353,7 +360,7 @@ def new_video_id() -> str:
 # -- the application -----------------------------------------------------------------------------------------
 
 async def _api_error(request: Request, exc: APIError) -> Response:
-    return error_response(exc.status, exc.message, exc.param, exc.code)
+    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
 
 async def _input_error(request: Request, exc: Exception) -> Response:
@@ -397,6 +404,42 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+class LocalOnly:
+    """ASGI middleware for a server without keys (``--no-auth``, loopback only). Requests must name this machine
+    in their Host header (a DNS-rebinding page names its own domain), and requests that change something must not
+    come from another site's page: a browser sends its Origin (and Sec-Fetch-Site) with every form and fetch."""
+
+    SAFE = (b"GET", b"HEAD", b"OPTIONS")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                return await error_response(*refusal)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope) -> tuple[int, str, None, str] | None:
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get(b"host", "")
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] if ":" in host else host
+        if not is_loopback(name):
+            return (400, f"Host {shown(host)} is not this machine: a server without API keys answers only requests "
+                         f"addressed to localhost, 127.0.0.1 or [::1]", None, "invalid_host")
+        if scope["method"].encode() in self.SAFE:
+            return None
+        origin = headers.get(b"origin")
+        cross = (origin is not None and origin.partition("://")[2].lower() != host.lower()) or \
+            headers.get(b"sec-fetch-site") in ("cross-site", "same-site")
+        if cross:
+            return (403, f"a request from another site's page ({shown(origin or 'unknown origin')}) is refused: a "
+                         f"server without API keys takes changes only from its own page and from clients that are "
+                         f"not browsers", None, "cross_site_request")
+        return None
+
+
 def _closing(handler):
     """The handler, then close the request's uploaded files (spooled temporary files) whatever happened."""
     async def endpoint(request: Request) -> Response:
@@ -427,5 +470,6 @@ def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[st
     ]
     handlers = {APIError: _api_error, InputError: _input_error, UploadError: _input_error, HTTPException: _http_error,
                 BodyTooLarge: _too_large, Exception: _server_error}
-    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_bytes=cfg.max_request_bytes)]
+    middleware = [Middleware(SecurityHeaders), *([] if cfg.auth else [Middleware(LocalOnly)]),
+                  Middleware(BodyLimit, max_bytes=cfg.max_request_bytes)]
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

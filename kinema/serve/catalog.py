@@ -206,5 +206,5 @@ def resolve_model(catalog: dict[str, ModelSpec], name: str | None) -> ModelSpec:
     if name in (None, "") or name in SORA_ALIASES or (name or "").startswith(tuple(a + "-" for a in SORA_ALIASES)):
         return next(iter(catalog.values()))
     if name not in catalog:
-        raise InputError(f"model {name!r} is not served here; accepted: {', '.join(catalog)}")
+        raise InputError(f"model {name!r} is not served here; accepted: {', '.join(catalog)}", param="model")
     return catalog[name]

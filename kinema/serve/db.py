@@ -90,7 +90,14 @@ class Database:
         """A block whose statements commit together, or not at all if it raises."""
         conn = self._conn()
         if self.dialect == "postgresql":
-            with conn.transaction():
+            import psycopg
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(conn.transaction())  # BEGIN: where a connection the server dropped fails
+                except psycopg.OperationalError:  # reconnect once, as execute() does
+                    self.close()
+                    conn = self._conn()
+                    stack.enter_context(conn.transaction())
                 yield Transaction(self, conn)
             return
         conn.execute("BEGIN IMMEDIATE")

@@ -165,6 +165,11 @@ def create_key(cfg: ServeConfig, name: str, rate_per_min: int | None = None, max
     """Make a key; returns the secret (printed once, stored only as a hash). A name a live key already has is
     refused: ``keys revoke NAME`` would revoke both."""
     from ..config import ConfigError
+    if not name.strip():
+        raise ConfigError("a key needs a name (--name), e.g. --name alice")
+    for flag, value in (("--key-rate", rate_per_min), ("--key-queue", max_queue)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a whole number >= 1 (leave it out for the server's default), got {value}")
     store = prepare(cfg)
     if any(k.name == name and not k.revoked_at for k in store.keys()):
         raise ConfigError(f"a live key is already named {name!r}; choose another name (or revoke it first)")

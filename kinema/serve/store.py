@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,15 @@ STATUSES = ("queued", "in_progress", "completed", "failed", "deleted")
 DELETED_RETENTION_S = 120.0  # deleted jobs stay this long, so deleting does not reset the rate limit
 
 
+_LIVE = "status != 'deleted' AND (expires_at IS NULL OR expires_at >= ?)"  # what clients still see
+
+
 class LimitError(Exception):
-    """A key is over its rate or queue limit (HTTP 429)."""
+    """A key is over its rate or queue limit (HTTP 429); ``retry_after``: seconds until a retry can pass, if known."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -141,8 +149,12 @@ class JobStore:
                 tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (job.owner,))
             recent = tx.execute("SELECT COUNT(*) AS n FROM kinema_videos WHERE owner = ? AND created_at > ?",
                                 (job.owner, now - 60.0))[0]["n"]
-            if recent >= rate_per_min:
-                raise LimitError(f"rate limit reached: {rate_per_min} videos per minute for this key; retry in a minute")
+            if recent >= rate_per_min:  # a slot frees when the submission rate_per_min before the next leaves the window
+                oldest = tx.execute("SELECT created_at FROM kinema_videos WHERE owner = ? AND created_at > ? ORDER BY "
+                                    "created_at LIMIT 1 OFFSET ?", (job.owner, now - 60.0, recent - rate_per_min))
+                wait = max(1, math.ceil(oldest[0]["created_at"] + 60.0 - now)) if oldest else 60
+                raise LimitError(f"rate limit reached: {rate_per_min} videos per minute for this key; retry in {wait} s",
+                                 retry_after=wait)
             active = tx.execute("SELECT COUNT(*) AS n FROM kinema_videos WHERE owner = ? AND status IN "
                                 "('queued', 'in_progress')", (job.owner,))[0]["n"]
             if active >= max_queue:
@@ -156,16 +168,17 @@ class JobStore:
         return job
 
     def get(self, video_id: str, owner: str) -> Job | None:
-        """The owner's job with this id, or None (also for other owners' and deleted jobs)."""
-        rows = self.db.execute("SELECT * FROM kinema_videos WHERE id = ? AND owner = ? AND status != 'deleted'",
-                               (video_id, owner))
+        """The owner's job with this id, or None (also for other owners', deleted and expired jobs: an expired
+        one is gone for clients at once, whenever a worker's sweep removes its files)."""
+        rows = self.db.execute(f"SELECT * FROM kinema_videos WHERE id = ? AND owner = ? AND {_LIVE}",
+                               (video_id, owner, time.time()))
         return Job.from_row(rows[0]) if rows else None
 
     def page(self, owner: str, after: str | None = None, limit: int = 20, order: str = "desc") -> tuple[list[Job], bool]:
         """One page of the owner's jobs newest-first (``desc``) or oldest-first, after the job ``after``; and
         whether more follow. An ``after`` that is not one of the owner's jobs raises KeyError."""
         op, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
-        where, params = "owner = ? AND status != 'deleted'", [owner]
+        where, params = f"owner = ? AND {_LIVE}", [owner, time.time()]
         if after is not None:
             anchor = self.db.execute("SELECT seq FROM kinema_videos WHERE id = ? AND owner = ?", (after, owner))
             if not anchor:

@@ -27,14 +27,16 @@ TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "inval
 class APIError(Exception):
     """A refused request: HTTP status, a message that says what was wrong and what is accepted."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """An error in OpenAI's shape."""
+    """An error in OpenAI's shape (text a client sent that UTF-8 cannot hold, a lone surrogate, escaped)."""
+    message, param = (None if v is None else v.encode("utf-8", "backslashreplace").decode() for v in (message, param))
     body = {"error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param,
                       "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -121,6 +123,8 @@ async def read_body(request: Request, accepted: tuple[str, ...], file_fields: tu
     else:
         raise APIError(415, f"content type {shown(ctype)} is not accepted; send multipart/form-data, "
                             f"application/x-www-form-urlencoded or application/json", code="unsupported_media_type")
+    for key, value in fields.items():
+        _check_text(key, value)
     unknown = sorted(set(fields) - set(accepted) | set(files) - set(file_fields))
     if unknown:
         raise APIError(400, f"unknown parameter {shown(unknown[0])}; accepted: {', '.join(accepted)}", param=unknown[0],
@@ -129,15 +133,30 @@ async def read_body(request: Request, accepted: tuple[str, ...], file_fields: tu
 
 
 def _flatten(data: dict) -> dict[str, str]:
-    """JSON fields as form fields: {"video": {"id": "x"}} -> {"video[id]": "x"}; numbers as text."""
+    """JSON fields as form fields: {"video": {"id": "x"}} -> {"video[id]": "x"}; numbers as text; a list as
+    comma-separated text ({"guidance_interval": [0, 0.9]}, as the video object shows it -> "0,0.9")."""
     out: dict[str, str] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, list):
+            out[key] = ",".join(_scalar(key, v) for v in value)
+        elif isinstance(value, dict):
             for sub, inner in value.items():
                 out[f"{key}[{sub}]"] = _scalar(f"{key}[{sub}]", inner)
         elif value is not None:
             out[key] = _scalar(key, value)
     return out
+
+
+def _check_text(key: str, value: str) -> None:
+    """400 for text no store or encoder can hold: NUL characters and lone surrogates (JSON's "\\ud800")."""
+    for text, param in ((key, None), (value, key)):
+        if "\x00" in text:
+            raise APIError(400, f"field {shown(key)} contains a NUL character", param=param)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, f"field {shown(key)} is not valid Unicode text (it has a lone surrogate)",
+                           param=param) from None
 
 
 def _scalar(key: str, value) -> str:

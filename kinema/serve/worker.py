@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import multiprocessing
+import os
 import re
 import signal
 import socket
@@ -176,16 +177,34 @@ class Worker:
                 self.store.release(job)
                 log.info("%s: stopping; %s goes back to the queue", self.name, job.id)
         except (InputError, UploadError, VideoDecodeError) as e:
-            self.store.fail(job, "invalid_request", str(e))
+            self.store.fail(job, "invalid_request", self._public(job, str(e)))
         except TaskUnavailable as e:
             self.store.fail(job, "unsupported", str(e))
         except Exception as e:  # a bug or a resource error: the job fails with the reason, the worker goes on
+            if not self._still_ours(job):  # deleted while its files were written: not a failure
+                log.info("%s: %s was deleted while it was being written", self.name, job.id)
+                return 0
             log.exception("%s: %s failed", self.name, job.id)
-            self.store.fail(job, "generation_failed", f"{type(e).__name__}: {e}")
+            self.store.fail(job, "generation_failed", self._public(job, f"{type(e).__name__}: {e}"))
         finally:
             done.set()
             beat.join()
         return 0
+
+    def _still_ours(self, job: Job) -> bool:
+        try:
+            return self.store.heartbeat(job)
+        except Exception:  # noqa: BLE001 -- the store is unreachable: report the job's own error
+            return True
+
+    def _public(self, job: Job, message: str) -> str:
+        """An error message for the client: the server's folders left out (a job's own files by their names)."""
+        folder = job_dir(self.data, job.id)
+        for path in {folder, folder.resolve()}:
+            message = message.replace(f"{path}{os.sep}", "")
+        for path in {self.data, self.data.resolve()}:
+            message = message.replace(str(path), "<data>")
+        return message
 
     def _heartbeat(self, job: Job, lost: threading.Event, done: threading.Event) -> None:
         try:

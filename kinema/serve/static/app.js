@@ -26,14 +26,15 @@ function setStatus(text, isError = false) {
   $("status").className = isError ? "error" : "";
 }
 
-function fill(select, values, chosen) {
-  select.replaceChildren(...values.map((v) => new Option(v, v, false, v === chosen)));
+function fill(select, values, chosen, labels = {}) {
+  select.replaceChildren(...values.map((v) => new Option(labels[v] || v, v, false, v === chosen)));
 }
 
 function showModel() {
   const model = state.models.find((m) => m.id === $("model").value) || state.models[0];
   if (!model) return;
-  fill($("size"), model.sizes, model.default_size);
+  // "auto": the server's choice, the default size, or for an image the offered size nearest its shape
+  fill($("size"), ["", ...model.sizes], "", { "": `auto (${model.default_size}; an image: nearest its shape)` });
   fill($("seconds"), model.seconds, model.default_seconds);
   $("steps").placeholder = model.defaults.steps;
   $("guidance").placeholder = model.defaults.guidance;
@@ -136,7 +137,7 @@ async function create(event) {
   const form = new FormData();
   form.append("prompt", $("prompt").value);
   form.append("model", $("model").value);
-  form.append("size", $("size").value);
+  if ($("size").value) form.append("size", $("size").value);
   form.append("seconds", $("seconds").value);
   extras(form);
   const image = $("image").files[0];
