@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +160,51 @@ def test_time_limit_stops_checkpointed_and_the_run_resumes_to_the_end(tmp_path, 
     assert second.step == 4 and second.exported is not None
 
 
+def test_resume_takes_this_runs_learning_rate_and_length_and_refuses_another_model(tmp_path, cache, capsys):
+    from kinema.train.loop import lr_factor
+
+    def lrs(result):
+        return [json.loads(line)["lr"] for line in result.metrics.read_text().splitlines()]
+
+    first = lrs(train(recipe(tmp_path / "run", cache, max_steps=6, stop_after=3)))
+    capsys.readouterr()
+    longer = train(recipe(tmp_path / "run", cache, max_steps=8, optim=dict(lr=5e-3)), resume=True)
+    assert "optim.lr 0.002 -> 0.005, max_steps 6 -> 8" in capsys.readouterr().out
+    optim = load_config(recipe(tmp_path / "x", cache, max_steps=8, optim=dict(lr=5e-3))).optim
+    expected = [5e-3 * lr_factor(optim, 8, i) for i in range(3, 8)]  # steps 4..8 on the new 8-step cosine
+    assert lrs(longer)[:3] == first and lrs(longer)[3:] == pytest.approx(expected, rel=1e-6)
+    for changes, key in ((dict(model_config={"dit": {"num_layers": 3}}), "model_config"),
+                         (dict(lora=dict(rank=4)), "lora")):
+        with pytest.raises(TrainError, match=rf"--resume: {key} was .* this run has .*choose a new out_dir"):
+            train(recipe(tmp_path / "run", cache, max_steps=10, **changes), resume=True)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_checkpoints_the_step_it_stopped_at(tmp_path, cache, sig, code):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(recipe(tmp_path / "run", cache, max_steps=10_000, checkpoint=dict(every=1000),
+                                        data=dict(num_workers=1))))  # loader workers must not die first
+    proc = subprocess.Popen([sys.executable, "-m", "kinema", "train", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
+            time.sleep(0.1)
+        os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C or a scheduler's SIGTERM: the whole process group
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, out
+    step = int(re.search(rf"{signal.Signals(sig).name}: stopped at step (\d+) \(checkpointed", out).group(1))
+    assert step >= 3 and (tmp_path / "run" / "checkpoints" / f"step-{step:08d}").is_dir()
+    assert len(metrics.read_text().splitlines()) == step  # every step it made is kept
+    resumed = train(recipe(tmp_path / "run", cache, max_steps=step + 1), resume=True)
+    assert resumed.step == step + 1 and resumed.exported is not None
+
+
 def test_existing_run_needs_resume_and_resume_of_a_finished_run_is_a_no_op(tmp_path, cache):
     train(recipe(tmp_path / "run", cache, max_steps=2))
     with pytest.raises(TrainError, match="--resume"):
@@ -216,6 +267,28 @@ def test_a_bad_sample_is_skipped_and_recorded_while_training_goes_on(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
     assert {r["source"].rsplit(":", 1)[1] for r in records} <= {"clip000", "clip003"}
     assert all("non-finite" in r["error"] for r in records)
+
+
+def test_a_cache_of_unloadable_samples_stops_with_the_reason_and_exports_nothing(tmp_path, capsys):
+    cache = make_cache(tmp_path / "cache", n=12, nan_ids=tuple(range(12)))
+    with pytest.raises(TrainError, match=r"in 2 steps in a row no sample could be loaded; the reasons are in .*"
+                                         r"bad_samples.jsonl"):
+        train(recipe(tmp_path / "a", cache, max_steps=6, max_nan_steps=2))
+    assert "no sample of its batch could be loaded" in capsys.readouterr().out
+    with pytest.raises(TrainError, match=r"not exported: every one of the run's 2 steps was skipped"):
+        train(recipe(tmp_path / "b", cache, max_steps=2, max_nan_steps=5))
+    assert not (tmp_path / "b" / "model").exists()
+
+
+def test_a_truncated_cache_shard_is_refused_before_training(tmp_path):
+    cache = make_cache(tmp_path / "cache", n=12)
+    for name in ("shard-00001.safetensors", "null.safetensors"):
+        whole = (cache / name).read_bytes()
+        (cache / name).write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(TrainError, match=rf"{name} of .* cannot be read .*truncated"):
+            train(recipe(tmp_path / name, cache))
+        assert not (tmp_path / name / "metrics.jsonl").exists()
+        (cache / name).write_bytes(whole)
 
 
 # -- LoRA -------------------------------------------------------------------------------------------

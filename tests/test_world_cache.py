@@ -61,6 +61,35 @@ def test_a_dit_trains_on_a_world_cache(tmp_path, tiny_model_dir, one_thread):
     assert result.step == 2 and all(json.loads(line)["loss"] > 0 for line in result.metrics.read_text().splitlines())
 
 
+def test_a_model_trained_on_a_cache_keeps_the_latent_statistics_of_the_vae_that_encoded_it(tmp_path, tiny_model_dir,
+                                                                                              one_thread):
+    import shutil
+
+    from kinema.train import TrainError, train
+    from kinema.weights import read_config
+
+    measured = tmp_path / "measured"  # a VAE with statistics of its own, as a trained VAE's export has
+    shutil.copytree(tiny_model_dir, measured)
+    config = json.loads((measured / "kinema.json").read_text())
+    config["vae"]["latents_mean"] = [0.5, -0.25, 0.125, 0.0]
+    config["vae"]["latents_std"] = [2.0, 1.5, 0.75, 3.0]
+    (measured / "kinema.json").write_text(json.dumps(config))
+    cache = tmp_path / "cache"
+    assert main(["data", "world", str(cache), "--model", str(measured), "--clips", "2", "--bucket", "5x32x32",
+                 "--device", "cpu", "-q"]) == 0
+
+    def run(name, vae_from):  # previews off: the run never loads the VAE, only its config
+        return train(dict(preset="tiny", vae_from=str(vae_from), out_dir=str(tmp_path / name), max_steps=1,
+                          data=dict(kind="latents", path=str(cache), buckets=[dict(frames=5, height=32, width=32,
+                                                                                   batch_size=2)]),
+                          log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=0)))
+
+    exported = read_config(run("run", measured).exported).vae
+    assert exported.latents_mean == (0.5, -0.25, 0.125, 0.0) and exported.latents_std == (2.0, 1.5, 0.75, 3.0)
+    with pytest.raises(TrainError, match=r"latent statistics \(latents_mean\) differ.*pass --vae_from"):
+        run("other", tiny_model_dir)  # not the VAE that encoded the cache
+
+
 def test_world_cache_refuses_bad_input_before_encoding(tmp_path, tiny_model_dir, capsys):
     def refused(folder: str, *flags: str, model=tiny_model_dir) -> str:
         assert main(["data", "world", str(tmp_path / folder), "--model", str(model), *flags]) != 0

@@ -144,6 +144,15 @@ class LatentCacheReader:
         self.root = Path(root)
         self.manifest = read_manifest(self.root, latent_channels, text_dim)
         self.samples: list[dict] = self.manifest["samples"]
+        files = {s["shard"] for s in self.samples} | ({self.manifest["null_text"]} if self.manifest.get("null_text") else set())
+        for shard in sorted(files):  # headers only: a truncated file fails here, not as every sample of it fails
+            try:
+                with safe_open(str(self.root / shard), framework="pt"):
+                    pass
+            except Exception as err:  # noqa: BLE001 -- safetensors' own error type, or the OS's
+                raise CacheError(f"{shard} of {str(self.root)!r} cannot be read ({err}): it is missing, "
+                                 f"truncated or damaged; make the cache again (delete its folder, then run `kinema "
+                                 f"data encode` or `kinema data world` again)") from None
 
     def __len__(self) -> int:
         return len(self.samples)

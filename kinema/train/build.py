@@ -77,16 +77,17 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
     else:
         dit = DiT(model_cfg.dit)
     vae, random_vae = None, False
-    if needs_vae:
-        source = cfg.vae_from or cfg.init_source
-        if source:
-            from kinema.weights import load_vae
+    source = cfg.vae_from or cfg.init_source
+    if source:  # loaded when clips need encoding or samples decoding; its config describes the latents either way
+        from kinema.weights import load_vae, read_config
 
-            vae = load_vae(source)
-            if vae.cfg.z_dim != model_cfg.vae.z_dim:
-                raise ConfigError(f"vae_from {source!r} has z_dim {vae.cfg.z_dim}; the DiT needs {model_cfg.vae.z_dim}")
-            model_cfg = model_cfg.replace(vae=vae.cfg)
-        else:
-            vae, random_vae = VAE(model_cfg.vae), True
+        vae = load_vae(source) if needs_vae else None
+        vae_cfg = vae.cfg if vae is not None else read_config(source).vae
+        if vae_cfg.z_dim != model_cfg.vae.z_dim:
+            raise ConfigError(f"vae_from {source!r} has z_dim {vae_cfg.z_dim}; the DiT needs {model_cfg.vae.z_dim}")
+        model_cfg = model_cfg.replace(vae=vae_cfg)
+    elif needs_vae:
+        vae, random_vae = VAE(model_cfg.vae), True
+    if vae is not None:
         vae = vae.to(device).eval().requires_grad_(False)
     return Models(model_cfg, dit.to(device).train(), vae, dit.blocks, random_vae)

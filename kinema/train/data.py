@@ -303,6 +303,22 @@ class LatentCache(TrainDataset):
             raise TrainError(f"no sample of latent cache {str(root)!r} matches a bucket: the cache has latent grids "
                              f"{known[:8]}, the buckets give {sorted(grids)}")
 
+    def check_vae(self, vae_cfg, source: str) -> None:
+        """TrainError unless the cache's latents were encoded with ``vae_cfg``'s latent statistics (the VAE of
+        ``source``, which the exported model will decode with); caches that do not record theirs pass."""
+        info = self.reader.manifest.get("info") or {}
+        made = info.get("vae") or {}
+        for key in ("latents_mean", "latents_std"):
+            theirs, ours = made.get(key), getattr(vae_cfg, key)
+            if theirs is None or ours is None:
+                continue
+            if len(theirs) != len(ours) or any(abs(a - b) > 1e-4 * max(1.0, abs(b)) for a, b in zip(theirs, ours)):
+                encoder = info.get("model", "another model")
+                raise TrainError(f"data.path {str(self.reader.root)!r} was encoded by the VAE of {encoder}, whose "
+                                 f"latent statistics ({key}) differ from those of {source} (this run's VAE): its "
+                                 f"model would decode the DiT's latents with the wrong colours; pass --vae_from "
+                                 f"{encoder} (or a decoder-only fine-tune of it)")
+
     def source_of(self, sample: dict) -> str:
         return f"{self.reader.root}:{sample['id']}"
 

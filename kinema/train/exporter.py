@@ -103,6 +103,8 @@ def export(checkpoint_dir: str | Path, out: str | Path, latent_clips: int = 64) 
         from kinema.train.distill import export_student
 
         return export_student(meta, cfg, models.network.eval(), models.vae, out)
+    if models.vae is not None:  # the config of the VAE saved beside the DiT (a run on latents before 2026-11-28
+        model_cfg = model_cfg.replace(vae=models.vae.cfg)  # recorded the preset's latent statistics, not its VAE's)
     if models.random_vae and cfg.data.kind == "latents":
         print0(f"note: {out} gets a freshly initialised VAE (the run had no vae_from / init_from); generating "
                "needs the VAE the cached latents came from: replace its vae.safetensors")

@@ -60,6 +60,15 @@ class Source:
     text: tuple[torch.Tensor, torch.Tensor] | None = None  # DiT runs on pixels: the captions, encoded once
 
 
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores Ctrl-C and SIGTERM (sent to the whole process group): the trainer checkpoints
+    first, then shuts its workers down (a worker dying first would fail the batch it was loading)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class Feed:
     """A run's data: the dataset, its bucket sampler and position (``state``, checkpointed), data echoing,
     bad samples, the text encoder and the empty prompt. ``vae`` encodes pixels for a DiT run (None for a VAE
@@ -90,7 +99,8 @@ class Feed:
         while True:
             remaining = self.sampler.rank_batches(epoch)[position:]
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=remaining, collate_fn=list,
-                                                 num_workers=self.cfg.data.num_workers)
+                                                 num_workers=self.cfg.data.num_workers,
+                                                 worker_init_fn=_leave_signals_to_the_trainer)
             for i, items in enumerate(loader):
                 yield SamplerState(epoch, position + i + 1), items
             epoch, position = epoch + 1, 0

@@ -13,7 +13,10 @@ import dataclasses
 import functools
 import json
 import math
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from kinema.common.io import atomic_write_text
 from kinema.common.video import pixels_to_model
 from kinema.train.buckets import SamplerState, bucket_grids
 from kinema.train.build import build_models, model_config
-from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from kinema.train.config import OptimConfig, TrainConfig, TrainError, load_config
 from kinema.train.ema import EMA
 from kinema.train.feed import Batch, Feed
@@ -108,6 +111,34 @@ class Window:
             self.sums[k] = self.sums.get(k, 0.0) + v
 
 
+class StopSignals:
+    """While a run trains (main thread): the first Ctrl-C or SIGTERM is noted, so the run checkpoints at the end
+    of the step and stops; a second Ctrl-C interrupts at once. ``restore`` puts the previous handlers back."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._note)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+    def _note(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        print0(f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint (Ctrl-C again to "
+               f"stop at once, losing the steps since the last checkpoint)")
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
 class Trainer:
     """One run: set up once, then ``run``."""
 
@@ -126,6 +157,8 @@ class Trainer:
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
         self.feed = Feed(cfg, d, self.model_cfg, self.models.vae, self.out, self.num_params)
+        if cfg.model == "dit" and cfg.data.kind == "latents" and (cfg.vae_from or cfg.init_source):
+            self.feed.dataset.check_vae(self.model_cfg.vae, cfg.vae_from or cfg.init_source)
 
         if cfg.lora.rank:
             self.net.requires_grad_(False)
@@ -143,7 +176,7 @@ class Trainer:
         self.ema = EMA(self.net, cfg.ema.decay)
 
         self.step = 0
-        self.nan_streak = self.nan_total = 0
+        self.nan_streak = self.nan_total = self.unloaded_streak = 0
         self.distiller = None  # few-step distillation: the frozen teacher and the student's schedule
         if cfg.distill is not None:
             from kinema.train.distill import Distiller
@@ -176,6 +209,7 @@ class Trainer:
         bar = tqdm(total=end, initial=self.step, disable=not (d.is_main and cfg.log.progress), desc="train",
                    dynamic_ncols=True)
         checkpoint, window = latest, Window()
+        stop = StopSignals()
         try:
             while self.step < end:
                 started = time.perf_counter()
@@ -188,19 +222,27 @@ class Trainer:
                     logger.log(self.step, self._metrics(window, peak))
                     window = Window()
                 out_of_time = deadline is not None and self._agree(time.monotonic() >= deadline)
-                if self.step % cfg.checkpoint.every == 0 or self.step == end or out_of_time:
+                stopped = self._agree(stop.received is not None)  # Ctrl-C / SIGTERM on any rank: all stop here
+                if self.step % cfg.checkpoint.every == 0 or self.step == end or out_of_time or stopped:
                     checkpoint = self._save()
-                if out_of_time:
-                    print0(f"stop_after_minutes={cfg.stop_after_minutes}: stopped at step {self.step} "
-                           f"(checkpointed; continue with --resume)")
+                if out_of_time or stopped:
+                    why = f"stop_after_minutes={cfg.stop_after_minutes}" if out_of_time else stop.name
+                    print0(f"{why}: stopped at step {self.step} (checkpointed; continue with --resume)")
                     break
                 if cfg.sample.every and self.step % cfg.sample.every == 0:
                     self._previews()
         finally:
+            stop.restore()
             batches.close()
             bar.close()
             logger.close()
+        if stop.received is not None and self.step < end:  # the command exits as interrupted, its work saved
+            raise KeyboardInterrupt if stop.received == signal.SIGINT else SystemExit(128 + stop.received)
         exported = None
+        if self.step >= cfg.max_steps and checkpoint is not None and self.nan_total >= self.step:
+            raise TrainError(f"not exported: every one of the run's {self.step} steps was skipped (non-finite loss, "
+                             f"or no sample loaded: {self.out / 'bad_samples.jsonl'}), so its weights are the ones "
+                             f"it started from")
         if self.step >= cfg.max_steps and checkpoint is not None:
             exported = self._export(checkpoint)
         return TrainResult(self.step, self.out, checkpoint, exported, logger.path)
@@ -276,9 +318,11 @@ class Trainer:
             self.ema.update(step)
             self.nan_streak = 0
         else:
-            self._skip(step, loss, values["grad_norm"])
+            self._skip(step, loss, values["grad_norm"], unloaded=values["weight"] == 0)
             values["skipped"] = 1.0
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped step still counts: the schedule moves on without an update
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+            self.scheduler.step()
         return values
 
     def _reduce(self, local: torch.Tensor, parts_sum: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -292,19 +336,28 @@ class Trainer:
         values.update({f"part_{k}": v for k, v in zip(parts_sum, totals[6 + 2 * bins:])})
         return values
 
-    def _skip(self, step: int, loss: float, grad_norm: float) -> None:
-        """Drop a step whose loss or gradient is not finite; stop after ``max_nan_steps`` in a row."""
+    def _skip(self, step: int, loss: float, grad_norm: float, unloaded: bool = False) -> None:
+        """Drop a step whose loss or gradient is not finite, or none of whose samples loaded (``unloaded``);
+        stop after ``max_nan_steps`` in a row."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         self.nan_streak += 1
         self.nan_total += 1
-        print0(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; step skipped "
-               f"({self.nan_streak} in a row, stopping at {cfg.max_nan_steps})")
-        if self.nan_streak >= cfg.max_nan_steps:
-            raise TrainError(f"training stopped at step {step}: {self.nan_streak} steps in a row had a non-finite loss "
-                             f"or gradient (max_nan_steps={cfg.max_nan_steps}). Lower optim.lr (now {cfg.optim.lr}), "
-                             f"keep optim.grad_clip > 0, or check the data; the last good checkpoint is in "
-                             f"{self.ckpt_root}")
+        self.unloaded_streak = self.unloaded_streak + 1 if unloaded else 0
+        bad = self.out / "bad_samples.jsonl"
+        what = f"no sample of its batch could be loaded (see {bad})" if unloaded else \
+            f"loss {loss} / grad norm {grad_norm} is not finite"
+        print0(f"step {step}: {what}; step skipped ({self.nan_streak} in a row, stopping at {cfg.max_nan_steps})")
+        if self.nan_streak < cfg.max_nan_steps:
+            return
+        if self.unloaded_streak == self.nan_streak:
+            raise TrainError(f"training stopped at step {step}: in {self.nan_streak} steps in a row no sample could "
+                             f"be loaded; the reasons are in {bad}")
+        raise TrainError(f"training stopped at step {step}: {self.nan_streak} steps in a row had a non-finite loss "
+                         f"or gradient (max_nan_steps={cfg.max_nan_steps}). Lower optim.lr (now {cfg.optim.lr}), "
+                         f"keep optim.grad_clip > 0, or check the data; "
+                         + (f"the last good checkpoint is in {self.ckpt_root}" if latest_checkpoint(self.ckpt_root)
+                            else "no checkpoint was written yet"))
 
     def _losses(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.cfg.model == "vae":
@@ -356,12 +409,21 @@ class Trainer:
                                self.cfg.checkpoint.keep_last)
 
     def _load(self, path: Path) -> None:
+        self._check_resumable(path, read_meta(path))
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]  # this config's
         tensors = self._state_tensors()
         meta = load_checkpoint(path, tensors, self.d.rank)
         set_model_state_dict(self.net, tensors["model"], options=self.state_options)
         set_optimizer_state_dict(self.net, self.optimizer, tensors["optim"], options=self.state_options)
         self.ema.load_state_dict(tensors["ema"])
         self.scheduler.load_state_dict(meta["scheduler"])
+        # The moments and the step count come from the checkpoint; the hyperparameters and the schedule (its base
+        # LR, its length) from this run's config, so `--resume --optim.lr X --max_steps N` does what it says.
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group, hyper in zip(self.optimizer.param_groups, fresh):
+            group.update(hyper, lr=hyper["initial_lr"] * factor)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.step, self.nan_total = meta["step"], meta.get("nan_total", 0)
         if meta["world_size"] == self.d.world_size:
             self.feed.state = SamplerState(**meta["data"])
@@ -369,6 +431,27 @@ class Trainer:
             self.feed.state = SamplerState(meta["data"]["epoch"] + 1, 0)
             print0(f"checkpoint was written by {meta['world_size']} rank(s), this run has {self.d.world_size}: "
                    f"data continues at the start of epoch {self.feed.state.epoch}")
+
+    def _check_resumable(self, path: Path, meta: dict) -> None:
+        """TrainError when this run's config would give the checkpoint's tensors another shape or meaning; a note
+        for the optimizer settings that changed (they apply from the next step)."""
+        was, now = meta["config"], json.loads(json.dumps(self.cfg.to_dict()))
+        fixed = ["model", "preset", "model_config", "lora", "distill"] + (["init_from"] if self.cfg.lora.rank else [])
+        for key in fixed:
+            was_value, now_value = was.get(key), now.get(key)
+            if key in ("lora", "distill") and was_value and now_value:  # the fields both versions have, except
+                both = set(was_value) & set(now_value) - {"reuse"}  # how often a teacher batch is reused (not state)
+                was_value, now_value = ({k: v[k] for k in both} for v in (was_value, now_value))
+            if was_value != now_value:
+                raise TrainError(f"--resume: {key} was {json.dumps(was.get(key))} in {path}, this run has "
+                                 f"{json.dumps(now.get(key))}; a checkpoint continues only the run that wrote it: "
+                                 f"choose a new out_dir (to start from its weights: init_from its exported model)")
+        changed = [f"optim.{k} {json.dumps(v)} -> {json.dumps(now['optim'][k])}" for k, v in was["optim"].items()
+                   if now["optim"].get(k) != v]
+        changed += [f"max_steps {was['max_steps']} -> {now['max_steps']}"] if was["max_steps"] != now["max_steps"] else []
+        if changed:
+            print0(f"--resume: {', '.join(changed)}; the learning-rate schedule continues from step {meta['step']} "
+                   f"with these")
 
     def _previews(self) -> None:
         from kinema.train.preview import render_previews, render_reconstruction
