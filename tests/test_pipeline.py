@@ -139,6 +139,8 @@ def test_cli_bad_input_exits_2_with_message(tiny_model_dir, tmp_path, capsys, ar
     (["--seconds", "inf"], "argument --seconds: must be a finite number of seconds > 0"),
     (["--long", "0"], "argument --long: must be a finite number of seconds > 0"),  # not taken for "no --long"
     (["--threads", "0"], "argument --threads: must be a whole number of threads >= 1"),
+    (["--gpus", "0"], "argument --gpus: must be a whole number >= 1, got '0'"),
+    (["--gpus", "-2"], "argument --gpus: must be a whole number >= 1"),
 ])
 def test_cli_flag_values_are_checked_as_they_are_parsed(tiny_model_dir, capsys, args, match):
     with pytest.raises(SystemExit) as exit_:
@@ -201,6 +203,37 @@ def test_cli_corrupt_lora_is_refused_before_the_model_loads(tiny_model_dir, tmp_
     assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--lora", f"{bad}:0.5", "-q",
                  "-o", str(tmp_path / "x.mp4")]) == 2
     assert f"--lora {bad}: cannot read {bad} as a safetensors LoRA file" in capsys.readouterr().err
+
+
+def test_cli_lora_for_another_model_is_refused_naming_its_base(tiny_model_dir, tmp_path, capsys):
+    from safetensors.torch import save_file
+    other = tmp_path / "other.safetensors"  # a LoRA whose layers are wider than the tiny DiT's
+    save_file({"blocks.0.attn1.to_k.lora_A.weight": torch.zeros(4, 256),
+               "blocks.0.attn1.to_k.lora_B.weight": torch.zeros(256, 4)}, str(other), {"base_model": "world-small"})
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "--lora", str(other), "-q",
+                 "-o", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert f"--lora {other}: LoRA for 'blocks.0.attn1.to_k' has A (4, 256)" in err and "trained on world-small" in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_out_of_memory_during_the_work_is_an_error_not_a_traceback(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    def too_big(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 32768065536 bytes")
+    monkeypatch.setattr(Pipeline, "run", too_big)
+    assert main(["generate", "a ball", "--model", str(tiny_model_dir), "-q", "-o", str(tmp_path / "x.mp4")]) == 1
+    assert "error: out of memory ([enforce fail" in capsys.readouterr().err
+    monkeypatch.setattr(Pipeline, "run", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other errors are bugs: their traceback is kept
+        main(["generate", "a ball", "--model", str(tiny_model_dir), "-q", "-o", str(tmp_path / "x.mp4")])
+
+
+def test_the_python_api_refuses_a_device_this_machine_lacks():
+    import kinema
+    with pytest.raises(kinema.InputError, match=r"device cuda:99: (this PyTorch .* sees no CUDA GPU; use device='cpu'|"
+                                                r"there are \d+ CUDA GPU)"):
+        kinema.load(device="cuda:99")
 
 
 def test_video_save_refuses_a_png_of_several_frames(pipe, tmp_path):

@@ -4,6 +4,8 @@ unchanged, and bad input is refused before any sampling."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -383,6 +385,14 @@ def test_paths_and_arrays_give_the_same_result(pipe, media, tmp_path):
     from_path = tasks.extend(pipe, "a ball", path, seconds=0.5, **KW)
     from_array = tasks.extend(pipe, "a ball", media["video"], seconds=0.5, **KW)
     assert np.array_equal(from_path.frames, from_array.frames)
+    # the output's metadata says which task made it, from what, and its own length
+    assert json.loads(from_path.metadata()["task"]) == {
+        "task": "extend", "frames": len(from_path.frames), "video": str(path), "seconds": 0.5, "direction": "forward",
+        "new_frames": 4, "overlap": 2, "join": "fade", "motion_strength": tasks.MOTION_STRENGTH, "resize": "crop"}
+    assert json.loads(from_array.metadata()["task"])["video"] == "(array)"
+    transition, joined = tasks.connect(pipe, "a ball", path, media["video"], seconds=0.5, **KW)
+    parts = [json.loads(v.metadata()["task"]) for v in (transition, joined)]
+    assert [(p["part"], p["frames"]) for p in parts] == [("transition", 4), ("joined", len(joined.frames))]
 
 
 # -- bad input is refused before sampling --------------------------------------------------------------------------
@@ -450,13 +460,26 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--image", "{d}/key.png", "--join", "cut"], "--join goes with --extend or --connect"),
     (["--motion-strength", "0.5"], "--motion-strength goes with --extend or --connect"),
     (["--extend", "{d}/clip.mp4", "--motion-strength", "2"], "--motion-strength must be a number in (0, 1]"),
+    (["--extend", "{d}/clip.mp4", "--seconds", "1e6"], "fewer --seconds"),  # the window, not the default clip
+    (["--connect", "{d}/clip.mp4", "{d}/clip.mp4", "--seconds", "1e6"], "fewer --seconds"),
+    (["--edit", "{d}/clip.mp4", "-o", "{d}/clip.mp4"], "output {d}/clip.mp4 is also the --edit input"),
+    (["--connect", "{d}/clip.mp4", "{d}/b-transition.mp4", "-o", "{d}/b.mp4"],
+     "output {d}/b-transition.mp4 is also the --connect B input"),  # where the transition alone would go
+    (["--image", "{d}/key.png", "--image-frame", "4", "--fit-steps", "5"], "--fit-steps fits an image at frame 0"),
+    (["--keyframe", "0.5:{d}/key.png", "--fit-steps", "5"], "--fit-steps fits an image at frame 0"),
+    (["--long", "4", "--frames", "5"], "--long windows of 5 frames (2 latent) cannot carry 2 latent frames over"),
+    (["--image", "{d}/key.png", "-o", "{d}/full/"], "it holds files other than frame_00000.png"),
 ])
 def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):
     write_video(broken / "clip.mp4", media["video"], fps=8)
     write_video(broken / "key.png", media["other"][None], fps=8)
+    write_video(broken / "b-transition.mp4", media["video"], fps=8)
+    (broken / "full").mkdir()
+    (broken / "full" / "holiday.jpg").write_bytes(b"the user's own file")
     argv = ["generate", "a ball", "--model", str(tiny_model_dir), *[a.format(d=broken) for a in args]]
     assert main(argv) == 2
-    assert match in capsys.readouterr().err
+    assert match.format(d=broken) in capsys.readouterr().err
+    assert (broken / "full" / "holiday.jpg").read_bytes() == b"the user's own file"
 
 
 def test_cli_image_to_video_fits_the_first_frame_unless_told_not_to(tiny_model_dir, media, tmp_path):

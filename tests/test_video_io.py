@@ -209,6 +209,13 @@ def test_read_image_converts_modes_to_rgb(tmp_path):
     assert out.shape == (4, 4, 3) and out[0, 0, 0] == 200 and out[3, 0].max() == 0
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).convert("P").save(tmp_path / "pal.gif")
     assert read_image(tmp_path / "pal.gif").shape == (3, 3, 3)
+    ramp = np.linspace(0, 65535, 16).round().astype(np.uint16).reshape(4, 4)  # 16-bit grey: scaled, not clipped
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    out = read_image(tmp_path / "grey16.png")
+    np.testing.assert_array_equal(out[..., 0], np.round(ramp / 65535 * 255).astype(np.uint8))
+    assert (out[..., 0] == out[..., 2]).all() and out.min() == 0 and out.max() == 255
+    Image.fromarray(np.full((2, 2), 0.5, np.float32), mode="F").save(tmp_path / "float.tif")
+    assert (read_image(tmp_path / "float.tif") == 128).all()  # a float image in [0, 1]
 
 
 # ----------------------------------------------------------------------------- rotation

@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the file system said no (a full disk, a folder that turned read-only, ...)
         print(f"kinema {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as e:  # an allocation the checks before the work did not foresee
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+                or "can't allocate memory" in str(e)):
+            raise
+        print(f"kinema {args.command}: error: out of memory ({str(e).strip() or type(e).__name__}); ask for less: "
+              f"a smaller size, fewer frames or seconds, or --dtype bf16", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"kinema {args.command}: interrupted", file=sys.stderr)
         return 130

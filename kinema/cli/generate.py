@@ -98,7 +98,7 @@ def add_parser(sub) -> None:
                         "encoder's layers stream through the GPU one at a time, VAE decode in tiles (smallest)")
     m.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: DiT block weights stored in 8 bits (per-channel scales)")
-    m.add_argument("--gpus", type=int, metavar="N", help="run on N GPUs (relaunches under torchrun): CFG halves on "
+    m.add_argument("--gpus", type=_at_least_one, metavar="N", help="run on N GPUs (relaunches under torchrun): CFG halves on "
                    "two groups, tokens split across each (sequence parallel)")
     x = g.add_argument_group("prompt extension", "Rewrite the prompt with a chat model at an OpenAI-compatible "
                              "endpoint first; if it is unreachable, the original prompt is used.")
@@ -182,10 +182,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def default_output(settings, ext: str = ".mp4") -> Path:
+def default_output(settings, ext: str = ".mp4", beside=None) -> Path:
+    """A new file name from the prompt and seed; with ``beside`` (path -> the path of a second output written next
+    to it), one where both names are free."""
     base = f"{_slug(settings.prompt)}-s{settings.seed}"
     out, n = Path(f"{base}{ext}"), 1
-    while out.exists():  # never overwrite a file the user already has under a default name
+    while out.exists() or (beside is not None and Path(beside(str(out))).exists()):  # never overwrite the user's
         out, n = Path(f"{base}-{n}{ext}"), n + 1
     return out
 
@@ -210,6 +212,11 @@ def check_output(out: str | os.PathLike) -> str:
         raise CLIError(f"cannot write PNG frames into {raw}: it is a file, not a folder")
     if suffix and path.is_dir():
         raise CLIError(f"cannot write {raw}: it is a folder")
+    if not suffix and path.is_dir():
+        from ..common.video import FOLDER_METADATA, FRAME_PATTERN, _is_frame_folder
+        if not _is_frame_folder(path):  # never replaced: it would take the user's other files with it
+            raise CLIError(f"cannot write PNG frames into {raw}: it holds files other than {FRAME_PATTERN.format(0)}"
+                           f"... and {FOLDER_METADATA}; pick an empty or new folder")
     where = path if not suffix else path.parent
     while not where.exists() and where != where.parent:  # the nearest folder that exists: the rest is created
         where = where.parent
@@ -225,10 +232,28 @@ def check_output(out: str | os.PathLike) -> str:
 
 # -- memory modes, prompt extension, several GPUs (issue 8) ----------------------------------------------------
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _relaunch_on_gpus(args) -> int | None:
     """``--gpus N`` outside torchrun: this same command under torchrun with N processes (its exit status)."""
     if not args.gpus or args.gpus < 2 or "WORLD_SIZE" in os.environ:
         return None
+    device = check_device(args.device)  # before N processes start, each to fail the same way
+    if device.type == "cuda":
+        import torch
+        if torch.cuda.device_count() < args.gpus:
+            raise CLIError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif not args.quiet:
+        print(f"note: --gpus {args.gpus} with --device {args.device}: {args.gpus} processes on this CPU "
+              f"(--device cuda for GPUs)", file=sys.stderr)
     import subprocess
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus),
            "-m", "kinema.cli", *args.argv]
@@ -237,23 +262,11 @@ def _relaunch_on_gpus(args) -> int | None:
 
 def check_device(name: str, flag: str = "--device"):
     """The torch.device ``name`` names, if this machine has it; CLIError naming what is accepted otherwise."""
-    import torch
+    from ..infer.pipeline import InputError, check_device as check
     try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise CLIError(f"{flag} {name!r} is not a device; accepted: cpu, cuda, cuda:N (a GPU), mps") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            raise CLIError(f"{flag} {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
-        if dev.index is not None and dev.index >= count:
-            raise CLIError(f"{flag} {name}: there are {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise CLIError(f"{flag} {name}: this PyTorch sees no Apple GPU (MPS); use --device cpu")
-    elif dev.type != "cpu":
-        raise CLIError(f"{flag} {name!r} is not supported; accepted: cpu, cuda, cuda:N (a GPU), mps")
-    return dev
+        return check(name, flag)
+    except InputError as e:
+        raise CLIError(str(e)) from None
 
 
 def clip_summary(video) -> str:
@@ -285,6 +298,17 @@ def check_loras(loras: list[tuple[str, float]]) -> None:
             load_lora_state(path)
         except (ValueError, OSError) as e:
             raise CLIError(f"--lora {path}: {e}") from None
+
+
+def _lora_base(path) -> str:
+    """", trained on BASE" from a LoRA file's metadata (kinema writes ``base_model``), or ""."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            base = (f.metadata() or {}).get("base_model")
+    except Exception:  # noqa: BLE001 -- read once already by check_loras; the note is optional
+        return ""
+    return f" (it was trained on {base})" if base else ""
 
 
 def distributed(args):
@@ -327,8 +351,10 @@ def _extend_prompt(args, prompt: str, rank: int, world: int):
     return result
 
 
-def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
-    """The pipeline in the asked memory mode, spread over the torchrun ranks; refused first if it cannot fit."""
+def load_pipeline(args, model_path: Path, cfg, settings, world: int, device,
+                  smaller: str = "a smaller --size or fewer --frames"):
+    """The pipeline in the asked memory mode, spread over the torchrun ranks; refused first if it cannot fit
+    ``settings`` (its frames: the DiT's window; ``smaller``: the flags that would make it smaller)."""
     from ..infer import Pipeline
     from ..infer.memory import check_memory
     from ..infer.offload import MemoryFitError, MemoryPlan
@@ -339,22 +365,31 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device):
     layout = None
     try:
         if args.compile and (world > 1 or not memory.weights_as_loaded):
+            modes = [f"--{flag} {value}" for flag, value in (("offload", args.offload), ("quantize", args.quantize))
+                     if value != "none"]
             raise CLIError("--compile runs the model in one process where it was loaded; drop it, or drop "
-                           + ("--gpus" if world > 1 else f"--offload {args.offload} / --quantize {args.quantize}"))
+                           + ("--gpus" if world > 1 else " and ".join(modes)))
         if world > 1:
             if settings.cache_threshold > 0:  # ranks holding token shards would decide to skip differently
                 raise CLIError(f"--cache-threshold {settings.cache_threshold} runs in one process; drop it or --gpus")
             layout = plan_parallel(world, cfg.dit.num_attention_heads, settings.guidance)
         check_memory(cfg, settings.width, settings.height, settings.frames, dtype, memory, device, settings.guidance,
-                     sequence_parallel=layout.sequence if layout else 1, cfg_parallel=layout.cfg if layout else 1)
+                     smaller=smaller, sequence_parallel=layout.sequence if layout else 1,
+                     cfg_parallel=layout.cfg if layout else 1)
     except (ParallelError, MemoryFitError) as e:
         raise CLIError(str(e)) from e
     note = memory.note_on(device)
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     check_loras(args.lora or [])
-    pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
-                                    student=not args.no_student, compile=args.compile)
+    try:
+        pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
+                                        student=not args.no_student, compile=args.compile)
+    except ValueError as e:
+        lora = next((path for path, _ in args.lora or [] if str(path) in str(e)), None)
+        if lora is None:
+            raise
+        raise CLIError(f"--lora {e}: it does not fit {model_path}{_lora_base(lora)}") from None
     if layout is not None:
         parallelize(pipe.dit, init_mesh(layout))
     return pipe

@@ -4,6 +4,7 @@ ask for, its inputs read and checked before the model loads, and the run."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -89,6 +90,9 @@ def task_of(args) -> str:
             raise CLIError("--fit-steps goes with --image or --keyframe" + (", not --loop" if "loop" in given else ""))
         if args.fit_steps < 0:
             raise CLIError(f"--fit-steps must be >= 0 (0: decode the encoder's latent), got {args.fit_steps}")
+        if ("image" in given and args.image_frame) or ("keyframe" in given and all(t != 0 for t, _ in args.keyframe)):
+            raise CLIError("--fit-steps fits an image at frame 0 (--image without --image-frame, or --keyframe 0:PATH); "
+                           "here it would change nothing")
     if args.overlap is not None and not set(given) & {"extend", "connect", "long"}:
         raise CLIError("--overlap goes with --extend, --connect or --long" +
                        (" (a loop carries nothing over: it is sampled as a cycle)" if "loop" in given else ""))
@@ -135,7 +139,15 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
                      guidance=args.guidance, guidance_interval=args.guidance_interval, shift=args.shift,
                      sampler=args.sampler, seed=args.seed, cache_threshold=args.cache_threshold)
     settings = make_settings(cfg, first_prompt, frames=None if sets_length else frames, **overrides)
-    out = check_output(args.output if args.output else default_output(settings, ".png" if task == "image" else ".mp4"))
+    beside = transition_path if task == "connect" else None  # a connection also writes its transition alone
+    out = check_output(args.output if args.output else default_output(settings, ".png" if task == "image" else ".mp4",
+                                                                       beside))
+    side = check_output(transition_path(out)) if beside else None
+    for flag, given in _input_paths(args, task):
+        for target in filter(None, (out, side)):
+            if os.path.exists(given) and os.path.exists(target) and os.path.samefile(given, target):
+                raise CLIError(f"output {target} is also the {flag} input: writing it would replace the input; "
+                               f"choose another -o")
     if task == "long" and output_suffix(out) not in long_mod.STREAM_FORMATS:
         raise CLIError(f"--long streams to .mp4 or .webm, got {out}")
     if task != "image" and output_suffix(out) == ".png":
@@ -159,7 +171,8 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
         torch.set_num_threads(args.threads)
     rank, world, device = distributed(args)
     t0 = time.perf_counter()
-    pipe = load_pipeline(args, model_path, cfg, settings, world, device)
+    window, smaller = _window_frames(task, inputs, settings, cfg)
+    pipe = load_pipeline(args, model_path, cfg, dataclasses.replace(settings, frames=window), world, device, smaller)
     load_s = time.perf_counter() - t0
     if rank == 0:
         warn_student_ignores(args, pipe, settings)
@@ -191,8 +204,6 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
         return 0
     video.save(out)
     if task == "connect":
-        side = (out.rstrip("/" + os.sep) + "-transition/" if not output_suffix(out) else
-                str(Path(out).with_name(f"{Path(out).stem}-transition{Path(out).suffix}")))
         result[0].save(side)
     if not args.quiet:
         print(f"wrote {out}  ({clip_summary(video)}; seed {settings.seed}; load {load_s:.2f}s, generate "
@@ -203,6 +214,36 @@ def generate_task(args, cfg, model_path: Path, task: str) -> int:
             seam, typical = tasks.loop_seam(video.frames)
             print(f"loop seam: last-to-first difference {seam:.2f} vs median frame-to-frame {typical:.2f} (0-255)")
     return 0
+
+
+def transition_path(out: str) -> str:
+    """Where ``--connect`` writes the transition alone, beside its output ``out``."""
+    if not output_suffix(out):
+        return out.rstrip("/" + os.sep) + "-transition/"
+    return str(Path(out).with_name(f"{Path(out).stem}-transition{Path(out).suffix}"))
+
+
+def _input_paths(args, task: str) -> list[tuple[str, str]]:
+    """(flag, path) of every input file the task reads."""
+    paths = {"image-to-video": [("--image", args.image)], "loop": [("--image", args.image)],
+             "extend": [("--extend", args.extend)], "edit": [("--edit", args.edit)],
+             "connect": [("--connect A", (args.connect or [None, None])[0]), ("--connect B", (args.connect or [None, None])[1])],
+             "keyframes": [(f"--keyframe {t:g}", p) for t, p in (args.keyframe or [])]}.get(task, [])
+    return [(flag, str(path)) for flag, path in paths if path]
+
+
+def _window_frames(task: str, inputs: dict, settings, cfg) -> tuple[int, str]:
+    """The frames of the task's DiT window (what the memory check must fit) and the flags that shorten it."""
+    from ..infer import tasks
+
+    tf = cfg.vae.temporal_factor
+    if task in ("extend", "connect"):
+        new = tasks.new_frame_count(inputs["seconds"], settings.fps, tf, inputs.get("direction", "forward"))
+        given = tf * inputs.get("overlap", tasks.DEFAULT_OVERLAP) * (2 if task == "connect" else 1)
+        return new + given + 1, "a smaller --size or fewer --seconds"
+    if task == "edit":  # the whole input, at 4k+1 frames
+        return tf * ((len(inputs["video"]) - 1) // tf) + 1, "a smaller --size or a shorter input"
+    return settings.frames, "a smaller --size or fewer --frames"
 
 
 def _input_size(args, task: str, cfg) -> tuple[int | None, int | None]:
@@ -256,7 +297,14 @@ def _task_inputs(args, task: str, settings, cfg) -> dict:
         strength = tasks.check_strength(0.6 if args.strength is None else args.strength)
         inputs = dict(video=tasks.load_video(args.edit, fps, w, h, policy, name="--edit"), strength=strength)
     elif task == "long":
+        from ..infer.long import DEFAULT_OVERLAP
         inputs = dict(seconds=tasks.check_seconds(args.long, "--long"))
+        latent_frames, overlap = (settings.frames - 1) // tf + 1, args.overlap or DEFAULT_OVERLAP
+        if not overlap < latent_frames:  # each later window re-creates `overlap` latent frames and adds the rest
+            shortest = overlap * tf + 1
+            raise CLIError(f"--long windows of {settings.frames} frames ({latent_frames} latent) cannot carry "
+                           f"{overlap} latent frames over{'' if args.overlap else ' (the default --overlap)'}: give "
+                           f"--frames {shortest} or more" + (", or --overlap 1" if latent_frames >= 2 else ""))
     else:
         inputs = {}
     if task in ("extend", "connect") and not args.quiet:

@@ -308,13 +308,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            return image_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise VideoDecodeError(path, f"not a readable image ({err})") from None
+
+
+def image_rgb(img: Image.Image) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a loaded Pillow image: EXIF orientation applied, alpha composited over black, and
+    16-bit or float greyscale scaled to 0..255 (Pillow's own conversion clips it: a 16-bit PNG came out white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        grey = np.asarray(img, dtype=np.float64)
+        top = grey.max(initial=0.0)
+        full = 65535.0 if img.mode.startswith("I;16") or top > 255 else 1.0 if img.mode == "F" and top <= 1 else 255.0
+        img = Image.fromarray(np.clip(np.round(grey / full * 255), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def _count_packets(path: Path) -> int:

@@ -96,6 +96,27 @@ class Video:
         return Path(path)
 
 
+def check_device(name, flag: str = "device") -> torch.device:
+    """The torch.device ``name`` names, if this machine has it; InputError naming what is accepted otherwise."""
+    cpu = f"{flag} cpu" if flag.startswith("--") else f"{flag}='cpu'"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"{flag} {name!r} is not a device; accepted: cpu, cuda, cuda:N (a GPU), mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise InputError(f"{flag} {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use {cpu}")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"{flag} {name}: there are {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"{flag} {name}: this PyTorch sees no Apple GPU (MPS); use {cpu}")
+    elif dev.type != "cpu":
+        raise InputError(f"{flag} {name!r} is not supported; accepted: cpu, cuda, cuda:N (a GPU), mps")
+    return dev
+
+
 def nearest_valid_frames(frames: int, factor: int = 4) -> tuple[int, int]:
     """The valid frame counts (factor*k + 1) just below and above ``frames``."""
     lo = max(1, (frames - 1) // factor * factor + 1)
@@ -196,6 +217,7 @@ class Pipeline:
         """
         from ..text import build_text_encoder
         from ..weights import load_dit, load_vae, read_config
+        check_device(device)
         if torch.device(device).type == "cpu":
             from ..common.malloc import keep_freed_memory
             keep_freed_memory()  # CPU tensors reuse freed memory (first clip 22% faster; KINEMA_MALLOC=system: off)

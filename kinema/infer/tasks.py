@@ -16,6 +16,7 @@ sampled window, its given latent frames exactly as the condition holds them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -263,6 +264,18 @@ def _fit_first_frame(pipe: Pipeline, condition: Condition, image: np.ndarray, st
     return Condition(latents, mask)
 
 
+def _source(media) -> str:
+    """How a task's input is named in its output's metadata: its path, or "(array)"."""
+    return os.fspath(media) if isinstance(media, (str, os.PathLike)) else "(array)"
+
+
+def _noted(made: Video, task: str, **info) -> Video:
+    """``video`` with the task that made it in its metadata (``notes["task"]``, JSON): its inputs and settings
+    beyond ``Settings`` (whose ``frames`` is the sampled window's; ``frames`` here is the file's)."""
+    made.notes["task"] = json.dumps({"task": task, "frames": len(made.frames), **info})
+    return made
+
+
 # -- tasks ------------------------------------------------------------------------------------------------------
 
 
@@ -280,7 +293,9 @@ def image_to_video(pipe: Pipeline, prompt: str, image: Media, frame: int = 0, *,
                          f"got {frame!r}")
     img = load_image(image, s.width, s.height, resize)
     window = image_window(encoder(pipe), img, frame, s.frames, _tf(pipe))
-    return _run(pipe, s, window, progress, first_image=img if frame == 0 else None, fit_steps=fit_steps)
+    video = _run(pipe, s, window, progress, first_image=img if frame == 0 else None, fit_steps=fit_steps)
+    return _noted(video, "image_to_video", image=_source(image), image_frame=frame,
+                  fit_steps=fit_steps if frame == 0 else None, resize=resize)
 
 
 def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]], *, resize: str = "crop",
@@ -295,7 +310,9 @@ def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]],
     images = [load_image(img, s.width, s.height, resize, name=f"keyframe at {t} s") for t, img in images_at]
     window = keyframes_window(encoder(pipe), list(zip(pixels, images)), s.frames, tf)
     first = next((img for p, img in zip(pixels, images) if p == 0), None)
-    return _run(pipe, s, window, progress, first_image=first, fit_steps=fit_steps)
+    video = _run(pipe, s, window, progress, first_image=first, fit_steps=fit_steps)
+    return _noted(video, "keyframes", keyframes=[[t, _source(img)] for t, img in images_at],
+                  fit_steps=fit_steps if first is not None else None, resize=resize)
 
 
 def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction: str = "forward", *,
@@ -325,8 +342,10 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
     new = new_frame_count(seconds, s.fps, tf, direction)
     window = extend_window(encoder(pipe), frames, new, overlap, tf, direction, carry=motion_strength < 1)
     s = replace(s, strength=motion_strength)
-    return _run(pipe, s, window, progress, before=frames if forward else None, after=None if forward else frames,
-                join=join)
+    out = _run(pipe, s, window, progress, before=frames if forward else None, after=None if forward else frames,
+               join=join)
+    return _noted(out, "extend", video=_source(video), seconds=seconds, direction=direction, new_frames=new,
+                  overlap=overlap, join=join, motion_strength=motion_strength, resize=resize)
 
 
 def new_frame_count(seconds: float, fps: float, tf: int, direction: str = "forward") -> int:
@@ -354,7 +373,10 @@ def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds
     new = new_frame_count(seconds, s.fps, tf)
     window = connect_window(encoder(pipe), a, b, new, overlap, tf, carry=motion_strength < 1)
     joined = _run(pipe, replace(s, strength=motion_strength), window, progress, before=a, after=b, join=join)
-    return replace(joined, frames=joined.frames[len(a):len(a) + new]), joined
+    task = dict(video_a=_source(video_a), video_b=_source(video_b), seconds=seconds, new_frames=new, overlap=overlap,
+                join=join, motion_strength=motion_strength, resize=resize)
+    transition = replace(joined, frames=joined.frames[len(a):len(a) + new], notes=dict(joined.notes))
+    return _noted(transition, "connect", part="transition", **task), _noted(joined, "connect", part="joined", **task)
 
 
 def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str = "crop", progress=False,
@@ -371,7 +393,8 @@ def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str
     still = None
     if image is not None:
         still = still_latent(encoder(pipe), load_image(image, s.width, s.height, resize), tf)
-    return _run(pipe, s, loop_window(s.frames - 1, tf, still), progress)
+    video = _run(pipe, s, loop_window(s.frames - 1, tf, still), progress)
+    return _noted(video, "loop", image=None if image is None else _source(image), resize=resize)
 
 
 def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: str = "crop", progress=False,
@@ -387,7 +410,8 @@ def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: 
     s = replace(s, frames=len(padded), strength=strength)
     init = encoder(pipe)(to_model(padded))
     out = pipe.run(s, init_latents=init, progress=progress)
-    return replace(out, frames=out.frames[:len(frames)])
+    return _noted(replace(out, frames=out.frames[:len(frames)]), "edit", video=_source(video), strength=strength,
+                  resize=resize)
 
 
 def image(pipe: Pipeline, prompt: str, *, progress=False, **settings) -> Video:

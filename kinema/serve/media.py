@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..common.io import atomic_path
-from ..common.video import VideoDecodeError, probe_video, read_video
+from ..common.video import VideoDecodeError, image_rgb, probe_video, read_video
 from ..common.video_write import write_video
 
 VIDEO_ID = re.compile(r"video_[0-9a-f]{32}")
@@ -60,11 +60,7 @@ def decode_image(data: bytes) -> np.ndarray:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise UploadError(f"input image is {img.width}x{img.height}; at most {MAX_IMAGE_PIXELS} pixels accepted")
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            return image_rgb(img)
     except UploadError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):

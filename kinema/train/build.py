@@ -84,7 +84,9 @@ def build_models(cfg: TrainConfig, device: torch.device, needs_vae: bool) -> Mod
         vae = load_vae(source) if needs_vae else None
         vae_cfg = vae.cfg if vae is not None else read_config(source).vae
         if vae_cfg.z_dim != model_cfg.vae.z_dim:
-            raise ConfigError(f"vae_from {source!r} has z_dim {vae_cfg.z_dim}; the DiT needs {model_cfg.vae.z_dim}")
+            raise ConfigError(f"vae_from {source!r} has z_dim {vae_cfg.z_dim}; the DiT needs {model_cfg.vae.z_dim}: "
+                              f"fine-tune the model that VAE belongs to (--init_from {source}), or pick a preset whose "
+                              f"VAE has z_dim {vae_cfg.z_dim}")
         model_cfg = model_cfg.replace(vae=vae_cfg)
     elif needs_vae:
         vae, random_vae = VAE(model_cfg.vae), True
