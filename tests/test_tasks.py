@@ -91,6 +91,20 @@ def test_pixel_latent_index_round_trips_for_every_length(tf):
         assert n - 1 in masked_pixel_frames(mask, tf)
 
 
+def test_a_large_input_video_is_decoded_at_twice_the_target_size_not_its_own(tmp_path, monkeypatch):
+    from kinema.infer import tasks as task_module
+    rng = np.random.default_rng(0)
+    big = np.repeat(rng.integers(0, 255, (9, 45, 80, 3), dtype=np.uint8), 8, axis=1).repeat(8, axis=2)  # 640x360
+    write_video(tmp_path / "big", big, fps=8)  # lossless PNG frames
+    asked = []
+    real = task_module.read_video
+    monkeypatch.setattr(task_module, "read_video", lambda *a, **k: asked.append(k["max_pixels"]) or real(*a, **k))
+    frames = tasks.load_video(tmp_path / "big", 8, 64, 36)
+    assert asked == [128 * 72] and frames.shape == (9, 36, 64, 3)  # decoded at 128x72: 2x the target's sides
+    direct = resize_video(big, 64, 36)
+    assert np.abs(frames.astype(float) - direct).mean() < 4  # the same picture as resizing the full frames
+
+
 def test_pad_policy_holds_the_last_frame_and_keeps_every_input_frame(media):
     for n in range(1, 12):
         clip = media["video"][:n]

@@ -127,10 +127,15 @@ def load_image(image: Media, width: int, height: int, resize: str = "crop", name
 
 def load_video(video: Media, fps: float, width: int, height: int, resize: str = "crop",
                name: str = "video") -> np.ndarray:
-    """uint8 (F, height, width, 3) from a video path (resampled to ``fps``) or array, resized; InputError if bad."""
+    """uint8 (F, height, width, 3) from a video path (resampled to ``fps``) or array, resized; InputError if bad.
+
+    A path's frames are scaled down as they are decoded to twice the target's sides (still covering it), so a
+    long high-resolution input never sits in memory at full size."""
     if isinstance(video, (str, os.PathLike)):
+        given_w, given_h = media_size(video, name)
+        scale = min(1.0, max(2 * width / given_w, 2 * height / given_h))
         try:
-            video, _ = read_video(video, fps=fps)
+            video, _ = read_video(video, fps=fps, max_pixels=math.ceil(given_w * given_h * scale * scale))
         except VideoDecodeError as err:
             raise InputError(f"{name}: {err}") from None
     return _fit(_frames_of(video, name, image=False), width, height, resize)
