@@ -273,12 +273,83 @@ def test_diffusers_layout_is_repackaged_and_overwrite_replaces(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(src))
     dst = tmp_path / "vae"
     dst.mkdir()
-    (dst / "stale.txt").write_text("old")
-    with pytest.raises(ConversionError, match="already exists"):
+    (dst / "config.json").write_text("{}")  # a previous conversion's output, stale
+    (dst / "diffusion_pytorch_model.safetensors").write_bytes(b"old")
+    with pytest.raises(ConversionError, match=r"already exists; choose another folder, or replace it with "
+                                              r"--overwrite \(overwrite=True in Python\)"):
         convert_checkpoint(src, dst, kind="vae")
     convert_checkpoint(src, dst, kind="vae", overwrite=True)
     assert sorted(p.name for p in dst.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     _assert_same_tensors(diffusers.AutoencoderKLWan.from_pretrained(dst).state_dict(), ref.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae", "vae.safetensors"]  # no temporaries left
+
+
+def test_cli_overwrite_swaps_in_a_complete_folder_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch, capsys):
+    import kinema.weights.convert as convert
+    from kinema.cli import main
+
+    ref = _ref_vae(**VAE_WAN)
+    src = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(to_wan_original_vae(ref.state_dict()), src)
+    dst = tmp_path / "vae"
+    assert main(["convert", str(src), str(dst)]) == 0
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert "already exists; choose another folder, or replace it with --overwrite" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in dst.iterdir()}
+
+    def dies_half_way(path, layout, load):  # a crash (or a full disk) in the middle of writing the weights
+        path.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(convert, "_write_safetensors", dies_half_way)
+        assert main(["convert", str(src), str(dst), "--overwrite"]) == 1
+    assert {p.name: p.read_bytes() for p in dst.iterdir()} == before  # the old folder, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Wan2.1_VAE.pth", "vae"]
+    (dst / "config.json").write_text("{}")
+    assert main(["convert", str(src), str(dst), "--overwrite"]) == 0
+    assert json.loads((dst / "config.json").read_text())["_class_name"] == "AutoencoderKLWan"
+    _assert_same_tensors(diffusers.AutoencoderKLWan.from_pretrained(dst).state_dict(), ref.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Wan2.1_VAE.pth", "vae"]
+
+
+def test_overwrite_replaces_only_a_previous_conversion(tmp_path):
+    ref = _ref_vae(**VAE_WAN)
+    src = tmp_path / "ckpt" / "vae.safetensors"
+    src.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(src))
+    mine = tmp_path / "mine"
+    (mine / "videos").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConversionError, match=r"mine holds 2 entries a conversion does not write \(notes.txt, "
+                                              r"videos\); --overwrite replaces only a folder of config.json"):
+        convert_checkpoint(src, mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    for dst in (src.parent, tmp_path):  # the folder holding the checkpoint, or one above it
+        with pytest.raises(ConversionError, match="holds the checkpoint being converted .*would delete it"):
+            convert_checkpoint(src, dst, overwrite=True)
+    with pytest.raises(ConversionError, match="holds the checkpoint being converted"):
+        convert_checkpoint(src.parent, src.parent, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConversionError, match=r"file is a file, not a folder; --overwrite replaces only a folder"):
+        convert_checkpoint(src, tmp_path / "file", overwrite=True)
+    assert src.is_file() and (tmp_path / "file").read_text() == "x"
+
+
+def test_a_model_folder_is_not_converted_but_named(tmp_path):
+    import kinema
+
+    bundled = Path(kinema.__file__).parent / "assets" / "world-small"
+    with pytest.raises(ConversionError, match=r"world-small is already a kinema model folder \(it has kinema.json\); "
+                                              r"nothing to convert \(load it directly with --model .*world-small\)"):
+        convert_checkpoint(bundled, tmp_path / "out")
+    pipeline = tmp_path / "Wan2.1-T2V-1.3B-Diffusers"
+    (pipeline / "transformer").mkdir(parents=True)
+    (pipeline / "model_index.json").write_text("{}")
+    with pytest.raises(ConversionError, match=r"is a diffusers pipeline folder .*nothing to convert \(load it "
+                                              r"directly with --model"):
+        convert_checkpoint(pipeline, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # -- (e) refusals --------------------------------------------------------------------------------------------
@@ -302,6 +373,17 @@ def test_a_pth_that_is_not_a_checkpoint_is_named(tmp_path):
     with pytest.raises(ConversionError, match=r"cannot read .*cut.pth as a torch checkpoint: it is truncated or "
                                               r"not one \(\w+"):
         convert_checkpoint(tmp_path / "cut.pth", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_torch_save_is_named_truncated(tmp_path):
+    torch.save(to_wan_original_vae(_ref_vae(**VAE_WAN).state_dict()), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    for keep in (0.5, 0.99):  # a download that stopped part-way, or just before the archive's index
+        (tmp_path / "cut.pth").write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(ConversionError, match=r"cannot read .*cut.pth as a torch checkpoint: it starts as a zip "
+                                                  r"archive \(torch.save\) but is truncated or damaged"):
+            convert_checkpoint(tmp_path / "cut.pth", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

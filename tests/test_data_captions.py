@@ -5,6 +5,7 @@ the CLI's errors."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,110 @@ def test_split_export_writes_each_clip_as_a_file_with_its_frames(tmp_path):
         video, fps = read_video(row["clip_path"])
         assert video.shape == (row["frames"], 64, 96, 3) and fps == pytest.approx(12)
         assert np.abs(video[0].astype(int) - frames[start]).mean() < 6  # the shot's own first frame
+
+
+# -- sidecars that are there but unreadable; clips with no caption at all ------------------------------------------
+
+SIDECARS = {  # video stem -> (sidecar name, its bytes) or None
+    "trailing_comma": ("trailing_comma.json", b'{"caption": "a red square", }'),
+    "other_key": ("other_key.json", b'{"text": "a red square"}'),
+    "bad_segment": ("bad_segment.json", b'{"segments": [{"start": 0, "caption": "x"}]}'),
+    "not_utf8": ("not_utf8.txt", b"\xff\xfe bad utf"),
+    "good": ("good.json", b'{"caption": "a good caption"}'),
+    "bare": None,
+    "bare_too": None,
+}
+
+
+@pytest.fixture(scope="module")
+def sidecar_dataset(tmp_path_factory):
+    """A scored dataset of one-shot videos, each with one kind of sidecar (or none)."""
+    base = tmp_path_factory.mktemp("sidecars")
+    frames, _, _ = world_shots([3], [16], 64, 48, 8)
+    for stem, sidecar in SIDECARS.items():
+        write_test_video(base / "videos" / f"{stem}.mp4", frames, 8)
+        if sidecar:
+            (base / "videos" / sidecar[0]).write_bytes(sidecar[1])
+    (base / "videos" / "meta.json").write_text('{"uploader": "someone", "fps": 8}')  # another tool's metadata ...
+    (base / "videos" / "meta.txt").write_text("the caption of meta")  # ... next to a caption: the .txt is used
+    write_test_video(base / "videos" / "meta.mp4", frames, 8)
+    root = base / "ds"
+    assert main(["data", "ingest", str(root), str(base / "videos"), "-q"]) == 0
+    config = base / "data.toml"
+    config.write_text("[filter]\nmax_static_fraction = 1.0\n")
+    for stage in ("split", "score"):
+        assert main(["data", stage, str(root), "--config", str(config), "-q"]) == 0
+    return root
+
+
+def by_stem(rows):
+    return {Path(r["path"]).stem: r for r in rows}
+
+
+def test_unreadable_or_unrecognised_sidecars_reject_their_clip_with_the_reason(sidecar_dataset):
+    run = caption(sidecar_dataset, log=None)
+    assert run.complete
+    rows = by_stem(clips(sidecar_dataset))
+    assert sorted(stem for stem, r in rows.items() if r["keep"]) == ["bare", "bare_too", "good", "meta"]
+    reasons = {Path(r["path"]).stem: r["reason"] for r in read_parquet(sidecar_dataset / "rejects.parquet")
+               if r["stage"] == "caption"}
+    assert reasons == {
+        "trailing_comma": "sidecar trailing_comma.json: not valid JSON (line 1 col 29: Expecting property name "
+                          "enclosed in double quotes)",
+        "other_key": "sidecar other_key.json: has no 'caption' or 'segments' key (keys ['text']); accepted: "
+                     '{"caption": text} or {"segments": [{"start": s, "end": e, "caption": text}, ...]}',
+        "bad_segment": 'sidecar bad_segment.json: segments[0] must be {"start": seconds, "end": seconds, '
+                       '"caption": text}, got {"start": 0, "caption": "x"}',
+        "not_utf8": "sidecar not_utf8.txt: not valid UTF-8 (byte 0xff at offset 0); save it as UTF-8",
+    }
+    assert rows["trailing_comma"]["reasons"] == [f"caption: {reasons['trailing_comma']}"]
+    got = {stem: (rows[stem]["caption"], rows[stem]["caption_source"]) for stem in ("good", "meta", "bare")}
+    assert got == {"good": ("a good caption", "sidecar-json"), "meta": ("the caption of meta", "sidecar-txt"),
+                   "bare": ("", "none")}  # no sidecar at all: kept, trained unconditionally
+
+
+def test_the_caption_stage_says_how_many_kept_clips_have_no_caption(sidecar_dataset, capsys):
+    assert main(["data", "caption", str(sidecar_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert ("caption: 2 of 4 clips have no caption: they train as the empty prompt (from 2 video(s): bare.mp4, "
+            "bare_too.mp4;") in out
+    assert f"caption: 4 clip(s) rejected (why: `kinema data inspect {sidecar_dataset}`" in out
+    lines = []
+    caption(sidecar_dataset, CaptionConfig(caption_template="sks, {caption}"), log=lines.append)
+    assert "caption: 2 of 4 clips have no caption: they train as the caption template alone (e.g. 'sks, ')" in lines[-2]
+
+
+def test_a_contact_sheet_of_a_dataset_split_found_no_clip_in_says_why(tmp_path, capsys):
+    frames, _, _ = world_shots([1], [5], 64, 48, 24)
+    write_test_video(tmp_path / "videos" / "short.mp4", frames, 24)
+    write_test_video(tmp_path / "videos" / "one_frame.mp4", frames[:1], 24)
+    root = tmp_path / "ds"
+    assert main(["data", "ingest", str(root), str(tmp_path / "videos"), "-q"]) == 0
+    assert main(["data", "inspect", str(root), "--sheet", str(tmp_path / "sheet.png")]) == 2
+    assert f"run `kinema data split {root}` first" in capsys.readouterr().err
+    assert main(["data", "split", str(root), "-q"]) == 0
+    assert main(["data", "inspect", str(root), "--sheet", str(tmp_path / "sheet.png")]) == 2
+    captured = capsys.readouterr()
+    assert "shorter than split.min_seconds" in captured.out  # the rejects, listed above the error
+    assert ("error: no clips to show: split kept none of 2 videos; see the rejects "
+            f"(`kinema data inspect {root}` lists them") in captured.err
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_bad_data_config_values_are_refused_before_the_model_loads(scored, tmp_path, capsys):
+    config = tmp_path / "data.toml"
+    config.write_text("[encode]\nbatch_size = 1.5\n")
+    missing_model = str(tmp_path / "no_model")
+    assert main(["data", "encode", str(scored), "--model", missing_model, "--config", str(config), "-q"]) == 2
+    assert "encode.batch_size must be an integer, got 1.5" in capsys.readouterr().err
+    config.write_text('[split]\nthreshold = "abc"\n')
+    assert main(["data", "split", str(scored), "--config", str(config), "-q"]) == 2
+    assert "split.threshold must be a number, got 'abc'" in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_one_is_refused_before_the_model_loads(scored, tmp_path, capsys):
+    missing_model = str(tmp_path / "no_model")
+    for command in (["encode", str(scored)], ["world", str(tmp_path / "cache"), "--clips", "1"]):
+        assert main(["data", *command, "--model", missing_model, "--device", "tpu", "-q"]) == 2
+        assert ("--device 'tpu' is not a device; accepted: cpu, cuda, cuda:N (a GPU), mps, or auto"
+                in capsys.readouterr().err)

@@ -4,6 +4,7 @@ known answer, the filter's reasons, configs, shards, and the latent cache format
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -143,6 +144,36 @@ def test_data_config_loads_from_toml_and_refuses_unknown_keys(tmp_path):
         load_data_config({"split": {"min_seconds": 3, "max_seconds": 4}})
     with pytest.raises(ConfigError, match="FRAMESxHEIGHTxWIDTH"):
         Bucket.parse("17x96")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("score", "max_flow_pairs", 2.5, "score.max_flow_pairs must be an integer, got 2.5"),
+    ("encode", "batch_size", 1.5, "encode.batch_size must be an integer, got 1.5"),
+    ("split", "threshold", "abc", "split.threshold must be a number, got 'abc'"),
+    ("split", "min_seconds", True, "split.min_seconds must be a number, got True"),  # a bool is not a number
+    ("split", "max_seconds", float("inf"), "split.max_seconds must be a finite number, got inf"),
+    ("filter", "max_flashes", "2", "filter.max_flashes must be an integer, got '2'"),
+    ("caption", "mapping", 3, "caption.mapping must be a string, got 3"),
+    ("encode", "buckets", "17x64x64", 'encode.buckets must be a list of buckets, each "FRAMESxHEIGHTxWIDTH"'),
+    ("encode", "buckets", [17], r"encode.buckets\[0\] must be a bucket"),
+    ("encode", "buckets", ["17x64"], r"encode.buckets\[0\]: a bucket is FRAMESxHEIGHTxWIDTH"),
+    ("encode", "buckets", [{"frames": "17", "height": 64, "width": 64}],
+     r"encode.buckets\[0\].frames must be an integer, got '17'"),
+    ("encode", "buckets", [{"frames": 17, "height": 64}], r"encode.buckets\[0\]: missing key\(s\) \['width'\]"),
+])
+def test_data_config_values_of_the_wrong_type_are_refused_by_key_before_any_work(section, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_data_config({section: {key: value}})
+
+
+def test_data_config_values_convert_to_their_fields_types(tmp_path):
+    path = tmp_path / "data.toml"
+    path.write_text('[split]\nthreshold = 9\n[filter]\nmax_motion = inf\n[encode]\nfps = 12\n')
+    cfg = load_data_config(path)
+    assert (cfg.split.threshold, cfg.filter.max_motion, cfg.encode.fps) == (9.0, math.inf, 12.0)
+    assert all(type(v) is float for v in (cfg.split.threshold, cfg.filter.max_motion, cfg.encode.fps))
+    assert load_data_config({"split": {"threshold": "1e1"}}).split.threshold == 10.0  # YAML-ish strings, as recipes
+    assert load_data_config({"caption": {"mapping": None}}).caption.mapping is None
 
 
 def test_buckets_the_model_cannot_take_are_refused_with_what_would_fit():

@@ -138,6 +138,28 @@ def test_scene_boundaries_are_found_within_one_frame_and_every_shot_becomes_a_cl
     assert len({c["clip_id"] for c in ds.table("clips")}) == len(ds.table("clips"))
 
 
+def test_videos_too_short_for_a_clip_are_rejected_with_their_length(tmp_path):
+    frames, _, _ = world_shots([1, 2, 3], [6, 6, 6], 64, 48, 12, distinct=True)
+    write_test_video(tmp_path / "videos" / "one_frame.mp4", frames[:1], 12)
+    write_test_video(tmp_path / "videos" / "short.mp4", frames[:5], 12)
+    write_test_video(tmp_path / "videos" / "quick_cuts.mp4", frames, 12)  # 1.5 s, but three 0.5 s shots
+    write_test_video(tmp_path / "videos" / "long_enough.mp4", np.concatenate([frames[:6]] * 3), 12)  # one 1.5 s shot
+    root, lines = tmp_path / "ds", []
+    ingest(root, [str(tmp_path / "videos")], log=QUIET)
+    assert split(root, SplitConfig(), log=lines.append).complete
+    reasons = {Path(r["path"]).name: r["reason"] for r in read_parquet(root / "rejects.parquet")}
+    assert reasons == {"one_frame.mp4": "shorter than split.min_seconds (1 s): 0.08 s",
+                       "short.mp4": "shorter than split.min_seconds (1 s): 0.42 s",
+                       "quick_cuts.mp4": "no shot reaches split.min_seconds (1 s): 3 shots, the longest 0.50 s"}
+    assert {Path(c["path"]).name for c in Dataset.open(root).table("clips")} == {"long_enough.mp4"}
+    assert lines[-1] == (f"split: 1 clip(s) from 1 video(s), 3 video(s) rejected (why: `kinema data inspect {root}` "
+                         "or rejects.parquet)")
+    score(root, log=QUIET)
+    report = (root / "report.txt").read_text()
+    assert "left out before the filter (3; also in rejects.parquet):" in report
+    assert "  split: short.mp4: shorter than split.min_seconds (1 s): 0.42 s" in report
+
+
 def test_a_rotated_phone_clip_reads_upright(corpus):
     videos, truth = corpus
     first = next(iter_frames(videos / "phone.mp4")).pixels

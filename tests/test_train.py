@@ -212,6 +212,21 @@ def test_existing_run_needs_resume_and_resume_of_a_finished_run_is_a_no_op(tmp_p
     assert train(recipe(tmp_path / "run", cache, max_steps=2), resume=True).step == 2
 
 
+def test_resume_of_a_run_already_past_max_steps_or_stop_after_says_there_is_nothing_to_train(tmp_path, cache, capsys):
+    train(recipe(tmp_path / "run", cache, max_steps=4))
+    capsys.readouterr()
+    result = train(recipe(tmp_path / "run", cache, max_steps=2), resume=True)
+    out = capsys.readouterr().out
+    assert result.step == 4 and len(losses(result)) == 4  # nothing trained, nothing logged
+    assert (f"--resume: the run is already at step 4, past max_steps 2: nothing to train; its export is the step-4 "
+            f"weights, in {tmp_path / 'run' / 'model'} (to train further, set max_steps above 4)") in out
+    train(recipe(tmp_path / "part", cache, max_steps=6, stop_after=3))
+    capsys.readouterr()
+    assert train(recipe(tmp_path / "part", cache, max_steps=6, stop_after=2), resume=True).step == 3
+    assert ("--resume: the run is already at step 3, past stop_after 2: nothing to train (set stop_after above 3, or "
+            "drop it, to continue to max_steps 6)") in capsys.readouterr().out
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 
@@ -228,6 +243,35 @@ def test_unknown_config_key_names_the_key_and_lists_the_accepted_ones(tmp_path):
         load_config(None, ["--stop_after_minutes", "-5"])
     cfg = load_config(None, ["--optim.lr=3e-4", "--data.buckets", '[{"frames": 1, "height": 64, "width": 64}]', "--log.progress"])
     assert cfg.optim.lr == 3e-4 and cfg.data.buckets == (BucketConfig(1, 64, 64),) and cfg.log.progress is True
+
+
+def test_an_override_of_a_text_field_is_taken_as_given_and_others_are_parsed():
+    # `--out_dir 2024` is the folder "2024", not the number 2024 (refused as "must be a string")
+    cfg = load_config({"preset": "tiny"}, ["--out_dir", "2024", "--data.kind", "clips", "--data.path", "2024",
+                                           "--log.wandb_project=007", "--init_from", "true", "--distill.teacher", "1e3",
+                                           "--max_steps", "2024", "--optim.lr", "1e-3", "--sample.prompts", '["2024"]'])
+    assert (cfg.out_dir, cfg.data.path, cfg.log.wandb_project, cfg.init_from, cfg.distill.teacher) == \
+        ("2024", "2024", "007", "true", "1e3")
+    assert cfg.max_steps == 2024 and cfg.optim.lr == 1e-3 and cfg.sample.prompts == ("2024",)
+    assert load_config(None, ["--log.wandb_project", "null", "--init_from=none"]).log.wandb_project is None
+    assert load_config(None, ["--model_config.dit.num_layers", "3"]).model_config == {"dit": {"num_layers": 3}}
+    with pytest.raises(ConfigError, match=r"override --out_dir needs a value \(text\): --out_dir VALUE or --out_dir=VALUE"):
+        load_config(None, ["--out_dir", "--max_steps", "3"])
+    with pytest.raises(ConfigError, match=r"max_steps must be an integer, got '2024x'"):
+        load_config(None, ["--max_steps", "2024x"])
+
+
+def test_preview_sizes_must_fit_the_models_patch_grid_as_buckets_do(tmp_path, cache):
+    for sample, want in ((dict(frames=10), r"sample\.frames cannot fit the model's patch grid: frames must be 4k\+1 "
+                                           r"\(the VAE's 4x temporal compression\), got 10; nearest: 9 or 13"),
+                         (dict(height=50), r"sample\.height cannot fit the model's patch grid: height must be a "
+                                           r"multiple of 16 .*got 50; nearest: 48 or 64"),
+                         (dict(width=8, frames=9), r"sample\.width .*multiple of 16 .*got 8; nearest: 16")):
+        with pytest.raises(ConfigError, match=want):  # refused before any set-up, as a bad bucket is
+            train(recipe(tmp_path / "run", cache, sample=dict(every=3, **sample)))
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"sample\.height must be >= 1 or null \(the model's default\), got 0"):
+        load_config(None, ["--sample.height", "0"])
 
 
 def test_every_shipped_recipe_loads():

@@ -84,6 +84,28 @@ def test_a_bucket_that_cannot_fit_the_patch_grid_is_refused_with_the_rule():
         check_bucket(BucketConfig(8, 64, 64), cfg)
 
 
+def test_a_clip_folder_takes_the_videos_kinema_data_ingest_takes(tmp_path):
+    """.mov and .mkv (and the other containers FFmpeg reads) are clips, not silently left out."""
+    import av
+
+    from kinema.train.buckets import bucket_grids
+    from kinema.train.data import ClipFolder
+
+    rng = np.random.default_rng(0)
+    for name, fmt in (("a.mkv", "matroska"), ("b.MOV", "mov")):
+        with av.open(str(tmp_path / name), mode="w", format=fmt) as container:
+            stream = container.add_stream("libx264", rate=8)
+            stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+            for frame in rng.integers(0, 255, (9, 32, 48, 3), dtype=np.uint8):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+    (tmp_path / "a.txt").write_text("a clip in matroska")
+    data = ClipFolder(tmp_path, bucket_grids([BucketConfig(9, 32, 48)], preset("tiny")), fps=8.0)
+    assert [p.name for p in data.files] == ["a.mkv", "b.MOV"] and data.skipped == []
+    first, second = data.load(0), data.load(1)
+    assert first.video.shape == second.video.shape == (3, 9, 32, 48) and first.caption == "a clip in matroska"
+
+
 def test_world_crops_keep_the_object_scale_of_the_larger_render():
     from kinema.train.data import WorldDataset, render_world, _seed
 

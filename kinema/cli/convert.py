@@ -9,11 +9,15 @@ def add_parser(sub) -> None:
     c.add_argument("src", help="checkpoint file or folder (.safetensors, or .pth loaded weights-only)")
     c.add_argument("dst", help="output folder")
     c.add_argument("--kind", choices=("auto", "dit", "vae"), default="auto")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace dst when it exists and holds a previous conversion (config.json + "
+                        "diffusion_pytorch_model.safetensors): the new folder is written beside it and swapped in "
+                        "once complete, so dst is never left half-written")
     c.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
     from ..weights.convert import convert_checkpoint
-    out = convert_checkpoint(args.src, args.dst, kind=args.kind)
+    out = convert_checkpoint(args.src, args.dst, kind=args.kind, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0

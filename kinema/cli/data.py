@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                                                                         "default: the config's)")
     enc.add_argument("--fps", type=float, help="frame rate clips are resampled to (default 8)")
     enc.add_argument("--out", help="cache folder (default DATASET/cache)")
-    enc.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when there is a GPU), cpu, cuda")
+    enc.add_argument("--device", default="auto",
+                     help="auto (cuda:LOCAL_RANK when there is a GPU), cpu, cuda, cuda:N, mps")
     enc.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     world = stages.add_parser("world", help="a latent cache of procedural-world clips (no dataset folder): what the "
                                             "bundled model's DiT trains on without rendering and encoding each step")
@@ -55,7 +56,7 @@ def add_parser(sub) -> None:
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--fps", type=float, default=8.0)
     world.add_argument("--batch-size", type=int, default=16, help="clips per VAE batch")
-    world.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda")
+    world.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N, mps")
     world.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     world.add_argument("-q", "--quiet", action="store_true")
     ins = stage("inspect", "summary statistics and a contact sheet")
@@ -69,12 +70,25 @@ def cmd_data(args) -> int:
     from ..config import ConfigError
     from ..data.pipeline import run_command
     from ..data.shards import DataError
+    if args.data_command in ("encode", "world") and args.device != "auto":
+        _check_device(args.device)
     try:
         if args.data_command == "world":
             return _world(args)
         return run_command(args)
     except (DataError, ConfigError) as e:
         raise CLIError(str(e)) from e
+
+
+def _check_device(name: str) -> None:
+    """``--device`` checked before the model loads, as ``kinema generate`` checks it (auto is also accepted)."""
+    from .generate import check_device
+    try:
+        check_device(name)
+    except CLIError as e:
+        if "accepted:" not in str(e):
+            raise
+        raise CLIError(f"{e}, or auto (the default: a GPU when there is one, else the CPU)") from None
 
 
 def _world(args) -> int:

@@ -10,8 +10,10 @@ def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train or fine-tune (python or torchrun)",
                        epilog="Any config field can be overridden after the config file as --section.key value "
                               "(or --key value at the top level), e.g. --optim.lr 1e-4 --max_steps 2000 "
-                              "--init_from MODEL --vae_from MODEL --stop_after_minutes 30; an unknown key is refused "
-                              "with the accepted ones. See configs/*.toml for the fields.")
+                              "--init_from MODEL --vae_from MODEL --stop_after_minutes 30; values are read as JSON "
+                              "(numbers, true/false, null, lists), except that text fields (out_dir, data.path, ...) "
+                              "take them as given; an unknown key is refused with the accepted ones. See "
+                              "configs/*.toml for the fields.")
     t.add_argument("config", help="training config file (configs/*.toml)")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.set_defaults(func=cmd_train, takes_extra=True)

@@ -27,7 +27,10 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:  # PyAV is imported where a file is opened: training imports this module without it
     import av
 
-VIDEO_EXTS = (".mp4", ".webm", ".gif")
+# The video files a folder walk takes (`kinema data ingest`, a training clip folder); any other name can still be
+# read by path: PyAV sniffs the container from its content.
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
+              ".3gp", ".ogv", ".gif", ".y4m")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 WRITE_FORMATS = (".mp4", ".webm", ".gif", ".png", "<folder>/")
 RESIZE_POLICIES = ("crop", "pad", "stretch")

@@ -7,7 +7,9 @@ Where a clip's caption comes from, first match wins:
    source's file name, with or without extension).
 2. sidecars next to the source: ``VIDEO.json`` holding ``{"caption": ...}`` or
    ``{"segments": [{"start": s, "end": e, "caption": ...}, ...]}`` (the segment overlapping the clip
-   most), then ``VIDEO.txt``.
+   most), then ``VIDEO.txt``. A sidecar that is there but cannot be read (bad UTF-8, invalid JSON, a
+   ``.json`` without those keys and no ``.txt``) rejects the clip with the reason; a video without
+   sidecars is kept uncaptioned, and the stage says how many clips will train as the empty prompt.
 
 A ``captioner`` ("package.module:function") then re-captions every clip, as Sora re-captioned its
 training set with descriptive captions: it is called as ``function(frames, prompt) -> str`` with
@@ -106,27 +108,72 @@ class Mapping:
         return None
 
 
+class SidecarError(ValueError):
+    """A caption sidecar that is there but cannot be read: the clip is rejected with this reason."""
+
+
+def _read_sidecar(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SidecarError(f"sidecar {path.name}: not valid UTF-8 (byte 0x{err.object[err.start]:02x} at "
+                           f"offset {err.start}); save it as UTF-8") from None
+
+
+def _segment_caption(data: dict, clip: dict, name: str) -> str | None:
+    """The caption of the segment overlapping the clip most, or None when none overlaps it."""
+    best, overlap = None, 0.0
+    for i, seg in enumerate(data["segments"]):
+        ok = (isinstance(seg, dict) and isinstance(seg.get("caption"), str)
+              and all(isinstance(seg.get(k), (int, float)) and not isinstance(seg.get(k), bool)
+                      for k in ("start", "end")))
+        if not ok:
+            raise SidecarError(f"sidecar {name}: segments[{i}] must be {{\"start\": seconds, \"end\": seconds, "
+                               f"\"caption\": text}}, got {json.dumps(seg)[:120]}")
+        shared = min(float(seg["end"]), clip["end_time"]) - max(float(seg["start"]), clip["start_time"])
+        if shared > overlap:
+            best, overlap = seg["caption"].strip(), shared
+    return best
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def sidecar_caption(clip: dict) -> tuple[str, str] | None:
-    """(caption, "sidecar-json" | "sidecar-txt") from files next to the clip's source, or None."""
+    """(caption, "sidecar-json" | "sidecar-txt") from files next to the clip's source, or None when there is none
+    (or a segments file has no segment over the clip).
+
+    A sidecar that is there but unreadable raises SidecarError (the clip is rejected with its reason rather than
+    trained as the empty prompt): bad UTF-8, a ``.json`` that is not valid JSON, or one whose ``caption`` /
+    ``segments`` are malformed. A valid ``.json`` without either key is refused too, unless a ``.txt`` sidecar
+    gives the caption (the ``.json`` is then taken for another tool's metadata).
+    """
     source = Path(clip["path"])
     side_json, side_txt = source.with_suffix(".json"), source.with_suffix(".txt")
     if side_json.is_file():
         try:
-            data = json.loads(side_json.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("caption"), str):
+            data = json.loads(_read_sidecar(side_json))
+        except json.JSONDecodeError as err:
+            raise SidecarError(f"sidecar {side_json.name}: not valid JSON (line {err.lineno} col {err.colno}: "
+                               f"{err.msg})") from None
+        if isinstance(data, dict) and "caption" in data:
+            if not isinstance(data["caption"], str):
+                raise SidecarError(f"sidecar {side_json.name}: 'caption' must be a string, "
+                                   f"got {json.dumps(data['caption'])[:120]}")
             return data["caption"].strip(), "sidecar-json"
-        if isinstance(data, dict) and isinstance(data.get("segments"), list):
-            best, overlap = None, 0.0
-            for seg in data["segments"]:
-                shared = min(float(seg["end"]), clip["end_time"]) - max(float(seg["start"]), clip["start_time"])
-                if shared > overlap:
-                    best, overlap = str(seg["caption"]).strip(), shared
-            if best is not None:
-                return best, "sidecar-json"
+        if isinstance(data, dict) and "segments" in data:
+            if not isinstance(data["segments"], list):
+                raise SidecarError(f"sidecar {side_json.name}: 'segments' must be a list of {{\"start\", \"end\", "
+                                   f"\"caption\"}}, got {json.dumps(data['segments'])[:120]}")
+            found = _segment_caption(data, clip, side_json.name)
+            if found is not None:
+                return found, "sidecar-json"
+        elif not side_txt.is_file():
+            what = f"keys {sorted(data)[:8]}" if isinstance(data, dict) else f"a JSON {_JSON_KINDS[type(data)]}"
+            raise SidecarError(f"sidecar {side_json.name}: has no 'caption' or 'segments' key ({what}); accepted: "
+                               '{"caption": text} or {"segments": [{"start": s, "end": e, "caption": text}, ...]}')
     if side_txt.is_file():
-        return side_txt.read_text(encoding="utf-8").strip(), "sidecar-txt"
+        return _read_sidecar(side_txt).strip(), "sidecar-txt"
     return None
 
 
@@ -197,8 +244,9 @@ def caption(root: str | os.PathLike, cfg: CaptionConfig = CaptionConfig(), shard
                     row["caption"], row["caption_source"], row["original_caption"] = caption_clip(clip)
                 except DataError:
                     raise
-                except Exception as err:  # a captioner that fails on one clip costs that clip, not the run
-                    reason = f"captioning failed: {type(err).__name__}: {err}"
+                except Exception as err:  # a bad sidecar, or a captioner that fails on one clip: that clip only
+                    reason = (str(err) if isinstance(err, SidecarError)
+                              else f"captioning failed: {type(err).__name__}: {err}")
                     rejects.append(reject("caption", clip["path"], reason, clip["source_id"], clip["clip_id"]))
                     row["keep"], row["reasons"] = False, [*clip["reasons"], f"caption: {reason}"]
             rows.append(row)
@@ -206,6 +254,33 @@ def caption(root: str | os.PathLike, cfg: CaptionConfig = CaptionConfig(), shard
 
     run = run_units(store, ds.units, shard, fp_of, work, log)
     if run.complete:
-        write_parquet(ds.root / "clips.parquet", ds.gather("caption", "clips", ("path", "clip_index")), CAPTIONED_SCHEMA)
-        ds.write_rejects("caption")
+        rows = ds.gather("caption", "clips", ("path", "clip_index"))
+        write_parquet(ds.root / "clips.parquet", rows, CAPTIONED_SCHEMA)
+        rejected = [r for r in ds.write_rejects("caption") if r["stage"] == "caption"]
+        if log:
+            for line in coverage(rows, rejected, ds.root):
+                log(line)
     return run
+
+
+def uncaptioned(row: dict) -> bool:
+    """True for a clip that got no caption text (no sidecar, mapping row or captioner answer, or an empty one)."""
+    return row["caption_source"] != "captioner" and not (row["original_caption"] or "").strip()
+
+
+def coverage(rows: list[dict], rejected: list[dict], root: Path) -> list[str]:
+    """What the caption stage tells the user: kept clips without a caption, and clips it rejected."""
+    kept = [r for r in rows if r["keep"]]
+    lines = []
+    missing = [r for r in kept if uncaptioned(r)]
+    if missing:
+        stored = {r["caption"] for r in missing}
+        trains_as = ("the empty prompt" if stored == {""} else
+                     f"the caption template alone (e.g. {sorted(stored)[0]!r})")
+        names = sorted({Path(r["path"]).name for r in missing})
+        lines.append(f"caption: {len(missing)} of {len(kept)} clips have no caption: they train as {trains_as} "
+                     f"(from {len(names)} video(s): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; "
+                     "give each a VIDEO.txt / VIDEO.json sidecar, a --mapping row or a --captioner)")
+    if rejected:
+        lines.append(f"caption: {len(rejected)} clip(s) rejected (why: `kinema data inspect {root}` or rejects.parquet)")
+    return lines

@@ -13,7 +13,9 @@
     buckets = [{ frames = 17, height = 128, width = 128 }, { frames = 17, height = 96, width = 160 }]
 
 Every section and field is optional; unknown keys are an error that names the key and lists the
-accepted ones. Changing a section only redoes the stages that depend on it.
+accepted ones, and every value is checked against its field's type before any stage starts (the rules of
+the training recipes, ``kinema.train.recipe``: "split.threshold must be a number, got 'abc'"). Changing
+a section only redoes the stages that depend on it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kinema.config import ConfigError
+from kinema.train.recipe import coerce  # the training recipes' type checks: one rule for every config
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -199,20 +203,57 @@ def _build(cls: type, data: Any, where: str):
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     _check(not unknown, f"{where or 'data config'}: unknown key(s) {unknown}; accepted: {sorted(names)}")
+    required = [f.name for f in names.values()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    _check(not missing, f"{where}: missing key(s) {missing}; required: {required}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        path = f"{where}.{key}" if where else key
         sub = _SECTIONS.get(key) if cls is PipelineConfig else None
         if sub is not None:
             value = _build(sub, value, key)
         elif cls is EncodeConfig and key == "buckets":
-            value = tuple(Bucket.parse(b) if isinstance(b, str) else _build(Bucket, b, "encode.buckets[]") for b in value)
-        elif isinstance(value, list):
-            value = tuple(value)
+            value = _buckets(value, path)
+        else:
+            value = _value(hints[key], value, path, infinite=cls is FilterConfig)
         kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a missing required field (Bucket)
-        raise ConfigError(f"{where}: {err}") from None
+    return cls(**kwargs)
+
+
+def _value(tp: Any, value: Any, key: str, infinite: bool = False) -> Any:
+    """``value`` checked (and int -> float converted) against the field's annotation ``tp``, the way training
+    recipes are (``kinema.train.recipe``); filter thresholds may also be infinite (off)."""
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isinf(number):
+            _check(infinite, f"{key} must be a finite number, got {value!r}")
+            return number
+    return coerce(tp, value, key)
+
+
+_BUCKET_FORM = '"FRAMESxHEIGHTxWIDTH" (e.g. "17x96x160") or { frames = F, height = H, width = W }'
+
+
+def _buckets(value: Any, key: str) -> tuple[Bucket, ...]:
+    """``encode.buckets``: a list whose entries are "FxHxW" strings or {frames, height, width} tables."""
+    _check(isinstance(value, (list, tuple)), f"{key} must be a list of buckets, each {_BUCKET_FORM}; got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            try:
+                out.append(Bucket.parse(item))
+            except ConfigError as err:
+                raise ConfigError(f"{key}[{i}]: {err}") from None
+        elif isinstance(item, dict):
+            out.append(_build(Bucket, item, f"{key}[{i}]"))
+        else:
+            raise ConfigError(f"{key}[{i}] must be a bucket, {_BUCKET_FORM}; got {item!r}")
+    return tuple(out)
 
 
 _SECTIONS = {"split": SplitConfig, "score": ScoreConfig, "filter": FilterConfig, "caption": CaptionConfig,

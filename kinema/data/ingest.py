@@ -14,14 +14,12 @@ from pathlib import Path
 
 import av
 
-from kinema.common.video import VideoDecodeError
+from kinema.common.video import VIDEO_EXTS, VideoDecodeError
 from kinema.data.decode import open_video
 from kinema.data.manifest import REJECT_SCHEMA, SOURCE_SCHEMA, Dataset, reject
 from kinema.data.shards import DataError, Shard, StageRun, fingerprint, run_units, unit_of, write_parquet
 
-# What a folder walk picks up; a list file (--list) may name any file.
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-                  ".flv", ".wmv", ".3gp", ".ogv", ".gif", ".y4m")
+VIDEO_SUFFIXES = VIDEO_EXTS  # what a folder walk picks up; a list file (--list) may name any file
 INGEST_VERSION = 1  # bump when the probe changes what it records
 
 

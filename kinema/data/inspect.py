@@ -13,7 +13,7 @@ from kinema.common.io import atomic_path
 from kinema.common.video import VideoDecodeError
 from kinema.data.decode import iter_frames
 from kinema.data.manifest import Dataset
-from kinema.data.shards import read_parquet
+from kinema.data.shards import DataError, read_parquet
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -96,6 +96,17 @@ def _thumbnail(clip: dict, width: int, height: int) -> Image.Image:
     return tile
 
 
+def _no_clips(ds: Dataset) -> str:
+    """Why a dataset has no clip to show: split never ran, split kept none, or score measured none."""
+    if not (ds.root / "clips.parquet").is_file():
+        return f"{ds.root} has no clips yet: run `kinema data split {ds.root}` first"
+    see = f"see the rejects (`kinema data inspect {ds.root}` lists them; {ds.root / 'rejects.parquet'})"
+    split_clips = len(ds.gather("split", "clips"))
+    if not split_clips:
+        return f"no clips to show: split kept none of {len(ds.table('sources'))} videos; {see}"
+    return f"no clips to show: score could measure none of the {split_clips} clips split found; {see}"
+
+
 def contact_sheet(root: str | os.PathLike, out: str | os.PathLike, max_clips: int = 48, columns: int = 8,
                   tile_width: int = 160) -> Path:
     """Write a PNG grid of clip thumbnails (spread over the dataset), labelled kept (green) or the first
@@ -103,7 +114,7 @@ def contact_sheet(root: str | os.PathLike, out: str | os.PathLike, max_clips: in
     ds = Dataset.open(root)
     clips = ds.table("clips")
     if not clips:
-        raise ValueError(f"{ds.root} has no clips yet: run `kinema data split {ds.root}` first")
+        raise DataError(_no_clips(ds))
     if len(clips) > max_clips:
         clips = [clips[round(i * (len(clips) - 1) / (max_clips - 1))] for i in range(max_clips)]
     tile_height, label = tile_width * 9 // 16, 14

@@ -100,13 +100,14 @@ def score(root: str | os.PathLike, cfg: ScoreConfig = ScoreConfig(), filters: Fi
     if run.complete:
         rows = ds.gather("score", "clips", ("path", "clip_index"))
         write_parquet(ds.root / "clips.parquet", rows, SCORED_SCHEMA)
-        ds.write_rejects("score")
-        atomic_write_text(ds.root / "report.txt", filter_report(rows, filters))
+        rejected = ds.write_rejects("score")
+        atomic_write_text(ds.root / "report.txt", filter_report(rows, filters, rejected))
     return run
 
 
-def filter_report(rows: list[dict], filters: FilterConfig) -> str:
-    """What the filter kept and why the rest was dropped: totals, counts per rule, then every clip."""
+def filter_report(rows: list[dict], filters: FilterConfig, rejects: Iterable[dict] = ()) -> str:
+    """What the filter kept and why the rest was dropped: totals, counts per rule, what earlier stages (and
+    scoring) left out with their reasons, then every clip."""
     kept = [r for r in rows if r["keep"]]
     rules = Counter(reason.split(":")[0] for r in rows for reason in r["reasons"])
     seconds = sum(r["duration"] for r in kept)
@@ -115,6 +116,12 @@ def filter_report(rows: list[dict], filters: FilterConfig) -> str:
     if rules:
         lines.append("dropped by rule (a clip can fail several):")
         lines += [f"  {rule:<22} {count}" for rule, count in rules.most_common()]
+        lines.append("")
+    rejects = list(rejects)
+    if rejects:
+        lines.append(f"left out before the filter ({len(rejects)}; also in rejects.parquet):")
+        lines += [f"  {r['stage']}: {os.path.basename(r['path'])}{' ' + r['clip_id'] if r['clip_id'] else ''}: "
+                  f"{r['reason']}" for r in rejects]
         lines.append("")
     for r in rows:
         verdict = "kept" if r["keep"] else "dropped: " + "; ".join(r["reasons"])

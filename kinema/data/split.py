@@ -45,6 +45,17 @@ def split_source(source: dict, cfg: SplitConfig) -> tuple[list[dict], list[dict]
     return scenes, clips
 
 
+def no_clip_reason(scenes: list[dict], cfg: SplitConfig) -> str:
+    """Why a source gave no clip: it (or each of its shots) is shorter than ``split.min_seconds``."""
+    limit = f"split.min_seconds ({cfg.min_seconds:g} s)"
+    if not scenes:
+        return "no frame decodes"
+    seconds = [s["end_time"] - s["start_time"] for s in scenes]
+    if len(scenes) == 1:
+        return f"shorter than {limit}: {seconds[0]:.2f} s"
+    return f"no shot reaches {limit}: {len(scenes)} shots, the longest {max(seconds):.2f} s"
+
+
 def export_clips(source: dict, clips: list[dict], out_dir: Path) -> None:
     """Write each clip of one source as ``out_dir/<clip_id>.mp4`` (one decode pass); sets ``clip_path``."""
     todo = sorted(clips, key=lambda c: c["start_frame"])
@@ -85,7 +96,10 @@ def split(root: str | os.PathLike, cfg: SplitConfig = SplitConfig(), export: boo
         for source in upstream.read(unit, "sources"):
             try:
                 source_scenes, source_clips = split_source(source, cfg)
-                if export:
+                if not source_clips:  # left out like a broken file: with its reason, not silently
+                    rejects.append(reject("split", source["path"], no_clip_reason(source_scenes, cfg),
+                                          source_id=source["source_id"]))
+                elif export:
                     export_clips(source, source_clips, ds.root / "clips")
             except VideoDecodeError as err:
                 rejects.append(reject("split", source["path"], err.reason, source_id=source["source_id"]))
@@ -98,6 +112,11 @@ def split(root: str | os.PathLike, cfg: SplitConfig = SplitConfig(), export: boo
     run = run_units(store, ds.units, shard, fp_of, work, log)
     if run.complete:
         write_parquet(ds.root / "scenes.parquet", ds.gather("split", "scenes", ("path", "scene_index")), SCENE_SCHEMA)
-        write_parquet(ds.root / "clips.parquet", ds.gather("split", "clips", ("path", "clip_index")), CLIP_SCHEMA)
-        ds.write_rejects("split")
+        clips = ds.gather("split", "clips", ("path", "clip_index"))
+        write_parquet(ds.root / "clips.parquet", clips, CLIP_SCHEMA)
+        rejected = [r for r in ds.write_rejects("split") if r["stage"] == "split"]
+        if log:
+            log(f"split: {len(clips)} clip(s) from {len({c['source_id'] for c in clips})} video(s), "
+                f"{len(rejected)} video(s) rejected"
+                + (f" (why: `kinema data inspect {root}` or rejects.parquet)" if rejected else ""))
     return run

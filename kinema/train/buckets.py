@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kinema.config import ConfigError, ModelConfig
-from kinema.train.config import BucketConfig, TrainError
+from kinema.train.config import BucketConfig, SampleConfig, TrainError
 
 Grid = tuple[int, int, int]  # latent (frames, height, width)
 
@@ -36,26 +36,48 @@ def _nearest_multiples(value: int, multiple: int) -> str:
     return f"{low + multiple}" if low == 0 else f"{low} or {low + multiple}"
 
 
-def check_bucket(bucket: BucketConfig, model_cfg: ModelConfig) -> Grid:
-    """The bucket's latent grid, or a ConfigError saying which size does not fit the model's patch grid."""
+def size_problem(frames: int, height: int, width: int, model_cfg: ModelConfig) -> tuple[str, str] | None:
+    """Why a pixel size (frames x height x width) does not fit the model's patch grid, as (field, the rule with
+    the value and the nearest that fit); None when it fits."""
     tf = model_cfg.vae.temporal_factor
     pixel = model_cfg.pixel_multiple
     pt = model_cfg.dit.patch_size[0]
-    where = f"bucket {bucket.name} (frames x height x width)"
-    if (bucket.frames - 1) % tf:
-        k = (bucket.frames - 1) // tf
-        raise ConfigError(f"{where} cannot fit the model: frames must be {tf}k+1 (the VAE's {tf}x temporal "
-                          f"compression), got {bucket.frames}; nearest: {tf * k + 1} or {tf * (k + 1) + 1}")
-    for name, size in (("height", bucket.height), ("width", bucket.width)):
+    if (frames - 1) % tf:
+        k = (frames - 1) // tf
+        return "frames", (f"must be {tf}k+1 (the VAE's {tf}x temporal compression), got {frames}; "
+                          f"nearest: {tf * k + 1} or {tf * (k + 1) + 1}")
+    for name, size in (("height", height), ("width", width)):
         if size % pixel:
-            raise ConfigError(f"{where} cannot fit the model's patch grid: {name} must be a multiple of {pixel} "
-                              f"(VAE {model_cfg.vae.spatial_factor}x times DiT patch), got {size}; "
-                              f"nearest: {_nearest_multiples(size, pixel)}")
-    grid = latent_grid(bucket, model_cfg)
-    if grid[0] % pt:
-        raise ConfigError(f"{where} cannot fit the model's patch grid: {grid[0]} latent frames are not a multiple "
-                          f"of the DiT's temporal patch {pt}")
-    return grid
+            return name, (f"must be a multiple of {pixel} (VAE {model_cfg.vae.spatial_factor}x times DiT patch), "
+                          f"got {size}; nearest: {_nearest_multiples(size, pixel)}")
+    latent_frames = (frames - 1) // tf + 1
+    if latent_frames % pt:
+        return "frames", (f"{frames} makes {latent_frames} latent frames, which must be a multiple of the DiT's "
+                          f"temporal patch {pt}")
+    return None
+
+
+def check_bucket(bucket: BucketConfig, model_cfg: ModelConfig) -> Grid:
+    """The bucket's latent grid, or a ConfigError saying which size does not fit the model's patch grid."""
+    problem = size_problem(bucket.frames, bucket.height, bucket.width, model_cfg)
+    if problem is not None:
+        name, rule = problem
+        raise ConfigError(f"bucket {bucket.name} (frames x height x width) cannot fit the model's patch grid: "
+                          f"{name} {rule}")
+    return latent_grid(bucket, model_cfg)
+
+
+def check_sample_size(sample: SampleConfig, model_cfg: ModelConfig) -> None:
+    """A ConfigError when the previews' size (``sample.frames/height/width``; unset: the model's sampling
+    defaults) does not fit the model's patch grid, which the preview would otherwise round to another size."""
+    defaults = model_cfg.sampling
+    frames, height, width = sample.frames or defaults.frames, sample.height or defaults.height, sample.width or defaults.width
+    problem = size_problem(frames, height, width, model_cfg)
+    if problem is not None:
+        name, rule = problem
+        given = getattr(sample, name) is not None
+        raise ConfigError(f"sample.{name} cannot fit the model's patch grid: {name} {rule}"
+                          + ("" if given else f" (the model's sampling default; set sample.{name})"))
 
 
 def bucket_grids(buckets: Sequence[BucketConfig], model_cfg: ModelConfig) -> dict[Grid, BucketConfig]:

@@ -284,13 +284,18 @@ class SampleConfig:
     prompts: tuple[str, ...] = ("a red ball bounces on a wooden floor", "a blue cube slides to the left")
     steps: int = 10
     guidance: float = 3.0
-    frames: int | None = None  # None = the model's sampling defaults
+    # None = the model's sampling defaults; set, they must fit the model's patch grid as data.buckets do
+    # (frames 4k+1, height and width multiples of 16 for the presets): checked when training starts.
+    frames: int | None = None
     height: int | None = None
     width: int | None = None
     seed: int = 0
 
     def __post_init__(self):
         _check(self.every >= 0 and self.steps >= 1, f"sample.every must be >= 0 and sample.steps >= 1, got {self.every}, {self.steps}")
+        for name in ("frames", "height", "width"):  # the model's patch grid is checked when training starts
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"sample.{name} must be >= 1 or null (the model's default), got {value}")
 
 
 DISTILL_STATES = ("teacher", "noised")
@@ -437,6 +442,6 @@ def load_config(source: str | Path | dict | TrainConfig | None = None, overrides
         data = {}
     else:
         data = read_recipe(Path(source))
-    for key, value in parse_overrides(overrides):
+    for key, value in parse_overrides(overrides, TrainConfig):
         set_key(data, key, value)
     return from_dict(TrainConfig, data, "")

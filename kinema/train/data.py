@@ -8,7 +8,8 @@ Sources (``data.kind``):
 
 * ``world``   clips of the procedural world rendered on the fly at the bucket sizes (weighted by
               ``bucket.weight``), captioned by the world itself; VAE-encoded by the loop.
-* ``clips``   a folder (searched recursively) of videos (.mp4 .webm .gif) and images (.png .jpg
+* ``clips``   a folder (searched recursively) of videos (``VIDEO_EXTS``: .mp4 .mov .mkv .webm .gif and
+              the other containers FFmpeg reads, as ``kinema data ingest`` finds them) and images (.png .jpg
               .jpeg .webp .bmp), each with an optional caption sidecar of the same stem (``a.mp4`` +
               ``a.txt``). A clip goes to the bucket of nearest aspect ratio among those it has enough
               frames for (images only to 1-frame buckets), is centre-cropped to that size and read from
@@ -31,7 +32,6 @@ from kinema.common.video import IMAGE_EXTS, VIDEO_EXTS, channels_first, probe_vi
 from kinema.config import ConfigError, ModelConfig
 from kinema.train.buckets import Grid, GridKeys, bucket_grids
 from kinema.train.config import BucketConfig, DataConfig, TrainError
-
 
 @dataclass
 class Item:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from kinema.common.io import atomic_write_text
 from kinema.common.video import pixels_to_model
-from kinema.train.buckets import SamplerState, bucket_grids
+from kinema.train.buckets import SamplerState, bucket_grids, check_sample_size
 from kinema.train.build import build_models, model_config
 from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from kinema.train.config import OptimConfig, TrainConfig, TrainError, load_config
@@ -56,7 +56,10 @@ def train(config: str | Path | dict | TrainConfig | None = None, overrides: list
           resume: bool = False) -> TrainResult:
     """Run a training recipe (file, dict or TrainConfig) with ``--key value`` overrides; ``resume`` continues OUT."""
     cfg = load_config(config, overrides)
-    bucket_grids(cfg.data.buckets, model_config(cfg))  # sizes the model cannot take fail here, before any set-up
+    model_cfg = model_config(cfg)
+    bucket_grids(cfg.data.buckets, model_cfg)  # sizes the model cannot take fail here, before any set-up
+    if cfg.model == "dit" and cfg.sample.every:  # so do previews' (a VAE run previews a reconstruction of a clip)
+        check_sample_size(cfg.sample, model_cfg)
     latest = latest_checkpoint(Path(cfg.out_dir) / "checkpoints")
     if latest is not None and not resume:  # refuse before any set-up cost
         raise TrainError(f"{cfg.out_dir} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
@@ -192,6 +195,9 @@ class Trainer:
         if latest is not None:
             self._load(latest)
             print0(f"resumed from {latest} at step {self.step}")
+        resumed_at = self.step
+        if latest is not None:
+            self._note_nothing_to_train()
         else:
             if resume:
                 print0(f"--resume: no checkpoint in {self.ckpt_root} yet, starting from step 0")
@@ -244,8 +250,21 @@ class Trainer:
                              f"or no sample loaded: {self.out / 'bad_samples.jsonl'}), so its weights are the ones "
                              f"it started from")
         if self.step >= cfg.max_steps and checkpoint is not None:
-            exported = self._export(checkpoint)
+            exported = self._export(checkpoint, again=self.step > resumed_at)
         return TrainResult(self.step, self.out, checkpoint, exported, logger.path)
+
+    def _note_nothing_to_train(self) -> None:
+        """After a resume: say so when the checkpoint is already at (or past) where this run would stop."""
+        cfg, step = self.cfg, self.step
+        if step >= cfg.max_steps:
+            target = self.out / ("lora.safetensors" if cfg.lora.rank else "model")
+            where = f"past max_steps {cfg.max_steps}" if step > cfg.max_steps else f"at max_steps {cfg.max_steps}"
+            print0(f"--resume: the run is already at step {step}, {where}: nothing to train; its export is the "
+                   f"step-{step} weights, in {target} (to train further, set max_steps above {step})")
+        elif cfg.stop_after is not None and step >= cfg.stop_after:
+            where = "past" if step > cfg.stop_after else "at"
+            print0(f"--resume: the run is already at step {step}, {where} stop_after {cfg.stop_after}: nothing to "
+                   f"train (set stop_after above {step}, or drop it, to continue to max_steps {cfg.max_steps})")
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any (clocks differ: all ranks must stop at the same step)."""
@@ -474,10 +493,14 @@ class Trainer:
                                 d.device, out_dir, self.step, d.is_main)
         barrier()
 
-    def _export(self, checkpoint: Path) -> Path | None:
+    def _export(self, checkpoint: Path, again: bool = True) -> Path | None:
+        """The run's export of ``checkpoint``; ``again=False`` (nothing trained since the resume) keeps an export
+        already there instead of writing it again."""
         from kinema.train.exporter import export
 
         target = self.out / ("lora.safetensors" if self.cfg.lora.rank else "model")
+        if not again and target.exists():
+            return target
         if self.d.is_main:
             export(checkpoint, target)
             print0(f"exported the EMA weights to {target}")

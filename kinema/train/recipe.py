@@ -56,8 +56,13 @@ def read_recipe(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
-    """``["--optim.lr", "3e-4", "--data.path=x"]`` -> ``[("optim.lr", 3e-4), ("data.path", "x")]``."""
+def parse_overrides(args: list[str] | tuple[str, ...], schema: type | None = None) -> list[tuple[str, Any]]:
+    """``["--optim.lr", "3e-4", "--data.path=x"]`` -> ``[("optim.lr", 3e-4), ("data.path", "x")]``.
+
+    Values are JSON when they parse (numbers, true/false/null, lists, mappings), else the text; with ``schema``
+    (the root dataclass), a key whose field is annotated ``str`` (or ``str | None``) takes the text as given,
+    so ``--out_dir 2024`` is the folder "2024", not the number 2024.
+    """
     out: list[tuple[str, Any]] = []
     args = list(args)
     i = 0
@@ -65,6 +70,7 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
         arg = args[i]
         _check(arg.startswith("--") and len(arg) > 2, f"override {arg!r} must look like --key value or --key=value")
         key = arg[2:]
+        bare = False
         if "=" in key:
             key, raw = key.split("=", 1)
             i += 1
@@ -72,16 +78,54 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
             raw = args[i + 1]
             i += 2
         else:  # a bare flag: --log.progress
-            raw = "true"
+            raw, bare = "true", True
             i += 1
-        out.append((key.replace("-", "_"), parse_value(raw)))
+        key = key.replace("-", "_")
+        tp = field_type(schema, key) if schema is not None else None
+        if tp is not None and _is_text(tp):
+            _check(not bare, f"override --{key} needs a value (text): --{key} VALUE or --{key}=VALUE")
+            optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+            value = None if optional and raw.strip().lower() in _NULLS else raw
+        else:
+            value = parse_value(raw)
+        out.append((key, value))
     return out
+
+
+_NULLS = ("none", "null", "~")
+
+
+def _is_text(tp: Any) -> bool:
+    """Whether annotation ``tp`` is ``str`` or ``str | None``: a field whose override is taken as plain text."""
+    if tp is str:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(tp) if a is not type(None)] == [str]
+    return False
+
+
+def field_type(cls: type, dotted: str) -> Any:
+    """The annotation of the field ``dotted`` ("data.path") under dataclass ``cls``; None when the path leaves
+    the dataclasses (a key inside a mapping such as ``model_config``) or names no field (``from_dict`` then
+    refuses it with the accepted keys)."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # an optional section: DistillConfig | None
+            options = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = options[0] if len(options) == 1 else None
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints or part not in {f.name for f in dataclasses.fields(tp)}:
+            return None
+        tp = hints[part]
+    return tp
 
 
 def parse_value(raw: str) -> Any:
     """A command-line value: JSON when it parses (numbers, true/false/null, lists, dicts), else the string."""
     lowered = raw.strip().lower()
-    if lowered in ("none", "null", "~"):
+    if lowered in _NULLS:
         return None
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -111,7 +155,7 @@ def from_dict(cls, data: Any, where: str):
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(_join(where, k) for k in unknown)}; "
                           f"accepted{' in ' + where if where else ''}: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    kwargs = {name: coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing (e.g. a bucket without frames)
@@ -122,7 +166,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def coerce(tp: Any, value: Any, key: str) -> Any:
     """``value`` checked (and gently converted: YAML's "1e-4" string, int -> float) against annotation ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -133,7 +177,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         errors = []
         for option in options:
             try:
-                return _coerce(option, value, key)
+                return coerce(option, value, key)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {options}")
@@ -144,11 +188,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         item_types = args if not (len(args) == 2 and args[1] is Ellipsis) else (args[0],) * len(value)
         if not (len(args) == 2 and args[1] is Ellipsis):
             _check(len(value) == len(args), f"{key} must have {len(args)} entries, got {len(value)}: {value!r}")
-        return tuple(_coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+        return tuple(coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
     if origin is dict:
         _check(isinstance(value, dict), f"{key} must be a mapping, got {value!r}")
         vt = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:

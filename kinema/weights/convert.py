@@ -31,7 +31,7 @@ from ..common.io import atomic_write_text
 from ..config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, ConfigError, DiTConfig, VAEConfig
 from ..dit import DiT
 from ..vae import VAE
-from .folder import dit_config_to_diffusers, vae_config_to_diffusers
+from .folder import KINEMA_CONFIG, dit_config_to_diffusers, vae_config_to_diffusers
 from .wan_names import (ConversionError, _dit_rename_map, _indices, _strip_prefix, _vae_rename_map, convert_wan_dit,
                         convert_wan_vae, to_wan_original_dit, to_wan_original_vae)
 
@@ -176,6 +176,8 @@ _TORCH_EXTS, _ST_EXT = (".pth", ".pt", ".bin"), ".safetensors"
 def _checkpoint_files(src: Path) -> list[Path]:
     if not src.exists():
         raise ConversionError(f"checkpoint not found: {src}")
+    if src.is_dir():
+        _refuse_model_folder(src)
     if src.is_file():
         if src.suffix not in (_ST_EXT, *_TORCH_EXTS):
             raise ConversionError(f"unsupported checkpoint file {src.name}: expected {_ST_EXT} or "
@@ -187,11 +189,29 @@ def _checkpoint_files(src: Path) -> list[Path]:
     return shards
 
 
+def _refuse_model_folder(src: Path) -> None:
+    """A ConversionError when ``src`` is a model folder kinema loads as it is (kinema's own, or a diffusers Wan
+    pipeline): there is nothing to convert, and its shards would only be reported as clashing."""
+    if (src / KINEMA_CONFIG).is_file():
+        raise ConversionError(f"{src} is already a kinema model folder (it has {KINEMA_CONFIG}); nothing to convert "
+                              f"(load it directly with --model {src})")
+    if (src / "model_index.json").is_file():
+        raise ConversionError(f"{src} is a diffusers pipeline folder (it has model_index.json), which kinema loads as "
+                              f"it is; nothing to convert (load it directly with --model {src})")
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # a local file header: how every zip archive, so torch.save's, starts
+
+
 def _load_torch(path: Path) -> Mapping[str, torch.Tensor]:
     """A ``.pth`` state dict, memory-mapped when the file allows; never unpickles anything but tensors."""
     with open(path, "rb") as f:
-        first = f.read(1)
-    if not zipfile.is_zipfile(path) and first != b"\x80":  # neither torch.save's zip nor a (legacy) pickle
+        head = f.read(len(_ZIP_MAGIC))
+    if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):  # the central directory at the end is missing
+        raise ConversionError(f"cannot read {path} as a torch checkpoint: it starts as a zip archive (torch.save) but "
+                              f"is truncated or damaged (its end, the archive's index, is missing; "
+                              f"{path.stat().st_size} bytes): download or copy it again")
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) pickle
         raise ConversionError(f"cannot read {path} as a torch checkpoint: it is neither a zip archive (torch.save) "
                               f"nor a pickle")
     try:
@@ -278,9 +298,39 @@ def _check_against_model(state: Mapping[str, torch.Tensor], model: torch.nn.Modu
                               + "; ".join(p for p in problems if p))
 
 
+# What a conversion writes into its folder: all that --overwrite may replace.
+_OUTPUT_NAMES = {WEIGHTS_NAME, CONFIG_NAME}
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """A ConversionError when ``dst`` exists and may not be replaced: without ``overwrite``; with it, when ``dst``
+    is not a folder, holds the source, or holds anything a conversion does not write (replacing it deletes it)."""
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not overwrite:
+        raise ConversionError(f"destination {dst} already exists; choose another folder, or replace it with "
+                              f"--overwrite (overwrite=True in Python)")
+    if dst.is_symlink() or not dst.is_dir():
+        raise ConversionError(f"destination {dst} is {'a link' if dst.is_symlink() else 'a file'}, not a folder; "
+                              f"--overwrite replaces only a folder a conversion wrote: choose another destination")
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if src_real == dst_real or dst_real in src_real.parents:
+        raise ConversionError(f"destination {dst} holds the checkpoint being converted ({src}); --overwrite would "
+                              f"delete it: choose another destination")
+    others = sorted(p.name for p in dst.iterdir() if p.name not in _OUTPUT_NAMES)
+    if others:
+        raise ConversionError(f"destination {dst} holds {len(others)} entr{'y' if len(others) == 1 else 'ies'} a "
+                              f"conversion does not write ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); "
+                              f"--overwrite replaces only a folder of {CONFIG_NAME} and {WEIGHTS_NAME} (a previous "
+                              f"conversion): remove them yourself or choose another destination")
+
+
 @contextlib.contextmanager
 def _temporary_folder(dst: Path, overwrite: bool):
-    """Yield a fresh folder beside ``dst``; it is renamed onto ``dst`` on success and removed on error."""
+    """Yield a fresh folder beside ``dst``; it is renamed onto ``dst`` on success and removed on error.
+
+    With ``overwrite`` an existing ``dst`` steps aside (renamed) only once the new folder is complete, and comes
+    back if the new one cannot take its place: ``dst`` is never left half-written."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     try:
@@ -289,12 +339,20 @@ def _temporary_folder(dst: Path, overwrite: bool):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if dst.exists() and overwrite:  # the old folder steps aside only once the new one is complete
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        if dst.exists() and overwrite:
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            os.replace(dst, old)  # onto the empty folder just made: a fresh name no other run holds
+        os.replace(tmp, dst)
+    except BaseException:
+        if old is not None and not dst.exists():
+            os.replace(old, dst)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, kind: str = "auto",
@@ -303,14 +361,16 @@ def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, ki
     """Convert a Wan 2.1 checkpoint (file, or folder of shards) into a diffusers component folder; returns it.
 
     ``kind`` is "dit", "vae" or "auto"; ``dtype`` casts floating tensors (e.g. ``torch.bfloat16``); an
-    existing ``dst_folder`` is replaced only with ``overwrite``. Diffusers-layout input is repackaged as is.
+    existing ``dst_folder`` is replaced only with ``overwrite``, and only when it holds nothing but a
+    conversion's output (it is swapped for the new folder once that is complete, never left half-written).
+    Diffusers-layout input is repackaged as is; a kinema or diffusers pipeline folder is refused (load it as is).
     """
     if kind not in (*KINDS, "auto"):
         raise ConversionError(f"kind must be one of {(*KINDS, 'auto')}, got {kind!r}")
     src, dst = Path(src), Path(dst_folder)
-    if dst.exists() and not overwrite:
-        raise ConversionError(f"destination {dst} already exists; choose another folder or pass overwrite=True")
-    metas, load = _open_lazy(_checkpoint_files(src))
+    files = _checkpoint_files(src)
+    _check_destination(src, dst, overwrite)
+    metas, load = _open_lazy(files)
     found = detect_kind(metas)
     if kind not in ("auto", found):
         raise ConversionError(f"asked to convert a {kind}, but {src} holds a {found}")
