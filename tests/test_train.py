@@ -324,6 +324,13 @@ def test_a_cache_of_unloadable_samples_stops_with_the_reason_and_exports_nothing
     assert not (tmp_path / "b" / "model").exists()
 
 
+def test_samples_no_bucket_takes_are_named_with_the_size_that_would(tmp_path, cache, capsys):
+    train(recipe(tmp_path / "run", cache, max_steps=1, data=dict(buckets=BUCKETS[:1])))
+    out = capsys.readouterr().out
+    assert ("note: 10 of 16 samples fit no bucket and are left out (latent grid (3, 6, 10) (clips of 9x48x80) "
+            "matches no bucket: 5; latent grid (1, 8, 8) (clips of 1x64x64) matches no bucket: 5); all of them: ") in out
+
+
 def test_a_truncated_cache_shard_is_refused_before_training(tmp_path):
     cache = make_cache(tmp_path / "cache", n=12)
     for name in ("shard-00001.safetensors", "null.safetensors"):

@@ -283,7 +283,8 @@ class LatentCache(TrainDataset):
 
     pixels = False
 
-    def __init__(self, root: str | os.PathLike, grids: set[Grid], latent_channels: int, text_dim: int):
+    def __init__(self, root: str | os.PathLike, grids: set[Grid], latent_channels: int, text_dim: int,
+                 factors: tuple[int, int] = (4, 8)):
         from kinema.data.cache import CacheError, LatentCacheReader
 
         try:
@@ -297,7 +298,9 @@ class LatentCache(TrainDataset):
                 self.keys.append(grid)
                 self.index.append(i)
             else:
-                self.skipped.append((self.source_of(s), f"latent grid {grid} matches no bucket"))
+                tf, sf = factors  # the pixel size a bucket would need to take it
+                pixels = f"{(grid[0] - 1) * tf + 1}x{grid[1] * sf}x{grid[2] * sf}"
+                self.skipped.append((self.source_of(s), f"latent grid {grid} (clips of {pixels}) matches no bucket"))
         if not self.keys:
             known = sorted({tuple(s["shape"][1:]) for s in self.reader.samples})
             raise TrainError(f"no sample of latent cache {str(root)!r} matches a bucket: the cache has latent grids "
@@ -345,4 +348,5 @@ def build_dataset(cfg: DataConfig, model_cfg: ModelConfig, seed: int, object_mas
                             tuple(cfg.world_span_except), cfg.world_scene_changes)
     if cfg.kind == "clips":
         return ClipFolder(cfg.path, buckets, cfg.fps)
-    return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim)
+    return LatentCache(cfg.path, set(buckets), model_cfg.vae.z_dim, model_cfg.text.dim,
+                       (model_cfg.vae.temporal_factor, model_cfg.vae.spatial_factor))

@@ -9,6 +9,7 @@ Rank checks live in helpers (``print0``, ``write=d.is_main``), never in the loop
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -203,6 +204,13 @@ class Trainer:
                 print0(f"--resume: no checkpoint in {self.ckpt_root} yet, starting from step 0")
             for source, reason in self.feed.dataset.skipped:  # recorded once, when the run starts
                 self.feed.bad.record(0, source, reason, echo=False)
+            skipped = self.feed.dataset.skipped
+            if skipped:  # data the run will not see: said plainly, with the commonest reasons
+                reasons = collections.Counter(reason for _, reason in skipped).most_common(3)
+                print0(f"note: {len(skipped)} of {len(skipped) + len(self.feed.dataset)} samples fit no bucket and "
+                       f"are left out ({'; '.join(f'{why}: {n}' for why, n in reasons)}"
+                       f"{'; ...' if len(reasons) < len(set(r for _, r in skipped)) else ''}); all of them: "
+                       f"{self.out / 'bad_samples.jsonl'}")
         if d.is_main:
             atomic_write_text(self.out / "train_config.json", json.dumps(cfg.to_dict(), indent=1))
 
