@@ -104,6 +104,7 @@ def test_a_clip_folder_takes_the_videos_kinema_data_ingest_takes(tmp_path):
     assert [p.name for p in data.files] == ["a.mkv", "b.MOV"] and data.skipped == []
     first, second = data.load(0), data.load(1)
     assert first.video.shape == second.video.shape == (3, 9, 32, 48) and first.caption == "a clip in matroska"
+    assert data.uncaptioned == [tmp_path / "b.MOV"]  # a DiT run says it trains as the empty prompt
 
 
 def test_world_crops_keep_the_object_scale_of_the_larger_render():

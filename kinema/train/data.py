@@ -239,6 +239,7 @@ class ClipFolder(TrainDataset):
                 continue
             self.files.append(path)
             self.keys.append(grid)
+        self.uncaptioned = [p for p in self.files if not p.with_suffix(".txt").is_file()]  # train as the empty prompt
 
     def _usable_frames(self, path: Path, info: dict) -> int:
         if path.suffix.lower() in IMAGE_EXTS or info["frames"] <= 1:

@@ -211,6 +211,10 @@ class Trainer:
                        f"are left out ({'; '.join(f'{why}: {n}' for why, n in reasons)}"
                        f"{'; ...' if len(reasons) < len(set(r for _, r in skipped)) else ''}); all of them: "
                        f"{self.out / 'bad_samples.jsonl'}")
+            missing = getattr(self.feed.dataset, "uncaptioned", [])
+            if missing and cfg.model == "dit":
+                print0(f"note: {len(missing)} of {len(self.feed.dataset)} clips have no caption sidecar (a .txt of the "
+                       f"same name, e.g. {missing[0].with_suffix('.txt').name}): they train as the empty prompt")
         if d.is_main:
             atomic_write_text(self.out / "train_config.json", json.dumps(cfg.to_dict(), indent=1))
 
