@@ -196,6 +196,20 @@ def test_cache_holds_every_kept_clip_in_the_documented_format(dataset):
     assert null["text_tokens"].shape[1] == 384
 
 
+def test_encode_takes_the_models_frame_rate_unless_told(dataset, tiny_model_dir, tmp_path):
+    fast = tmp_path / "sixteen"  # a model that makes video at 16 fps, as Wan 2.1 does
+    shutil.copytree(tiny_model_dir, fast)
+    config = json.loads((fast / "kinema.json").read_text())
+    config["sampling"]["fps"] = 16
+    (fast / "kinema.json").write_text(json.dumps(config))
+    default = dataclasses.replace(cache_config(), fps=None)
+    for model, cfg, want in ((fast, default, 16), (tiny_model_dir, default, 8), (fast, cache_config(), 8)):
+        out = tmp_path / f"cache-{want}-{model.name}"
+        encode(dataset, model, cfg, out=out, log=QUIET)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["info"]["fps"] == want, (model, cfg.fps)
+
+
 def test_a_training_run_from_the_cache_works_end_to_end(dataset, tmp_path):
     from kinema.train import train
 

@@ -205,8 +205,9 @@ def test_cli_corrupt_lora_is_refused_before_the_model_loads(tiny_model_dir, tmp_
     assert f"--lora {bad}: cannot read {bad} as a safetensors LoRA file" in capsys.readouterr().err
 
 
-def test_cli_lora_for_another_model_is_refused_naming_its_base(tiny_model_dir, tmp_path, capsys):
+def test_cli_lora_for_another_model_is_refused_naming_its_base(tiny_model_dir, tmp_path, capsys, monkeypatch):
     from safetensors.torch import save_file
+    monkeypatch.setattr(Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
     other = tmp_path / "other.safetensors"  # a LoRA whose layers are wider than the tiny DiT's
     save_file({"blocks.0.attn1.to_k.lora_A.weight": torch.zeros(4, 256),
                "blocks.0.attn1.to_k.lora_B.weight": torch.zeros(256, 4)}, str(other), {"base_model": "world-small"})

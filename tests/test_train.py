@@ -331,6 +331,18 @@ def test_samples_no_bucket_takes_are_named_with_the_size_that_would(tmp_path, ca
             "matches no bucket: 5; latent grid (1, 8, 8) (clips of 1x64x64) matches no bucket: 5); all of them: ") in out
 
 
+def test_an_image_to_video_dit_is_refused_before_set_up(tmp_path, cache, tiny_model_dir):
+    import shutil
+    i2v = tmp_path / "i2v"  # the config of a DiT whose image enters as extra input channels (Wan 2.1 I2V's layout)
+    shutil.copytree(tiny_model_dir, i2v)
+    config = json.loads((i2v / "kinema.json").read_text())
+    config["dit"]["in_channels"] = 12
+    (i2v / "kinema.json").write_text(json.dumps(config))
+    with pytest.raises(TrainError, match=r"its DiT takes 12 input channels, not the VAE's 4 .*image-to-video"):
+        train(recipe(tmp_path / "run", cache, init_from=str(i2v)))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_truncated_cache_shard_is_refused_before_training(tmp_path):
     cache = make_cache(tmp_path / "cache", n=12)
     for name in ("shard-00001.safetensors", "null.safetensors"):
@@ -383,6 +395,12 @@ def test_wan_lora_key_formats_load_to_the_same_adapter(tmp_path, tiny_model_dir)
         "wan": {"diffusion_model.blocks.1.self_attn.q.lora_down.weight": a,
                 "diffusion_model.blocks.1.self_attn.q.lora_up.weight": b / 2,
                 "diffusion_model.blocks.1.self_attn.q.alpha": torch.tensor(4.0)},
+        # kohya / musubi-tuner: "lora_unet_" + the original name with underscores, on the same layers
+        "musubi": {"lora_unet_blocks_1_self_attn_q.lora_down.weight": a,
+                   "lora_unet_blocks_1_self_attn_q.lora_up.weight": b / 2,
+                   "lora_unet_blocks_1_self_attn_q.alpha": torch.tensor(4.0),
+                   "lora_unet_blocks_0_ffn_2.lora_down.weight": torch.zeros(2, 48),
+                   "lora_unet_blocks_0_ffn_2.lora_up.weight": torch.zeros(24, 2)},
     }
     outputs = {}
     for name, tensors in formats.items():
@@ -394,6 +412,7 @@ def test_wan_lora_key_formats_load_to_the_same_adapter(tmp_path, tiny_model_dir)
         remove_lora(dit)
         assert torch.equal(_dit_output(dit), base)
     assert torch.allclose(outputs["diffusers"], outputs["wan"], atol=1e-6)
+    assert torch.allclose(outputs["musubi"], outputs["wan"], atol=1e-6)
     assert not torch.allclose(outputs["diffusers"], base)
     save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 7),
                "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(24, 2)}, str(tmp_path / "bad.safetensors"))

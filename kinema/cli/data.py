@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     enc.add_argument("--model", required=True, help="model folder whose VAE and text encoder are used")
     enc.add_argument("--bucket", action="append", metavar="FxHxW", help="a training size, e.g. 17x96x160 (repeatable; "
                                                                         "default: the config's)")
-    enc.add_argument("--fps", type=float, help="frame rate clips are resampled to (default 8)")
+    enc.add_argument("--fps", type=float, help="frame rate clips are resampled to (default: the model's, e.g. 8 for the bundled model, "
+                                                 "16 for Wan 2.1)")
     enc.add_argument("--out", help="cache folder (default DATASET/cache)")
     enc.add_argument("--device", default="auto",
                      help="auto (cuda:LOCAL_RANK when there is a GPU), cpu, cuda, cuda:N, mps")

@@ -289,15 +289,27 @@ def warn_student_ignores(args, pipe, settings) -> None:
               f"with Euler, its guidance and negative prompt baked in (--no-student: the teacher)", file=sys.stderr)
 
 
-def check_loras(loras: list[tuple[str, float]]) -> None:
-    """Read every ``--lora`` file before the model loads (they are small): a missing, corrupt or non-LoRA file
-    is refused by name instead of failing after the model is in memory."""
-    from ..train.lora import load_lora_state
+def check_loras(loras: list[tuple[str, float]], cfg=None, model_path=None) -> None:
+    """Read every ``--lora`` file before the model loads (they are small): a missing, corrupt or non-LoRA file, or
+    (given the model's ``cfg``) one whose layers the model lacks or has at other shapes, is refused by name instead
+    of failing after the model is in memory."""
+    import torch
+
+    from ..train.lora import check_lora_fits, load_lora_state
+    dit = None
     for path, _ in loras:
         try:
-            load_lora_state(path)
+            state = load_lora_state(path)
+            if cfg is not None:
+                if dit is None:
+                    from ..dit import DiT
+                    with torch.device("meta"):  # names and shapes only: no memory, no initialisation
+                        dit = DiT(cfg.dit)
+                check_lora_fits(dit, path, state)
         except (ValueError, OSError) as e:
-            raise CLIError(f"--lora {path}: {e}") from None
+            fits = f": it does not fit {model_path}{_lora_base(path)}" if cfg is not None and isinstance(e, ValueError) \
+                and "LoRA for" in str(e) else ""
+            raise CLIError(f"--lora {e}{fits}" if fits else f"--lora {path}: {e}") from None
 
 
 def _lora_base(path) -> str:
@@ -381,15 +393,9 @@ def load_pipeline(args, model_path: Path, cfg, settings, world: int, device,
     note = memory.note_on(device)
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
-    check_loras(args.lora or [])
-    try:
-        pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
-                                        student=not args.no_student, compile=args.compile)
-    except ValueError as e:
-        lora = next((path for path, _ in args.lora or [] if str(path) in str(e)), None)
-        if lora is None:
-            raise
-        raise CLIError(f"--lora {e}: it does not fit {model_path}{_lora_base(lora)}") from None
+    check_loras(args.lora or [], cfg, model_path)
+    pipe = Pipeline.from_pretrained(model_path, device=device, dtype=dtype, lora=args.lora, memory=memory,
+                                    student=not args.no_student, compile=args.compile)
     if layout is not None:
         parallelize(pipe.dit, init_mesh(layout))
     return pipe

@@ -168,7 +168,7 @@ class EncodeConfig:
     """The latent cache: which sizes clips are encoded at, and how."""
 
     buckets: tuple[Bucket, ...] = (Bucket(17, 128, 128), Bucket(17, 96, 160), Bucket(17, 160, 96))
-    fps: float = 8.0  # clips are resampled to this frame rate
+    fps: float | None = None  # clips are resampled to this frame rate; None: the encoding model's (sampling.fps)
     batch_size: int = 4  # clips per VAE call
     shard_size: int = 256  # samples per safetensors file
 
@@ -176,7 +176,7 @@ class EncodeConfig:
         _check(len(self.buckets) >= 1, "encode.buckets must list at least one bucket")
         names = [b.name for b in self.buckets]
         _check(len(set(names)) == len(names), f"encode.buckets has duplicate sizes: {names}")
-        _check(self.fps > 0, f"encode.fps must be > 0, got {self.fps}")
+        _check(self.fps is None or self.fps > 0, f"encode.fps must be > 0, got {self.fps}")
         _check(self.batch_size >= 1 and self.shard_size >= 1,
                f"encode.batch_size and shard_size must be >= 1, got {self.batch_size}, {self.shard_size}")
 

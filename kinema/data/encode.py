@@ -10,6 +10,8 @@ cover the bucket and centre-cropped. Each unit writes its samples to its own saf
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from collections.abc import Callable
@@ -186,6 +188,8 @@ def encode(root: str | os.PathLike, model: str | os.PathLike, cfg: EncodeConfig 
     ds = Dataset.open(root)
     cache = Path(out) if out is not None else ds.root / "cache"
     encoders = Encoders(model, device, dtype)
+    if cfg.fps is None:  # the rate the model makes video at: a Wan model's 16, the bundled model's 8
+        cfg = dataclasses.replace(cfg, fps=float(encoders.cfg.sampling.fps))
     for bucket in cfg.buckets:
         check_bucket(bucket, encoders.cfg)
     upstream, store = ds.store("caption"), ds.store("encode")

@@ -58,6 +58,11 @@ def train(config: str | Path | dict | TrainConfig | None = None, overrides: list
     """Run a training recipe (file, dict or TrainConfig) with ``--key value`` overrides; ``resume`` continues OUT."""
     cfg = load_config(config, overrides)
     model_cfg = model_config(cfg)
+    if cfg.model == "dit" and model_cfg.dit.in_channels != model_cfg.vae.z_dim:
+        raise TrainError(f"{cfg.init_source or cfg.preset}: its DiT takes {model_cfg.dit.in_channels} input channels, "
+                         f"not the VAE's {model_cfg.vae.z_dim} latent channels (a Wan 2.1 image-to-video model, whose "
+                         f"image enters as extra channels): kinema train trains text-to-video DiTs; fine-tune a "
+                         f"text-to-video model instead (its own conditioning also does image-to-video)")
     bucket_grids(cfg.data.buckets, model_cfg)  # sizes the model cannot take fail here, before any set-up
     if cfg.model == "dit" and cfg.sample.every:  # so do previews' (a VAE run previews a reconstruction of a clip)
         check_sample_size(cfg.sample, model_cfg)

@@ -191,7 +191,24 @@ _PARTS = [  # (suffix regex, part)
 ]
 
 
+# kohya / musubi-tuner names: "lora_unet_" + the original Wan module name with its dots as underscores
+_KOHYA_MODULES = [
+    (r"blocks_(\d+)_(self_attn|cross_attn)_(q|k|v|o|k_img|v_img)$", lambda m: f"blocks.{m[1]}.{m[2]}.{m[3]}"),
+    (r"blocks_(\d+)_ffn_(\d+)$", lambda m: f"blocks.{m[1]}.ffn.{m[2]}"),
+    (r"(text_embedding|time_embedding|time_projection)_(\d+)$", lambda m: f"{m[1]}.{m[2]}"),
+    (r"head_head$", lambda m: "head.head"),
+    (r"img_emb_proj_(\d+)$", lambda m: f"img_emb.proj.{m[1]}"),
+]
+
+
 def _module_name(raw: str) -> str:
+    if raw.startswith("lora_unet_"):
+        raw = raw[len("lora_unet_"):]
+        for pattern, to_wan in _KOHYA_MODULES:
+            m = re.match(pattern, raw)
+            if m:
+                raw = to_wan(m)
+                break
     for prefix in _PREFIXES:
         if raw.startswith(prefix):
             raw = raw[len(prefix):]
@@ -237,11 +254,10 @@ def load_lora_state(path: str | Path) -> dict[str, dict[str, torch.Tensor | floa
     return modules
 
 
-def apply_lora(model: nn.Module, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
-    """Add the LoRA in ``path`` to ``model`` at ``scale`` (unmerged); returns the adapter name."""
-    state = load_lora_state(path)
-    existing = {n for m in model.modules() if isinstance(m, LoRALinear) for n in m.lora_A}
-    name = name or next(f"lora{i}" for i in range(len(existing) + 1) if f"lora{i}" not in existing)
+def check_lora_fits(model: nn.Module, path: str | Path, state: dict | None = None) -> None:
+    """ValueError unless every layer the LoRA in ``path`` adapts is a linear layer of ``model`` of its shape (a model
+    on the meta device will do: only names and shapes are read)."""
+    state = load_lora_state(path) if state is None else state
     modules = dict(model.named_modules())
     for module_name, parts in state.items():
         layer = modules.get(module_name)
@@ -252,6 +268,14 @@ def apply_lora(model: nn.Module, path: str | Path, scale: float = 1.0, name: str
         if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features or b.shape[1] != a.shape[0]:
             raise ValueError(f"{path}: LoRA for {module_name!r} has A {tuple(a.shape)} / B {tuple(b.shape)}; the layer "
                              f"is {layer.in_features} -> {layer.out_features}")
+
+
+def apply_lora(model: nn.Module, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
+    """Add the LoRA in ``path`` to ``model`` at ``scale`` (unmerged); returns the adapter name."""
+    state = load_lora_state(path)
+    existing = {n for m in model.modules() if isinstance(m, LoRALinear) for n in m.lora_A}
+    name = name or next(f"lora{i}" for i in range(len(existing) + 1) if f"lora{i}" not in existing)
+    check_lora_fits(model, path, state)
     for module_name, parts in state.items():
         layer = _wrap(model, module_name)
         layer.add_adapter(name, parts["A"].shape[0], parts["scale"] * scale, bias="bias" in parts)
