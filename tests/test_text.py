@@ -187,3 +187,51 @@ def test_t5_missing_or_incomplete_folder_is_named(tiny_wan_folder, tmp_path):
     (tmp_path / "half" / "text_encoder" / "config.json").write_text('{"model_type": "umt5"}')
     with pytest.raises(FileNotFoundError, match=r"half.*model\.safetensors.*tokenizer\.json"):
         T5Encoder(tmp_path / "half")
+
+
+def test_t5_truncated_weights_are_a_weights_error_naming_the_file(tiny_wan_folder, tmp_path):
+    import shutil
+
+    from kinema.weights import WeightsError
+    root, _, _ = tiny_wan_folder
+    shutil.copytree(root, tmp_path / "cut")
+    weights = tmp_path / "cut" / "text_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"cannot read the text encoder weights .*cut/text_encoder/model\.safetensors"
+                                           r".*truncated"):
+        T5Encoder(tmp_path / "cut")
+
+
+def test_t5_refuses_other_model_types_and_widths_as_weights_errors(tiny_wan_folder, tmp_path):
+    import json
+    import shutil
+
+    from kinema.weights import WeightsError
+    root, _, _ = tiny_wan_folder
+    shutil.copytree(root, tmp_path / "bert")
+    config = tmp_path / "bert" / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "bert"}))
+    with pytest.raises(WeightsError, match=r"bert/text_encoder/config.json: model_type is 'bert'.*\('t5', 'umt5'\)"):
+        T5Encoder(tmp_path / "bert")
+    with pytest.raises(WeightsError, match=r"TextConfig.dim=48 .* gives 32-dim tokens: that encoder belongs to another "
+                                           r"model"):
+        build_text_encoder(TextConfig(kind="t5", max_length=4, dim=48), path_override=root)
+
+
+def test_t5_pipeline_folder_without_text_encoder_says_so(tmp_path):
+    (tmp_path / "wan" / "transformer").mkdir(parents=True)
+    (tmp_path / "wan" / "model_index.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"missing text_encoder/ in .*wan"):
+        T5Encoder(tmp_path / "wan")
+
+
+def test_t5_variant_weights_load(tiny_wan_folder, tmp_path):
+    """``save_pretrained(variant="fp16")`` names its file model.fp16.safetensors (diffusers' fp16 downloads)."""
+    import shutil
+    root, model, _ = tiny_wan_folder
+    shutil.copytree(root / "tokenizer", tmp_path / "tokenizer")
+    model.save_pretrained(tmp_path / "text_encoder", variant="fp16")
+    assert (tmp_path / "text_encoder" / "model.fp16.safetensors").is_file()
+    assert not (tmp_path / "text_encoder" / "model.safetensors").exists()
+    tokens, _ = T5Encoder(tmp_path, max_length=6).encode(["a red fox"])
+    torch.testing.assert_close(tokens, T5Encoder(root, max_length=6).encode(["a red fox"])[0])

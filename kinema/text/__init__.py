@@ -32,6 +32,9 @@ def build_text_encoder(
     else:  # TextConfig already refuses this; kept for configs built without validation
         raise ValueError(f"unknown text encoder kind {cfg.kind!r}; accepted: {TEXT_KINDS}")
     if encoder.dim != cfg.dim:
-        raise ValueError(f"TextConfig.dim={cfg.dim} but the {cfg.kind} encoder at {path or 'the bundled model'} "
-                         f"gives {encoder.dim}-dim tokens; set dim={encoder.dim}")
+        from kinema.weights.folder import WeightsError  # a ValueError: a text encoder that does not fit its model
+        raise WeightsError(f"TextConfig.dim={cfg.dim} (the text width the model's DiT takes) but the {cfg.kind} "
+                           f"encoder at {path or 'the bundled model'} gives {encoder.dim}-dim tokens: that encoder "
+                           f"belongs to another model; use the one this model was trained with (for a TextConfig "
+                           f"built by hand: set dim={encoder.dim})")
     return encoder

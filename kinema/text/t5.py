@@ -18,8 +18,19 @@ import torch
 from kinema.text.encoder import TextEncoder, check_prompts, pad_to_length, split_device_dtype
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# save_pretrained(variant=...) names, used when the plain ones are absent: (variant, file names)
+_VARIANTS = tuple((v, (f"model.{v}.safetensors", f"model.safetensors.index.{v}.json")) for v in ("fp16", "bf16"))
 _TOKENIZER = ("tokenizer.json", "spiece.model")
 _MODEL_TYPES = ("t5", "umt5")
+
+
+def _weights_file(model_dir: Path) -> tuple[Path, str | None] | None:
+    """(the weights file or shard index in ``model_dir``, its variant or None); the plain names are preferred."""
+    for variant, names in ((None, _WEIGHTS), *_VARIANTS):
+        for name in names:
+            if (model_dir / name).is_file():
+                return model_dir / name, variant
+    return None
 
 
 def resolve_t5_folders(path: str | Path) -> tuple[Path, Path]:
@@ -28,21 +39,53 @@ def resolve_t5_folders(path: str | Path) -> tuple[Path, Path]:
     if not path.is_dir():
         raise FileNotFoundError(f"T5 text encoder folder {path} does not exist; expected a diffusers Wan folder "
                                 "(text_encoder/ + tokenizer/) or one folder with config.json, weights and tokenizer")
+    pipeline = (path / "model_index.json").is_file() or (path / "transformer").is_dir()
     if (path / "text_encoder").is_dir():
         model_dir = path / "text_encoder"
         tokenizer_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else model_dir
+    elif pipeline:  # a diffusers pipeline folder keeps its text encoder in text_encoder/, never at its root
+        raise FileNotFoundError(f"missing text_encoder/ in {path}: a diffusers Wan folder holds its umT5 text encoder "
+                                f"there (config.json + model.safetensors), with tokenizer/ beside it; download the "
+                                f"whole folder")
     else:
         model_dir = tokenizer_dir = path
     problems = []
     if not (model_dir / "config.json").is_file():
         problems.append(f"{model_dir / 'config.json'}")
-    if not any((model_dir / name).is_file() for name in _WEIGHTS):
-        problems.append(f"{model_dir}/{' or '.join(_WEIGHTS)}")
+    if _weights_file(model_dir) is None:
+        pickles = sorted(p.name for p in model_dir.glob("*") if p.suffix in (".bin", ".pth", ".pt"))
+        problems.append(f"{model_dir}/{' or '.join(_WEIGHTS)}" + (
+            f" ({', '.join(pickles)} not loaded: weights load from safetensors only, which run no code)"
+            if pickles else ""))
     if not any((tokenizer_dir / name).is_file() for name in _TOKENIZER):
-        problems.append(f"{tokenizer_dir}/{' or '.join(_TOKENIZER)}")
+        where = tokenizer_dir if tokenizer_dir != model_dir or not pipeline else path / "tokenizer"
+        problems.append(f"{where}/{' or '.join(_TOKENIZER)}")
     if problems:
         raise FileNotFoundError(f"T5 text encoder folder {path} is incomplete; missing: {'; '.join(problems)}")
     return model_dir, tokenizer_dir
+
+
+def read_t5_config(path: str | Path) -> tuple[Path, dict]:
+    """(config.json path, its contents) of the T5/umT5 encoder in ``path`` (layouts as ``resolve_t5_folders``),
+    checked without loading weights: every file present (FileNotFoundError naming what is missing), the config
+    a T5 or umT5 model with an integer d_model (WeightsError naming the file)."""
+    from kinema.weights.folder import WeightsError
+    model_dir, _ = resolve_t5_folders(path)
+    config_path = model_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{config_path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise WeightsError(f"{config_path} must hold a JSON object, got a {type(config).__name__}")
+    model_type = config.get("model_type")
+    if model_type not in _MODEL_TYPES:
+        raise WeightsError(f"{config_path}: model_type is {model_type!r}; the text encoder must be a T5 or umT5 "
+                           f"encoder (model_type one of {_MODEL_TYPES}; Wan 2.1 uses umt5)")
+    d_model = config.get("d_model")
+    if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
+        raise WeightsError(f"{config_path}: d_model must be a positive integer, got {d_model!r}")
+    return config_path, config
 
 
 def clean_prompt(prompt: str) -> str:
@@ -58,15 +101,21 @@ class T5Encoder(TextEncoder):
         if max_length < 1:
             raise ValueError(f"T5 max_length must be >= 1, got {max_length}")
         model_dir, tokenizer_dir = resolve_t5_folders(path)
-        config = json.loads((model_dir / "config.json").read_text())
-        model_type = config.get("model_type")
-        if model_type not in _MODEL_TYPES:
-            raise ValueError(f"{model_dir / 'config.json'}: model_type must be one of {_MODEL_TYPES}, got {model_type!r}")
+        _, config = read_t5_config(path)
+        from safetensors import SafetensorError
         from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
-        model_class = UMT5EncoderModel if model_type == "umt5" else T5EncoderModel
+        from kinema.weights.folder import WeightsError
+
+        model_class = UMT5EncoderModel if config["model_type"] == "umt5" else T5EncoderModel
         self.path = Path(path)
-        self.model = model_class.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, dtype=dtype)
+        weights, variant = _weights_file(model_dir)
+        try:
+            self.model = model_class.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
+                                                     dtype=dtype, variant=variant)
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"cannot read the text encoder weights {weights}: {e} (truncated or not a "
+                               f"safetensors file?)") from e
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         self.tokenizer.padding_side = "right"  # real tokens first: the zero tail below relies on it

@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -104,7 +105,9 @@ def infer_dit_config(state_dict: Mapping[str, torch.Tensor], attention_head_dim:
     dim, in_channels, *patch = _shape(s, "patch_embedding.weight", "DiT")
     if dim % attention_head_dim:
         raise ConversionError(f"DiT width {dim} is not a multiple of attention_head_dim={attention_head_dim}; "
-                              f"pass the head size this model was trained with")
+                              f"pass the head size this model was trained with (`kinema convert "
+                              f"--attention-head-dim N`, attention_head_dim=N in Python), or put the model's "
+                              f"config.json (with num_heads) beside the checkpoint")
     layers = _indices(s, r"blocks\.(\d+)\..+")
     if layers != list(range(len(layers))) or not layers:
         raise ConversionError(f"DiT blocks must be numbered 0..n-1, found {layers[:8]}"
@@ -163,6 +166,79 @@ def infer_vae_config(state_dict: Mapping[str, torch.Tensor]) -> VAEConfig:
         in_channels=in_channels,
         out_channels=out_channels,
     )
+
+
+# -- a config.json beside the checkpoint ---------------------------------------------------------------------
+
+# Widths of the released Wan DiTs, all with 128-wide heads (2.1 1.3B, 2.2 TI2V-5B, 2.1 14B): no need to ask.
+_WAN_WIDTHS = (1536, 3072, 5120)
+# config.json key -> the DiTConfig field it gives: an original Wan config ("_class_name": "WanModel") and a
+# diffusers one ("WanTransformer3DModel").
+_ORIGINAL_KEYS = {"dim": "dim", "num_layers": "num_layers", "ffn_dim": "ffn_dim", "in_dim": "in_channels",
+                  "out_dim": "out_channels", "freq_dim": "freq_dim", "text_dim": "text_dim"}
+_DIFFUSERS_KEYS = {"num_layers": "num_layers", "ffn_dim": "ffn_dim", "in_channels": "in_channels",
+                   "out_channels": "out_channels", "freq_dim": "freq_dim", "text_dim": "text_dim"}
+_CONFIG_CLASSES = ("WanModel", "WanTransformer3DModel")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def dit_config_beside(src: Path) -> tuple[Path, dict] | None:
+    """(path, contents) of the DiT config.json beside checkpoint ``src`` (in the folder, or next to the file):
+    an original Wan config (dim, num_heads, ffn_dim, num_layers, in_dim, out_dim, ...) or a diffusers one
+    (num_attention_heads, attention_head_dim, ...). None without one, or when it describes something else (a
+    ``_class_name`` other than WanModel / WanTransformer3DModel, no head keys)."""
+    path = (src if src.is_dir() else src.parent) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path} (the config.json beside the checkpoint, read for its head count) is not "
+                              f"valid JSON: {e}; fix or remove it") from e
+    if not isinstance(d, dict) or d.get("_class_name", _CONFIG_CLASSES[0]) not in _CONFIG_CLASSES:
+        return None
+    if not any(k in d for k in ("num_heads", "dim", "num_attention_heads", "attention_head_dim")):
+        return None
+    return path, d
+
+
+def _config_head_dim(path: Path, d: dict) -> int | None:
+    """The attention head width a DiT config.json gives (dim / num_heads, or attention_head_dim); None if it
+    gives none; a ConversionError naming the file when its values do not make one."""
+    if "attention_head_dim" in d or "num_attention_heads" in d:  # diffusers
+        head_dim = d.get("attention_head_dim", WAN_HEAD_DIM)  # diffusers' default, as from_pretrained reads it
+        if not _positive_int(head_dim) or not _positive_int(d.get("num_attention_heads", 1)):
+            raise ConversionError(f"{path}: attention_head_dim {head_dim!r} / num_attention_heads "
+                                  f"{d.get('num_attention_heads')!r} must be positive integers")
+        return head_dim
+    heads, dim = d.get("num_heads"), d.get("dim")
+    if heads is None:
+        return None
+    if not _positive_int(heads) or not _positive_int(dim) or dim % heads:
+        raise ConversionError(f"{path}: num_heads {heads!r} must be a positive integer that divides dim {dim!r}")
+    return dim // heads
+
+
+def _check_config_beside(cfg: DiTConfig, path: Path, d: dict, src: Path) -> None:
+    """A ConversionError when the config.json beside ``src`` describes another model than its tensors."""
+    diffusers = "attention_head_dim" in d or "num_attention_heads" in d
+    facts = dict(_DIFFUSERS_KEYS if diffusers else _ORIGINAL_KEYS)
+    if diffusers:
+        facts["num_attention_heads"] = "num_attention_heads"
+    else:
+        facts["num_heads"] = "num_attention_heads"
+    wrong = [f"{key} {d[key]!r} there, {getattr(cfg, field)} in the checkpoint" for key, field in facts.items()
+             if key in d and d[key] != getattr(cfg, field)]
+    model_type = d.get("model_type")  # original configs: "t2v", "i2v", "flf2v"; image inputs come with i2v only
+    if model_type in ("t2v", "i2v", "flf2v") and (model_type == "t2v") != (cfg.image_dim is None):
+        wrong.append(f"model_type {model_type!r} there, "
+                     f"{'image inputs (i2v)' if cfg.image_dim else 'no image inputs (t2v)'} in the checkpoint")
+    if wrong:
+        raise ConversionError(f"{path} describes another model than {src}: {'; '.join(wrong)}; fix or remove that "
+                              f"config.json")
 
 
 # -- reading checkpoints lazily ---------------------------------------------------------------------------
@@ -355,8 +431,37 @@ def _temporary_folder(dst: Path, overwrite: bool):
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _head_dim(src: Path, state: Mapping[str, torch.Tensor], given: int | None,
+              beside: tuple[Path, dict] | None) -> int:
+    """The DiT's attention head width: ``given``, or that of ``beside`` (the config.json beside ``src``; the two
+    must agree), or Wan 2.1's 128 (warned about when the width is not one of the released Wan models')."""
+    from_config = _config_head_dim(*beside) if beside is not None else None
+    width = _shape(state, "patch_embedding.weight", "DiT")[0]
+    if given is not None and from_config is not None and given != from_config:
+        path, d = beside
+        said = (f"attention_head_dim {from_config}" if "attention_head_dim" in d or "num_attention_heads" in d
+                else f"dim {d['dim']} / num_heads {d['num_heads']} = {from_config}")
+        raise ConversionError(f"attention_head_dim={given} contradicts {path} ({said}); leave out "
+                              f"--attention-head-dim (attention_head_dim= in Python) to use that config's, or fix "
+                              f"the config.json")
+    if given is not None:
+        return given
+    if from_config is not None:
+        if width % from_config:
+            raise ConversionError(f"{beside[0]} gives attention heads {from_config} wide, which do not divide the "
+                                  f"checkpoint's width {width}: that config.json describes another model than "
+                                  f"{src}; fix or remove it")
+        return from_config
+    if width not in _WAN_WIDTHS and width % WAN_HEAD_DIM == 0:
+        heads = width // WAN_HEAD_DIM
+        warnings.warn(f"no config.json with num_heads beside {src}: assuming Wan's {WAN_HEAD_DIM}-wide attention "
+                      f"heads ({heads} head{'s' if heads > 1 else ''} for width {width}); if this model was trained "
+                      f"with another head size, convert again with --attention-head-dim N", stacklevel=3)
+    return WAN_HEAD_DIM
+
+
 def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, kind: str = "auto",
-                       attention_head_dim: int = WAN_HEAD_DIM, dtype: torch.dtype | None = None,
+                       attention_head_dim: int | None = None, dtype: torch.dtype | None = None,
                        overwrite: bool = False) -> Path:
     """Convert a Wan 2.1 checkpoint (file, or folder of shards) into a diffusers component folder; returns it.
 
@@ -364,9 +469,16 @@ def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, ki
     existing ``dst_folder`` is replaced only with ``overwrite``, and only when it holds nothing but a
     conversion's output (it is swapped for the new folder once that is complete, never left half-written).
     Diffusers-layout input is repackaged as is; a kinema or diffusers pipeline folder is refused (load it as is).
+
+    A DiT's head count is not in its tensors: it comes from ``attention_head_dim``, else from the config.json
+    beside ``src`` (the original repos' ``dim`` / ``num_heads``, or a diffusers ``attention_head_dim``), else
+    Wan 2.1's 128 (with a warning when the width is not a released Wan model's). A config.json that contradicts
+    ``attention_head_dim`` or the tensors is refused.
     """
     if kind not in (*KINDS, "auto"):
         raise ConversionError(f"kind must be one of {(*KINDS, 'auto')}, got {kind!r}")
+    if attention_head_dim is not None and not _positive_int(attention_head_dim):
+        raise ConversionError(f"attention_head_dim must be a positive integer, got {attention_head_dim!r}")
     src, dst = Path(src), Path(dst_folder)
     files = _checkpoint_files(src)
     _check_destination(src, dst, overwrite)
@@ -380,11 +492,16 @@ def convert_checkpoint(src: str | os.PathLike, dst_folder: str | os.PathLike, ki
         names = {k: _strip_prefix(k) for k in metas}
     state = {new: metas[old] for old, new in names.items()}  # meta tensors: shapes only, nothing read yet
     if found == "dit":
-        cfg = infer_dit_config(state, attention_head_dim)
+        beside = dit_config_beside(src)
+        cfg = infer_dit_config(state, _head_dim(src, state, attention_head_dim, beside))
+        if beside is not None:
+            _check_config_beside(cfg, *beside, src)
         config = dit_config_to_diffusers(cfg)
         with torch.device("meta"):
             model = DiT(cfg)
     else:
+        if attention_head_dim is not None:
+            raise ConversionError(f"attention_head_dim applies to a DiT, but {src} holds a VAE; leave it out")
         cfg = infer_vae_config(state)
         config = {**vae_config_to_diffusers(cfg), "in_channels": cfg.in_channels, "out_channels": cfg.out_channels}
         with torch.device("meta"):

@@ -8,7 +8,11 @@ kinema folder::
     student.safetensors       optional few-step student of the DiT, with student.json (``kinema.weights.student``)
 
 diffusers folder (``WanPipeline.save_pretrained``): ``model_index.json``, ``transformer/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``; components may also be given alone (``.../transformer``).
+``text_encoder/``, ``tokenizer/``; components may also be given alone (``.../transformer``). Only Wan 2.1 is
+taken: ``WanPipeline`` / ``WanImageToVideoPipeline``, ``WanTransformer3DModel``, ``AutoencoderKLWan`` (a config
+without ``_class_name`` is taken as it is); a Wan 2.2 folder (``transformer_2/``, ``boundary_ratio``) is refused,
+and ``read_config`` checks the text encoder's config against the DiT before any weights are read.
+Weights: ``diffusion_pytorch_model.safetensors``, a sharded ``.index.json``, or their ``fp16``/``bf16`` variants.
 Loading reads safetensors only, so it never runs pickled code.
 """
 
@@ -52,10 +56,9 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None,
     those whose name ``keep_fp32`` accepts are read as fp32 instead.
     """
     path = Path(path)
-    if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text())
+    if path.name.endswith(".json"):  # a shard index: name.safetensors.index.json, or a variant's .index.fp16.json
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in _shards(path):
             state.update(read_safetensors(path.parent / shard, dtype, keep_fp32))
         return state
     if not path.is_file():
@@ -74,16 +77,46 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None,
         raise WeightsError(f"cannot read {path}: {e} (truncated or not a safetensors file?)") from e
 
 
+def _shards(index: Path) -> list[str]:
+    """The shard file names a ``*.safetensors.index.json`` maps weights to; WeightsError naming it if malformed."""
+    if not index.is_file():
+        raise WeightsError(f"weights index not found: {index}")
+    try:
+        weight_map = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{index} is not valid JSON ({e}): a sharded weights index must be a JSON object with "
+                           f'"weight_map" (tensor name -> shard file); download it again') from e
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+        raise WeightsError(f'{index} has no usable "weight_map" (expected a JSON object mapping each tensor name to '
+                           f"a shard file beside it); download it again")
+    return sorted(set(weight_map.values()))
+
+
+# diffusers' names for the weights of a component: the plain ones first, then their save_pretrained(variant=...)
+# names (``diffusion_pytorch_model.fp16.safetensors``, ``diffusion_pytorch_model.safetensors.index.fp16.json``).
+WEIGHTS_VARIANTS = ("fp16", "bf16")
+
+
+def weights_names(stem: str) -> tuple[str, ...]:
+    """Weights file names of a component whose files are ``stem.safetensors``, in order of preference."""
+    names = [f"{stem}.safetensors", f"{stem}.safetensors.index.json"]
+    for variant in WEIGHTS_VARIANTS:
+        names += [f"{stem}.{variant}.safetensors", f"{stem}.safetensors.index.{variant}.json"]
+    return tuple(names)
+
+
 def _component_weights(folder: Path) -> Path:
-    """The weights file (or shard index) inside a diffusers component folder."""
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
-                 "model.safetensors", "model.safetensors.index.json"):
+    """The weights file (or shard index) inside a diffusers component folder; the plain name is preferred to an
+    fp16/bf16 variant's."""
+    for name in (*weights_names("diffusion_pytorch_model"), *weights_names("model")):
         if (folder / name).is_file():
             return folder / name
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise WeightsError(f"no safetensors weights in {folder} (expected diffusion_pytorch_model.safetensors "
-                       f"or a sharded .index.json; found {found}). .bin/.pth files are not loaded: convert them "
-                       f"with `kinema convert`.")
+    raise WeightsError(f"no safetensors weights in {folder} (expected diffusion_pytorch_model.safetensors, a sharded "
+                       f".safetensors.index.json, or their fp16/bf16 variants; found {found}). .bin/.pth files are "
+                       f"not loaded: convert them with `kinema convert`.")
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
@@ -143,11 +176,70 @@ def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except FileNotFoundError as e:
         raise WeightsError(f"missing {path.name} in {path.parent}") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise WeightsError(f"{path} must hold a JSON object, got a {type(d).__name__}")
+    return d
+
+
+WAN_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
+WAN_TRANSFORMER, WAN_VAE = "WanTransformer3DModel", "AutoencoderKLWan"
+
+
+def _check_class(path: Path, d: dict, want: str, what: str) -> None:
+    """A WeightsError unless the config's ``_class_name`` is ``want`` (a config without one is taken as it is)."""
+    cls = d.get("_class_name")
+    if cls is not None and cls != want:
+        raise WeightsError(f"{path}: _class_name is {cls!r}, not {want}; kinema loads the Wan 2.1 {what} "
+                           f"({want}) only")
+
+
+def _component_config(folder: Path, kind: str) -> DiTConfig | VAEConfig:
+    """The DiTConfig ("transformer") or VAEConfig ("vae") of a diffusers component folder's config.json, checked
+    to be Wan 2.1's class; a value the config cannot take is a WeightsError naming the file."""
+    path = folder / "config.json"
+    d = _read_json(path)
+    if kind == "transformer":
+        _check_class(path, d, WAN_TRANSFORMER, "transformer")
+    else:
+        _check_class(path, d, WAN_VAE, "VAE")
+    try:
+        return dit_config_from_diffusers(d) if kind == "transformer" else vae_config_from_diffusers(d)
+    except (ConfigError, WeightsError, TypeError, ValueError) as e:  # e.g. "patch_size": 2, "num_layers": "30"
+        raise WeightsError(f"{path}: {e}") from e
+
+
+def _names_component(index: dict, name: str) -> bool:
+    """Whether model_index.json lists component ``name`` (diffusers writes ``[null, null]`` for an absent one)."""
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and any(x is not None for x in entry)
+
+
+def _check_pipeline(p: Path) -> dict:
+    """The model_index.json of diffusers pipeline folder ``p`` ({} without one), refused unless it is a Wan 2.1
+    pipeline: another ``_class_name``, or a Wan 2.2 folder (two experts, or expanded timesteps)."""
+    path = p / "model_index.json"
+    index = _read_json(path) if path.is_file() else {}
+    cls = index.get("_class_name")
+    if cls is not None and cls not in WAN_PIPELINES:
+        raise WeightsError(f"{path}: _class_name is {cls!r}, not a Wan 2.1 pipeline; kinema loads diffusers folders "
+                           f"of {' / '.join(WAN_PIPELINES)}")
+    signs = [s for s, found in (("a transformer_2/ folder", (p / "transformer_2").is_dir()),
+                                (f"transformer_2 {index.get('transformer_2')} in model_index.json",
+                                 _names_component(index, "transformer_2")),
+                                (f"boundary_ratio {index.get('boundary_ratio')} in model_index.json",
+                                 index.get("boundary_ratio") is not None)) if found]
+    if signs:
+        raise WeightsError(f"{p} is a Wan 2.2 two-expert (A14B) folder ({'; '.join(signs)}): kinema loads Wan 2.1 "
+                           f"(one transformer)")
+    if index.get("expand_timesteps"):
+        raise WeightsError(f"{p} is a Wan 2.2 TI2V folder (expand_timesteps true in model_index.json): kinema loads "
+                           f"Wan 2.1")
+    return index
 
 
 # -- folder kinds --------------------------------------------------------------------------------------
@@ -162,6 +254,7 @@ def folder_kind(path: str | os.PathLike) -> str:
     if (p / KINEMA_CONFIG).is_file():
         return "kinema"
     if (p / "model_index.json").is_file() or (p / "transformer" / "config.json").is_file():
+        _check_pipeline(p)
         return "diffusers"
     if (p / "config.json").is_file():
         cls = _read_json(p / "config.json").get("_class_name", "")
@@ -182,14 +275,20 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         d = _read_json(p / KINEMA_CONFIG)
         d.pop("format_version", None)
         try:
-            return ModelConfig.from_dict(d)
+            cfg = ModelConfig.from_dict(d)
         except (ConfigError, TypeError) as e:
             raise WeightsError(f"{p / KINEMA_CONFIG}: {e}") from e
+        if cfg.text.path and not Path(cfg.text.path).is_absolute():
+            cfg = cfg.replace(text=cfg.text.replace(path=_text_path_in(p, cfg.text.path)))
+        return cfg
     if kind != "diffusers":
         raise WeightsError(f"{p} holds a single component ({kind}); give the whole model folder")
-    dit = dit_config_from_diffusers(_read_json(p / "transformer" / "config.json"))
-    vae = vae_config_from_diffusers(_read_json(p / "vae" / "config.json"))
-    text = TextConfig(kind="t5", path=str(p), max_length=512, dim=dit.text_dim, use_mask=False)
+    index = _check_pipeline(p)
+    dit = _component_config(p / "transformer", "transformer")
+    vae = _component_config(p / "vae", "vae")
+    _check_text_encoder(p, index, dit)
+    # absolute: a kinema folder exported from this config (a fine-tune) must find the text encoder from anywhere
+    text = TextConfig(kind="t5", path=str(p.resolve()), max_length=512, dim=dit.text_dim, use_mask=False)
     from ..config import PRESETS  # sampling defaults of the matching Wan preset, if any
     sampling = SamplingDefaults(schedule="wan")  # a diffusers Wan folder samples on Wan's grid and timesteps
     for pre in PRESETS.values():
@@ -201,7 +300,42 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         shift = _read_json(scheduler).get("flow_shift") or _read_json(scheduler).get("shift")
         if isinstance(shift, (int, float)) and shift > 0:
             sampling = sampling.replace(shift=float(shift))
-    return ModelConfig(name=p.name, vae=vae, dit=dit, text=text, sampling=sampling)
+    try:
+        return ModelConfig(name=p.name, vae=vae, dit=dit, text=text, sampling=sampling)
+    except ConfigError as e:  # the components do not fit each other (e.g. the DiT's channels and the VAE's z_dim)
+        raise WeightsError(f"{p}: {e}") from e
+
+
+def _text_path_in(folder: Path, path: str) -> str:
+    """A kinema folder's relative text-encoder path, made absolute: relative to the model folder; a path that
+    exists only relative to the working directory (what exports wrote before paths were stored absolute: a
+    fine-tune from ``--init_from wan-t2v``) is taken from there."""
+    inside = folder / path
+    if not inside.exists() and Path(path).exists():
+        return str(Path(path).resolve())
+    return str(inside.resolve())
+
+
+def _check_text_encoder(p: Path, index: dict, dit: DiTConfig) -> None:
+    """A WeightsError unless pipeline folder ``p`` holds a usable umT5 text encoder for its DiT: text_encoder/
+    (config.json of a t5/umt5 model whose d_model is the DiT's text_dim, safetensors weights) and a tokenizer.
+
+    A folder of configs only (no transformer weights, no text_encoder/, not listed in model_index.json) is not
+    checked: it describes a model (sizes, defaults) without being one to run."""
+    from ..text.t5 import read_t5_config
+    if not ((p / "text_encoder").exists() or _names_component(index, "text_encoder")
+            or any((p / "transformer" / n).is_file() for n in (*weights_names("diffusion_pytorch_model"),
+                                                               *weights_names("model")))):
+        return
+    try:
+        path, config = read_t5_config(p)
+    except FileNotFoundError as e:
+        raise WeightsError(str(e)) from e
+    d_model = config.get("d_model")
+    if d_model != dit.text_dim:
+        raise WeightsError(f"{path}: d_model {d_model} does not match the transformer's text_dim {dit.text_dim} "
+                           f"({p / 'transformer' / 'config.json'}): the text encoder belongs to another model; "
+                           f"use the text_encoder/ released with this one (Wan 2.1: umT5-XXL, d_model 4096)")
 
 
 def load_dit(path: str | os.PathLike, dtype: torch.dtype = torch.float32, weights: str = DIT_FILE) -> DiT:
@@ -214,7 +348,7 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype = torch.float32, weight
         comp = p / "transformer" if kind == "diffusers" else p
         if kind == "diffusers-vae":
             raise WeightsError(f"{p} is a VAE folder, not a transformer")
-        cfg = dit_config_from_diffusers(_read_json(comp / "config.json"))
+        cfg = _component_config(comp, "transformer")
         src = _component_weights(comp)
     with torch.device("meta"):  # no memory until the weights arrive, already in their final dtype
         model = DiT(cfg)
@@ -232,7 +366,7 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VAE
         if kind == "diffusers-transformer":
             raise WeightsError(f"{p} is a transformer folder, not a VAE")
         comp = p / "vae" if kind == "diffusers" else p
-        cfg, src = vae_config_from_diffusers(_read_json(comp / "config.json")), _component_weights(comp)
+        cfg, src = _component_config(comp, "vae"), _component_weights(comp)
     model = VAE(cfg)
     load_into(model, read_safetensors(src, dtype), str(src))
     return model.to(dtype).eval()
