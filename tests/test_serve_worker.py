@@ -17,9 +17,9 @@ from kinema.infer.memory import estimate_memory
 from kinema.infer.offload import MemoryFitError, MemoryPlan
 from kinema.serve import ServeConfig
 from kinema.serve.media import VARIANTS, job_dir
-from kinema.serve.run import WONT_FIT, Supervisor, supervised_worker
+from kinema.serve.run import WONT_FIT, WONT_START, Supervisor, supervised_worker
 from kinema.serve.store import Job
-from kinema.serve.worker import Worker
+from kinema.serve.worker import ModelUnavailable, Worker, lasting_load_error
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +293,161 @@ def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, 
         supervisor.stopping.set()
         supervisor.thread.join()
     assert supervisor.procs == {} and spawned == []
+
+
+def watch(supervisor: Supervisor, procs: dict) -> None:
+    """Run ``supervisor``'s watching thread over ``procs`` until it has none left (or 5 s), then stop it."""
+    supervisor.procs = procs
+    supervisor.thread.start()
+    try:
+        for _ in range(100):
+            if not supervisor.procs:
+                break
+            supervisor.stopping.wait(0.05)
+    finally:
+        supervisor.stopping.set()
+        supervisor.thread.join()
+
+
+# -- a model that cannot load: the worker stops for good, saying why -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def broken_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its DiT weights cut off half way (a download that stopped)."""
+    import shutil
+    folder = tmp_path_factory.mktemp("models") / "broken"
+    shutil.copytree(tiny_model_dir, folder)
+    data = (folder / "transformer.safetensors").read_bytes()
+    (folder / "transformer.safetensors").write_bytes(data[:len(data) // 2])
+    return folder
+
+
+def test_a_worker_whose_model_cannot_load_exits_and_is_not_restarted(worker, broken_model_dir, tmp_path, monkeypatch,
+                                                                   caplog):
+    monkeypatch.setattr("signal.signal", lambda *a: None)  # Worker.run takes SIGTERM / SIGINT in the main thread
+    cfg = replace(worker.cfg, data_dir=str(tmp_path), models=(str(broken_model_dir),))
+    with caplog.at_level("ERROR", logger="kinema.serve"), pytest.raises(SystemExit) as exit_:
+        supervised_worker(cfg, slot=0)
+    assert exit_.value.code == WONT_START
+    assert f"worker 0: model 'tiny' cannot be loaded from {broken_model_dir}: " in caplog.text
+    assert "transformer.safetensors" in caplog.text
+
+    class Exited:  # what the supervisor sees of that process
+        exitcode = WONT_START
+
+        def is_alive(self):
+            return False
+
+    supervisor = Supervisor(cfg)
+    spawned = []
+    monkeypatch.setattr(supervisor, "_spawn", spawned.append)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kinema.serve"):
+        watch(supervisor, {0: Exited()})
+    assert supervisor.procs == {} and spawned == []
+    assert "worker 0 will not be restarted: its model cannot be loaded (reason above)" in caplog.text
+    assert "no worker is running: worker 0: its model cannot be loaded" in caplog.text
+    assert supervisor.health() == {"configured": 1, "running": 0,
+                                   "stopped": [{"worker": 0, "reason": "its model cannot be loaded"}]}
+
+
+def test_a_crashed_worker_is_still_restarted(worker, monkeypatch):
+    class Crashed:
+        exitcode = 1
+
+        def is_alive(self):
+            return False
+
+    supervisor = Supervisor(worker.cfg)
+    spawned = []
+    monkeypatch.setattr(supervisor, "_spawn", lambda slot: spawned.append(slot) or supervisor.procs.pop(slot))
+    watch(supervisor, {0: Crashed()})
+    assert spawned == [0] and supervisor.health()["stopped"] == []
+    # what a new try cannot change stops the worker; a resource that ran short may be back on the next try
+    from kinema.weights import WeightsError
+    assert all(lasting_load_error(e) for e in (WeightsError("cut off"), ConfigError("x"), InputError("cuda"),
+                                                FileNotFoundError(2, "gone"), OSError("no file named model.bin")))
+    assert not any(lasting_load_error(e) for e in (RuntimeError("CUDA out of memory"), MemoryError(),
+                                                    OSError(5, "Input/output error")))
+
+
+def test_cli_worker_and_serve_refuse_a_model_that_cannot_load(broken_model_dir, tmp_path, capsys, monkeypatch):
+    """`serve worker`: status 2 naming the model and why; `kinema serve`: refused before any worker starts (its
+    weights file is cut off: the header says how long it should be)."""
+    monkeypatch.setattr("signal.signal", lambda *a: None)
+    assert cli.main(["serve", "worker", "--model", str(broken_model_dir), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"kinema serve: error: model 'tiny' cannot be loaded from {broken_model_dir}: " in err
+    assert err.rstrip().endswith("; the worker does not start")
+    monkeypatch.setattr(Supervisor, "start", lambda self: pytest.fail("a worker was started"))
+    assert cli.main(["serve", "--no-auth", "--model", str(broken_model_dir), "--data", str(tmp_path)]) == 2
+    assert f"{broken_model_dir}/transformer.safetensors is truncated" in capsys.readouterr().err
+
+
+def test_jobs_for_a_model_that_cannot_load_fail_and_the_worker_goes_on(worker, tiny_model_dir, broken_model_dir,
+                                                                      tmp_path, monkeypatch):
+    from kinema.infer import Pipeline
+    two = Worker(replace(worker.cfg, data_dir=str(tmp_path), models=(str(tiny_model_dir), str(broken_model_dir))),
+                 "test-two")
+    assert list(two.catalog) == ["tiny", "broken"]
+    loads = []
+    real = Pipeline.from_pretrained.__func__
+    monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, path, **kw: loads.append(path) or
+                                                                 real(cls, path, **kw)))
+    for n in (30, 31):
+        job = replace(new_job(two, n, steps=2), model="broken")
+        two.store.submit(job, 1000, 1000)
+        assert two.process(two.store.claim(two.name)) == 0
+        failed = two.store.get(job.id, "key_a")
+        assert (failed.status, failed.error_code) == ("failed", "model_unavailable")
+        assert failed.error_message == ("model 'broken' cannot run on this server: it failed to load (WeightsError); "
+                                        "the server's log says why")  # the server's folders are not the client's
+    assert loads == [str(broken_model_dir)]  # read once: the second job failed without reading it again
+    with pytest.raises(ModelUnavailable, match="model 'broken' cannot be loaded from"):
+        two.pipeline("broken")
+    assert two.process(queue(two, 32, steps=2)) == 1  # the model that loads still runs
+
+
+# -- a Wan 2.1 image-to-video model: video from an image, nothing else ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def wan_i2v_worker(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from test_wan_pipeline import build_wan_i2v_folder
+    folder = build_wan_i2v_folder(tmp_path_factory.mktemp("wan-i2v") / "wan-i2v")
+    cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("serve-wan")), models=(str(folder),), sizes=("32x32",),
+                      seconds=("1",), dtype="fp32")
+    return Worker(cfg, "test-wan")
+
+
+def test_a_wan_i2v_worker_makes_video_from_an_image_and_refuses_text_alone(wan_i2v_worker):
+    from kinema.serve.media import INPUT_IMAGE, save_image
+    w = wan_i2v_worker
+    spec = w.catalog["wan-i2v"]
+    assert spec.describe()["tasks"] == ["image_to_video"]
+    s = make_settings(spec.cfg, "a red fox runs", width=32, height=32, frames=9, steps=2, seed=1)
+    image = np.zeros((48, 40, 3), np.uint8)
+    image[:, 20:] = (200, 40, 40)
+    made = []
+    for n, with_image in ((40, True), (41, False)):
+        job = Job(id=f"video_{n:032x}", owner="key_a", kind="create", model="wan-i2v", prompt=s.prompt, seconds="1",
+                  size="32x32", params={"settings": asdict(s), **({"input": "image"} if with_image else {})})
+        if with_image:  # as the API stores an upload
+            job_dir(w.data, job.id).mkdir(parents=True)
+            save_image(job_dir(w.data, job.id) / INPUT_IMAGE, image)
+        w.store.submit(job, 1000, 1000)
+        made.append(w.process(w.store.claim(w.name)))
+    assert made == [1, 0]
+    done = w.store.get(f"video_{40:032x}", "key_a")
+    assert done.status == "completed" and (job_dir(w.data, done.id) / "video.mp4").stat().st_size > 0
+    from kinema.common.video import probe_video
+    assert probe_video(job_dir(w.data, done.id) / "video.mp4")["frames"] == 9
+    refused = w.store.get(f"video_{41:032x}", "key_a")  # queued by an API that offered it (an older one)
+    assert (refused.status, refused.error_code) == ("failed", "unsupported")
+    assert refused.error_message.startswith("model 'wan-i2v' is a Wan 2.1 image-to-video model: it makes video from "
+                                            "an image, so text-to-video")
+    assert list(w.image_encoders) == ["wan-i2v"]  # its CLIP tower loaded with the model, once
 
 
 def test_several_cpu_workers_wait_passively(monkeypatch):

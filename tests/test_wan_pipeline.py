@@ -153,6 +153,10 @@ def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys, make, match)
 
 @pytest.fixture(scope="module")
 def wan_i2v_folder(tmp_path_factory):
+    return build_wan_i2v_folder(tmp_path_factory.mktemp("wan-i2v") / "Wan2.1-I2V-tiny-Diffusers")
+
+
+def build_wan_i2v_folder(root):
     """``WanImageToVideoPipeline.save_pretrained`` with tiny random components, a tiny CLIP vision tower included."""
     tokenizer = _tokenizer()
     torch.manual_seed(0)
@@ -177,7 +181,6 @@ def wan_i2v_folder(tmp_path_factory):
     pipe = diffusers.WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                                              scheduler=scheduler, image_processor=image_processor,
                                              image_encoder=image_encoder, transformer=transformer)
-    root = tmp_path_factory.mktemp("wan-i2v") / "Wan2.1-I2V-tiny-Diffusers"
     pipe.save_pretrained(root)
     return root
 
@@ -234,3 +237,44 @@ def test_cli_i2v_needs_an_image_and_generates_from_one(wan_i2v_folder, tmp_path,
                  "--size", "32x32", "--frames", "5", "--steps", "2", "-o", str(out), "-q"]) == 0
     from kinema.common.video import probe_video
     assert probe_video(out)["frames"] == 5
+
+
+def test_i2v_model_refuses_to_sample_without_its_image(wan_i2v_folder, tmp_path):
+    """Text-to-video and kinema's own image tasks would feed its DiT 16 channels where it reads 36 (and no image
+    tokens): a clear refusal naming the way in, before the prompt is encoded or any input read."""
+    import re
+
+    from PIL import Image
+
+    from kinema.infer import InputError, tasks
+    from kinema.infer.i2v_wan import image_to_video
+    pipe = Pipeline.from_pretrained(wan_i2v_folder, dtype="fp32")
+    calls = []
+    for part in (pipe.dit, pipe.vae, pipe.text_encoder):
+        if isinstance(part, torch.nn.Module):
+            part.register_forward_pre_hook(lambda m, args: calls.append(type(m).__name__))
+    encode = pipe.text_encoder.encode
+    pipe.text_encoder.encode = lambda prompts: calls.append("text") or encode(prompts)
+    said = re.escape(f"{pipe.name} is a Wan 2.1 image-to-video model: it makes video from an image: "
+                     f"kinema.infer.i2v_wan.image_to_video(pipe, image, prompt)")
+    small = dict(width=32, height=32, steps=1)
+    Image.fromarray(_picture(32, 32)).save(tmp_path / "first.png")
+    clip = np.zeros((5, 32, 32, 3), np.uint8)
+    with pytest.raises(InputError, match=said + r".*text-to-video is not available"):
+        pipe.generate("a red fox runs", frames=5, **small)
+    with pytest.raises(InputError, match=said):
+        pipe.run(pipe.settings("a red fox runs", frames=5, **small))
+    with pytest.raises(InputError, match=said):
+        pipe.sample(pipe.settings("a red fox runs", frames=5, **small))
+    for name, run in (("image_to_video", lambda: tasks.image_to_video(pipe, "a fox", tmp_path / "first.png", **small)),
+                      ("keyframes", lambda: tasks.keyframes(pipe, "a fox", [(0.0, tmp_path / "first.png")], **small)),
+                      ("extend", lambda: tasks.extend(pipe, "a fox", clip, 1.0, **small)),
+                      ("connect", lambda: tasks.connect(pipe, "a fox", clip, clip, 1.0, **small)),
+                      ("loop", lambda: tasks.loop(pipe, "a fox", frames=9, **small)),
+                      ("edit", lambda: tasks.edit(pipe, "a fox", clip, 0.5, **small)),
+                      ("image", lambda: tasks.image(pipe, "a fox", **small))):
+        with pytest.raises(InputError, match=said + rf".*kinema.infer.tasks.{name} is not available"):
+            run()
+    assert calls == []  # nothing ran: no text encoding, no VAE, no DiT
+    video = image_to_video(pipe, _picture(32, 32), "a red fox runs", frames=5, **small)  # its own way in still works
+    assert video.frames.shape == (5, 32, 32, 3)

@@ -111,10 +111,13 @@ def cmd_serve(args) -> int:
         return run.serve_api(cfg)
     elif role == "worker":
         from ..infer.offload import MemoryFitError
+        from ..serve.worker import ModelUnavailable
         try:
             return run.serve_worker(cfg, slot=args.slot)
         except MemoryFitError as e:  # checked before any weights are read (``kinema serve`` logs it per worker)
             raise CLIError(str(e)) from e
+        except ModelUnavailable as e:  # its first model cannot be loaded: starting it again would not help
+            raise CLIError(f"{e}; the worker does not start") from e
     else:
         return run.serve_all(cfg)
     return 0

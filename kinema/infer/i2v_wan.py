@@ -10,6 +10,8 @@ guidance, memory modes and parallelism run unchanged (cond and uncond see the sa
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,7 @@ def attach_image(dit, condition: torch.Tensor, image_tokens: torch.Tensor):
         kwargs["image_tokens"] = image_tokens.to(latents.device).expand(b, -1, -1)
         return (torch.cat([latents, extra], dim=1), *rest[:3]), kwargs  # (B, 16 + tf + 16, f, h, w)
 
+    hook.feeds_image = True  # what Pipeline.check_samples_alone looks for
     return dit.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
 
 
@@ -98,6 +101,7 @@ def image_to_video(pipe: Pipeline, image: np.ndarray, prompt: str, image_encoder
         video = pipe.run(s, progress=progress)
     finally:
         handle.remove()
-    video.notes["task"] = "image-to-video (Wan 2.1 I2V)"
+    video.notes["task"] = json.dumps({"task": "image_to_video", "frames": len(video.frames),
+                                      "conditioning": "Wan 2.1 I2V (image latents as channels, CLIP image tokens)"})
     return video
 

@@ -179,6 +179,14 @@ def check_settings(cfg: ModelConfig, s: Settings) -> None:
         raise InputError(str(e), param="cache_threshold") from None
 
 
+def wan_i2v_refusal(name: str, what: str = "") -> str:
+    """Why a Wan 2.1 image-to-video model refuses a request other than making video from an image (``what``: the
+    request, e.g. "text-to-video")."""
+    return (f"{name} is a Wan 2.1 image-to-video model: it makes video from an image: "
+            f"kinema.infer.i2v_wan.image_to_video(pipe, image, prompt) (kinema generate --image)"
+            + (f"; {what} is not available with it" if what else ""))
+
+
 class Pipeline:
     """A loaded model (DiT + VAE + text encoder) that turns requests into videos."""
 
@@ -313,6 +321,15 @@ class Pipeline:
 
         return guided(both, guidance, interval)
 
+    def check_samples_alone(self, what: str = "text-to-video") -> None:
+        """InputError for a Wan 2.1 image-to-video model asked to sample without its image: its DiT reads the
+        image's latents as extra input channels and its CLIP tokens, which only ``i2v_wan.image_to_video``
+        attaches (a forward pre-hook); without them the DiT would fail on a shape mismatch deep inside."""
+        from . import i2v_wan
+        if i2v_wan.is_wan_i2v(self.cfg) and not any(getattr(hook, "feeds_image", False)
+                                                    for hook in self.dit._forward_pre_hooks.values()):
+            raise InputError(wan_i2v_refusal(self.name, what))
+
     def uses_student(self, s: Settings) -> bool:
         """True when ``s`` is sampled by the few-step student: there is one, and ``s`` asks for its steps."""
         return self.student is not None and s.steps == self.student[1].steps
@@ -336,6 +353,7 @@ class Pipeline:
         ``init_latents`` with ``s.strength < 1`` starts from the noised input video (SDEdit). ``cyclic``: the
         latent frames are one period of a loop, sampled as a cycle (``cyclic_velocity``).
         """
+        self.check_samples_alone()
         shape = self.latent_shape(s)
         gen = torch.Generator("cpu").manual_seed(s.seed)
         noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
@@ -396,6 +414,7 @@ class Pipeline:
                  shift: float | None = None, sampler: str | None = None, seed: int = 0,
                  cache_threshold: float | None = None, progress: bool | Callable[[int, int], None] = False) -> Video:
         """Text -> video with this model's defaults for anything not given."""
+        self.check_samples_alone()
         s = self.settings(prompt, negative_prompt=negative_prompt, width=width, height=height, frames=frames, fps=fps,
                           steps=steps, guidance=guidance, guidance_interval=guidance_interval, shift=shift,
                           sampler=sampler, seed=seed,
@@ -409,6 +428,7 @@ class Pipeline:
         the latent frames are one period of a loop (``sample``, ``decode``). ``decode_with``: latent frames
         decoded in place of the sampled ones (given frames fitted to their pixels, ``kinema.tasks.fit``);
         ``Video.latents`` stays what was sampled."""
+        self.check_samples_alone()  # before the prompt is encoded
         callback, bar = _progress(progress, s.steps)
         t0 = time.perf_counter()
         self.encode_prompts([s.prompt, s.negative_prompt])

@@ -217,6 +217,12 @@ def encoder(pipe: Pipeline):
     return encode
 
 
+def _generic_task(pipe: Pipeline, task: str) -> None:
+    """InputError, before any input is read, for a model these tasks cannot drive: a Wan 2.1 image-to-video model
+    takes its image through its own channels (``kinema.infer.i2v_wan``), not as a given latent frame."""
+    pipe.check_samples_alone(f"kinema.infer.tasks.{task}")
+
+
 def _tf(pipe: Pipeline) -> int:
     return pipe.cfg.vae.temporal_factor
 
@@ -291,6 +297,7 @@ def image_to_video(pipe: Pipeline, prompt: str, image: Media, frame: int = 0, *,
     As the first frame, the image's latent is decoded fitted to it (``fit_steps`` gradient steps through the
     decoder, ``kinema.tasks.fit``: about 2.5 dB closer to the image on the bundled model; 0 turns it off).
     """
+    _generic_task(pipe, "image_to_video")
     check_fit_steps(fit_steps)
     s = pipe.settings(prompt, **_input_sized(pipe, settings, image, "image"))
     if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < s.frames:
@@ -307,6 +314,7 @@ def keyframes(pipe: Pipeline, prompt: str, images_at: list[tuple[float, Media]],
               fit_steps: int = FIT_STEPS, progress=False, **settings) -> Video:
     """A clip with each (seconds, image) pinned at the latent frame holding that time (a keyframe at 0 s is
     decoded fitted to its image, as in ``image_to_video``)."""
+    _generic_task(pipe, "keyframes")
     check_fit_steps(fit_steps)
     first_image = images_at[0][1] if images_at else None
     s = pipe.settings(prompt, **_input_sized(pipe, settings, first_image, "the first keyframe"))
@@ -334,6 +342,7 @@ def extend(pipe: Pipeline, prompt: str, video: Media, seconds: float, direction:
     carried on at constant velocity (``kinema.tasks.motion``) noised to this strength, so the model refines
     a continuation instead of inventing one; lower keeps more of the carried motion, 1 starts from pure noise.
     """
+    _generic_task(pipe, "extend")
     check_seconds(seconds)
     check_join(join)
     check_motion_strength(motion_strength)
@@ -367,6 +376,7 @@ def connect(pipe: Pipeline, prompt: str, video_a: Media, video_b: Media, seconds
     (``join`` as in ``extend``: A's last and B's first frames faded to the model's, or kept exactly).
     ``motion_strength``: the transition starts as A's motion carried on cross-faded into B's carried back
     (``kinema.tasks.builders.connect_window``) noised to this strength; 1 starts from pure noise."""
+    _generic_task(pipe, "connect")
     check_seconds(seconds)
     check_join(join)
     check_motion_strength(motion_strength)
@@ -391,6 +401,7 @@ def loop(pipe: Pipeline, prompt: str, image: Media | None = None, *, resize: str
     The loop's latent frames are sampled and decoded as a cycle (``loop_window``): no frame of it is a start
     or an end while it is made. An image is held for the loop's first latent frame (``tf`` frames).
     """
+    _generic_task(pipe, "loop")
     s = pipe.settings(prompt, **_input_sized(pipe, settings, image, "image"))
     tf = _tf(pipe)
     if s.frames < 2 * tf + 1:
@@ -408,6 +419,7 @@ def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: 
 
     A length that is not tf*k+1 is padded by holding the last frame; the result has the input's length.
     """
+    _generic_task(pipe, "edit")
     check_strength(strength)
     s = _settings(pipe, prompt, _input_sized(pipe, settings, video, "video"), "edit", frames=None)
     frames = load_video(video, s.fps, s.width, s.height, resize)
@@ -421,6 +433,7 @@ def edit(pipe: Pipeline, prompt: str, video: Media, strength: float, *, resize: 
 
 def image(pipe: Pipeline, prompt: str, *, progress=False, **settings) -> Video:
     """A single image (a one-frame video); ``Video.save("x.png")`` writes it as a PNG."""
+    _generic_task(pipe, "image")
     return pipe.run(_settings(pipe, prompt, settings, "image generation", frames=1), progress=progress)
 
 

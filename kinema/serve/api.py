@@ -55,8 +55,9 @@ class Owner:
 class VideosAPI:
     """The route handlers, sharing one config, job store and model catalog."""
 
-    def __init__(self, cfg: ServeConfig, store: JobStore, catalog: dict[str, ModelSpec]):
+    def __init__(self, cfg: ServeConfig, store: JobStore, catalog: dict[str, ModelSpec], workers=None):
         self.cfg, self.store, self.catalog, self.data = cfg, store, catalog, cfg.data_path
+        self.workers = workers  # this process's worker Supervisor (``kinema serve``), None for ``serve api``
         self.poll_header = {"openai-poll-after-ms": str(cfg.poll_ms)}
 
     # -- shared steps --------------------------------------------------------------------------------------
@@ -126,15 +127,17 @@ class VideosAPI:
             raise
         return JSONResponse(video_object(job), headers=self.poll_header)
 
-    def need_task(self, task: str, what: str) -> None:
+    def need_task(self, task: str, what: str, spec: ModelSpec | None = None, param: str | None = None) -> None:
+        """A 400 unless this install runs ``task`` (and ``spec``, when given, offers it: ``ModelSpec.tasks``)."""
         if task not in available_tasks():
             raise APIError(400, f"{what} is not supported by this server yet", code="unsupported")
+        if spec is not None and task not in spec.tasks:
+            raise APIError(400, spec.refusal(task), param=param, code="unsupported")
 
     # -- /v1/models ----------------------------------------------------------------------------------------
     async def models(self, request: Request) -> Response:
         await self.owner(request)
-        tasks = available_tasks()
-        return JSONResponse({"object": "list", "data": [spec.describe(tasks) for spec in self.catalog.values()]})
+        return JSONResponse({"object": "list", "data": [spec.describe() for spec in self.catalog.values()]})
 
     # -- /v1/videos ----------------------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
@@ -142,13 +145,16 @@ class VideosAPI:
         body = await read_body(request, CREATE_FIELDS, file_fields=("input_reference",))
         f = body.fields
         spec = resolve_model(self.catalog, f.get("model"))
+        with_image = "input_reference" in body.files or any(f"input_reference[{k}]" in f for k in ("image_url", "file_id"))
+        if not with_image:  # a model that makes video from an image only (Wan 2.1 I2V) needs one
+            self.need_task("text_to_video", "text-to-video", spec, param="input_reference")
         prompt = self.prompt(f)
         s, size, seconds = spec.settings(prompt, f.get("size"), f.get("seconds"), parse_extras(f), self.cfg.max_steps)
         job = Job(id=new_video_id(), owner=owner.id, kind="create", model=spec.name, prompt=prompt, seconds=seconds,
                   size=size, params={"settings": asdict(s)})
         image = None
-        if "input_reference" in body.files or "input_reference[image_url]" in f or "input_reference[file_id]" in f:
-            self.need_task("image_to_video", "image-to-video (input_reference)")
+        if with_image:
+            self.need_task("image_to_video", "image-to-video (input_reference)", spec, param="input_reference")
             image = await run_in_threadpool(decode_image, await self.reference_bytes(body))
             job.params["input"] = "image"
             if not f.get("size"):  # made at the offered size nearest the image's aspect ratio
@@ -236,10 +242,11 @@ class VideosAPI:
         owner = await self.owner(request)
         body = await read_body(request, ("prompt", *EXTRAS, "strength"))
         source = await self.completed_source(owner, {"video_id": request.path_params["video_id"]}, "video_id")
-        prompt = self.prompt(body.fields)
         spec = self.spec_of(source)
+        self.need_task("remix", "remixing videos", spec, param="video_id")
+        prompt = self.prompt(body.fields)
         settings = dict(source.params["settings"], prompt=prompt, **parse_extras(body.fields))
-        edit = "edit" in available_tasks()
+        edit = "edit" in spec.tasks
         params = {"settings": settings, "remix_mode": "edit" if edit else "reseed"}
         if edit:
             params["strength"] = strength(body.fields)
@@ -259,7 +266,7 @@ class VideosAPI:
             raise APIError(400, "seconds (the length of the new segment) is required", param="seconds")
         motion = unit_number(f, "motion_strength", "lower keeps more of the video's motion carried on, 1 starts "
                                                    "from pure noise")
-        source, spec, video = await self.source_video(owner, body)
+        source, spec, video = await self.source_video(owner, body, "extend", "extending videos")
         size = source.size if source is not None else f.get("size") or spec.size_like(video[0].shape[2],
                                                                                          video[0].shape[1])
         s, size, seconds = spec.settings(prompt, size, f["seconds"], parse_extras(f), self.cfg.max_steps)
@@ -277,7 +284,7 @@ class VideosAPI:
         self.need_task("edit", "editing videos (/v1/videos/edits)")
         f = body.fields
         prompt = self.prompt(f)
-        source, spec, video = await self.source_video(owner, body)
+        source, spec, video = await self.source_video(owner, body, "edit", "editing videos")
         if source is not None:  # same size and settings as the source, new prompt (and any extras given)
             settings = dict(source.params["settings"], prompt=prompt, **parse_extras(f))
             self.check(spec, settings)
@@ -290,17 +297,21 @@ class VideosAPI:
                   size=size, params={"settings": settings, "strength": strength(f)}, source_id=source and source.id)
         return await self.submit(owner, job, video=video, copy_from=source and source.id)
 
-    async def source_video(self, owner: Owner, body):
-        """(source job or None, model spec, uploaded (frames, fps) or None) for extend / edit."""
+    async def source_video(self, owner: Owner, body, task: str, what: str):
+        """(source job or None, model spec, uploaded (frames, fps) or None) for extend / edit (``task``): a 400
+        when the model (the source's, or the one named) does not offer it, before any upload is decoded."""
         if "video" in body.files and "video[id]" in body.fields:
             raise APIError(400, "give either a video file or video[id], not both", param="video")
         if "video[id]" in body.fields:
             source = await self.completed_source(owner, body.fields)
-            return source, self.spec_of(source), None
+            spec = self.spec_of(source)
+            self.need_task(task, what, spec, param="video[id]")
+            return source, spec, None
         if "video" not in body.files:
             raise APIError(400, "video is required: upload a file as 'video' or name a completed video as video[id]",
                            param="video")
         spec = resolve_model(self.catalog, body.fields.get("model"))
+        self.need_task(task, what, spec, param="model")
         data = await read_upload(body.files["video"], self.cfg.max_upload_bytes, "video")
         width, height, _ = spec.largest_request  # decoded at up to twice the largest size's sides, no larger
         video = await run_in_threadpool(decode_video, data, self.data / "tmp", self.cfg.max_input_frames,
@@ -328,7 +339,22 @@ class VideosAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "auth": self.cfg.auth})
+        """"ok" (200); under ``kinema serve``, with its workers, "degraded" while some stopped for good and
+        "no_workers" (503: a load balancer's or container's check fails) when none is left to run the queue."""
+        body = {"status": "ok", "auth": self.cfg.auth}
+        if self.workers is None:
+            return JSONResponse(body)
+        workers = self.workers.health()
+        body["workers"] = workers
+        if workers["configured"] and not workers["running"]:
+            body["status"] = "no_workers"
+            body["message"] = ("no worker is running on this server (" + "; ".join(
+                f"worker {w['worker']}: {w['reason']}" for w in workers["stopped"]) + "): jobs are queued but only a "
+                "worker started elsewhere on this job store will run them; the server's log says why")
+            return JSONResponse(body, status_code=503)
+        if workers["stopped"]:
+            body["status"] = "degraded"
+        return JSONResponse(body)
 
 
 def strength(fields: dict[str, str]) -> float:
@@ -450,10 +476,12 @@ def _closing(handler):
     return endpoint
 
 
-def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[str, ModelSpec] | None = None) -> Starlette:
-    """The Starlette application for a deployment."""
+def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[str, ModelSpec] | None = None,
+               workers=None) -> Starlette:
+    """The Starlette application for a deployment (``workers``: the Supervisor of this process's workers, whose
+    state ``/healthz`` reports; anything with its ``health()``)."""
     store = store or JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
-    api = VideosAPI(cfg, store, catalog or load_catalog(cfg.models, cfg.sizes, cfg.seconds))
+    api = VideosAPI(cfg, store, catalog or load_catalog(cfg.models, cfg.sizes, cfg.seconds), workers)
     routes = [
         Route("/", api.page, methods=["GET"]),
         Route("/healthz", api.health, methods=["GET"]),

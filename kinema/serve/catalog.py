@@ -14,11 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, ModelConfig, check_interval
+from ..infer.i2v_wan import is_wan_i2v
 from ..infer.pipeline import InputError, Settings, bundled_model_path, make_settings
 
 # Clients written for OpenAI's Videos API name Sora models; they get the server's default model.
 SORA_ALIASES = ("sora-2", "sora-2-pro")
 TASK_NAMES = ("image_to_video", "extend", "edit")  # beyond text-to-video and remix, if kinema.infer.tasks has them
+# What each task is, as a client asks for it (error messages name what a model accepts in these words).
+TASK_REQUESTS = {"text_to_video": "text-to-video (POST /v1/videos without input_reference)",
+                 "remix": "remixing videos (/v1/videos/{id}/remix)",
+                 "image_to_video": "image-to-video (POST /v1/videos with an input_reference image)",
+                 "extend": "extending videos (/v1/videos/extensions)",
+                 "edit": "editing videos (/v1/videos/edits)"}
 
 
 def _interval(raw: str) -> list[float]:
@@ -58,6 +65,13 @@ def task_function(name: str):
     return fn
 
 
+def job_task(kind: str, params: dict) -> str:
+    """The task a job of ``kind`` ("create", "remix", "extend", "edit") with ``params`` runs."""
+    if kind == "create":
+        return "image_to_video" if params.get("input") == "image" else "text_to_video"
+    return kind
+
+
 def frames_for_seconds(seconds: float, fps: int, factor: int) -> int:
     """The valid frame count (factor*k + 1) closest to ``seconds`` of video at ``fps``."""
     return factor * max(0, round((seconds * fps - 1) / factor)) + 1
@@ -89,8 +103,30 @@ class ModelSpec:
         seconds = max(float(s) for s in self.seconds)
         return width, height, frames_for_seconds(seconds, self.cfg.sampling.fps, self.cfg.vae.temporal_factor)
 
-    def describe(self, tasks: list[str]) -> dict:
-        """The ``GET /v1/models`` entry: OpenAI's model fields plus what this model accepts."""
+    @property
+    def wan_i2v(self) -> bool:
+        """A Wan 2.1 image-to-video model: it reads its image through its own DiT channels and CLIP tokens."""
+        return is_wan_i2v(self.cfg)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this model runs on this install: a Wan 2.1 image-to-video model makes video from an image
+        only (``kinema.infer.i2v_wan``); other models every task this install has (``available_tasks``)."""
+        return ["image_to_video"] if self.wan_i2v else available_tasks()
+
+    def refusal(self, task: str) -> str:
+        """Why this model does not run ``task``, naming what it accepts."""
+        what = TASK_REQUESTS.get(task, task.replace("_", "-"))
+        accepted = "; ".join(TASK_REQUESTS.get(t, t) for t in self.tasks)
+        if self.wan_i2v:
+            return (f"model {self.name!r} is a Wan 2.1 image-to-video model: it makes video from an image, so "
+                    f"{what} is not available with it; it accepts: {accepted}")
+        return f"model {self.name!r} does not offer {what}; it accepts: {accepted}"
+
+    def describe(self, tasks: list[str] | None = None) -> dict:
+        """The ``GET /v1/models`` entry: OpenAI's model fields plus what this model accepts (``tasks``: this
+        model's own, ``ModelSpec.tasks``, unless given)."""
+        tasks = self.tasks if tasks is None else tasks
         s = self.cfg.sampling
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "kinema",
                 "sizes": list(self.sizes), "seconds": list(self.seconds), "default_size": self.default_size,
@@ -199,6 +235,45 @@ def load_catalog(paths: tuple[str, ...], sizes: tuple[str, ...] = (), seconds: t
             sizes=tuple(_check_size(s, cfg) for s in sizes) or _default_sizes(cfg),
             seconds=tuple(_check_seconds(s) for s in seconds) or _default_seconds(cfg))
     return catalog
+
+
+def check_model_files(spec: ModelSpec) -> None:
+    """What can be checked of a model's files without loading it, at ``kinema serve``'s start (reading kilobytes):
+    every ``.safetensors`` file in its folder is whole (its header reads, and the file is as long as the header
+    says: a cut-off download is the usual broken folder), and a Wan 2.1 image-to-video folder has its CLIP image
+    encoder. WeightsError naming the file; the rest (weights that do not fit the config, a text encoder that does
+    not match) shows when a worker loads the model, which then stops without restarting."""
+    import json
+    import struct
+
+    from ..weights import WeightsError
+    root = Path(spec.path)
+    for path in sorted(root.rglob("*.safetensors")):
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+                header = json.loads(f.read(n)) if 2 <= n <= min(size - 8, 100 * 2**20) else None
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"] \
+                if isinstance(header, dict) else None
+        except FileNotFoundError:
+            raise WeightsError(f"model {spec.name!r}: {path} is a broken link or went missing") from None
+        except (OSError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as e:
+            raise WeightsError(f"model {spec.name!r}: cannot read {path} ({type(e).__name__}: {e})") from None
+        if ends is None:
+            raise WeightsError(f"model {spec.name!r}: {path} is not a safetensors file (its header does not read); "
+                               f"download it again")
+        need = 8 + n + max(ends, default=0)
+        if size < need:
+            raise WeightsError(f"model {spec.name!r}: {path} is truncated ({size} of the {need} bytes its header "
+                               f"lists); download it again")
+    if spec.wan_i2v:
+        missing = [str(p) for p in (root / "image_encoder" / "config.json", root / "image_processor") if not p.exists()]
+        if missing:
+            raise WeightsError(f"model {spec.name!r} is a Wan 2.1 image-to-video model but {root} has no CLIP image "
+                               f"encoder (missing {', '.join(missing)}); a Wan I2V folder holds image_encoder/ and "
+                               f"image_processor/")
 
 
 def resolve_model(catalog: dict[str, ModelSpec], name: str | None) -> ModelSpec:

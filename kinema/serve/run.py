@@ -20,6 +20,9 @@ from .store import JobStore
 
 log = logging.getLogger("kinema.serve")
 WONT_FIT = 3  # exit status of a worker whose models cannot fit its device in its memory mode: not restarted
+WONT_START = 4  # ... of one whose model cannot be loaded (a bad folder, config or weights file): not restarted
+NOT_RESTARTED = {WONT_FIT: "its models do not fit its device in its memory mode",
+                 WONT_START: "its model cannot be loaded"}
 
 
 def _logging() -> None:
@@ -33,15 +36,16 @@ def prepare(cfg: ServeConfig) -> JobStore:
     return JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
 
 
-def serve_api(cfg: ServeConfig, catalog: dict | None = None) -> int:
+def serve_api(cfg: ServeConfig, catalog: dict | None = None, workers: Supervisor | None = None) -> int:
     """Run the HTTP API until SIGINT / SIGTERM (no workers: run those with ``serve_worker``). ``catalog``: the
-    models' specs, when the caller already read them."""
+    models' specs, when the caller already read them; ``workers``: the Supervisor of this process's workers
+    (``/healthz`` reports them)."""
     import uvicorn
 
     from .api import create_app
     _logging()
     store = prepare(cfg)
-    app = create_app(cfg, store=store, catalog=catalog)
+    app = create_app(cfg, store=store, catalog=catalog, workers=workers)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5, server_header=False))
     # uvicorn re-raises the signal that stopped it; a no-op handler lets the caller shut workers down after.
@@ -62,14 +66,24 @@ def serve_worker(cfg: ServeConfig, slot: int = 0, max_jobs: int | None = None) -
 
 
 def supervised_worker(cfg: ServeConfig, slot: int) -> None:
-    """A worker started by ``kinema serve``; exits with WONT_FIT, the reason logged, if its models cannot fit."""
+    """A worker started by ``kinema serve``; exits, the reason logged, with WONT_FIT if its models cannot fit its
+    device, with WONT_START if its model cannot be loaded or its models' folders read (``kinema serve`` checked
+    them before it started, but they may have changed since)."""
+    from ..config import ConfigError
     from ..infer.offload import MemoryFitError
-    from .worker import run_worker
+    from ..weights import WeightsError
+    from .worker import ModelUnavailable, run_worker
     try:
         run_worker(cfg, slot)
     except MemoryFitError as e:
         log.error("worker %d: %s", slot, e)
         sys.exit(WONT_FIT)
+    except ModelUnavailable as e:
+        log.error("worker %d: %s", slot, e)
+        sys.exit(WONT_START)
+    except (ConfigError, WeightsError, FileNotFoundError) as e:
+        log.error("worker %d: %s", slot, e)
+        sys.exit(WONT_START)
 
 
 def cpu_workers_wait_passively(cfg: ServeConfig) -> bool:
@@ -94,6 +108,8 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["kinema.serve.worker"])
         self.procs: dict[int, multiprocessing.Process] = {}
+        self.stopped: dict[int, str] = {}  # slot -> why it was not restarted (NOT_RESTARTED)
+        self.lock = threading.Lock()  # procs and stopped change in the watching thread; health() reads them
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -119,9 +135,17 @@ class Supervisor:
             for slot, proc in list(self.procs.items()):
                 if proc.is_alive() or self.stopping.is_set():
                     continue
-                if proc.exitcode == WONT_FIT:  # restarting cannot help; the API keeps queueing for other workers
-                    log.error("worker %d will not be restarted: its models do not fit (reason above)", slot)
-                    del self.procs[slot]
+                if proc.exitcode in NOT_RESTARTED:  # restarting cannot help; the API keeps queueing for other workers
+                    log.error("worker %d will not be restarted: %s (reason above)", slot, NOT_RESTARTED[proc.exitcode])
+                    with self.lock:
+                        del self.procs[slot]
+                        self.stopped[slot] = NOT_RESTARTED[proc.exitcode]
+                    if not self.procs:
+                        log.error("no worker is running: %s. The API stays up and keeps queueing jobs for workers "
+                                  "elsewhere (`kinema serve worker` on a host sharing this job store), and /healthz "
+                                  "answers 503; fix the model or its memory flags and restart `kinema serve` to "
+                                  "run the queued jobs here", "; ".join(f"worker {n}: {why}"
+                                                                       for n, why in sorted(self.stopped.items())))
                     continue
                 quick = time.monotonic() - started[slot] < 30
                 backoff[slot] = min(60.0, backoff[slot] * 2) if quick else 0.5
@@ -130,6 +154,14 @@ class Supervisor:
                     return
                 self._spawn(slot)
                 started[slot] = time.monotonic()
+
+    def health(self) -> dict:
+        """``/healthz``'s view of the workers: how many were asked for, how many run (or are being restarted),
+        and why any stopped for good (the reasons in words; the log has the details)."""
+        with self.lock:
+            running, stopped = len(self.procs), dict(self.stopped)
+        return {"configured": self.cfg.workers, "running": running,
+                "stopped": [{"worker": slot, "reason": why} for slot, why in sorted(stopped.items())]}
 
     def stop(self, timeout: float = 20.0) -> None:
         """Ask every worker to requeue its job and exit; kill those still running after ``timeout``."""
@@ -147,14 +179,17 @@ class Supervisor:
 
 def serve_all(cfg: ServeConfig) -> int:
     """The API and ``cfg.workers`` workers (the default ``kinema serve``)."""
-    from .catalog import load_catalog
+    from .catalog import check_model_files, load_catalog
     _logging()
     catalog = load_catalog(cfg.models, cfg.sizes, cfg.seconds)  # a bad model, size or length: refused before any
-    prepare(cfg)                                                 # worker starts (each would say it again)
+    if cfg.workers:                                              # worker starts (each would say it again), and
+        for spec in catalog.values():                            # a truncated weights file: what is cheap to check
+            check_model_files(spec)
+    prepare(cfg)
     supervisor = Supervisor(cfg)
     supervisor.start()
     try:
-        return serve_api(cfg, catalog)
+        return serve_api(cfg, catalog, workers=supervisor)
     finally:
         supervisor.stop()
 

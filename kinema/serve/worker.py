@@ -23,7 +23,7 @@ import numpy as np
 
 from ..common.video import VideoDecodeError
 from ..infer.pipeline import InputError, Settings, check_settings
-from .catalog import TaskUnavailable, load_catalog, task_function
+from .catalog import TaskUnavailable, job_task, load_catalog, task_function
 from .config import ServeConfig
 from .media import INPUT_IMAGE, INPUT_VIDEO, UploadError, job_dir, remove_job_files, write_results
 from .store import Job, JobStore
@@ -35,6 +35,32 @@ PROGRESS_EVERY_S = 0.2  # at most this often a job's progress is written (a step
 
 class JobInterrupted(Exception):
     """Raised from the progress callback: the worker is stopping, or the job was deleted / taken over."""
+
+
+class ModelUnavailable(Exception):
+    """A model this worker serves could not be loaded, for a reason loading it again would not change (a missing
+    or unreadable folder, a config its weights do not fit, a truncated weights file). ``public``: what a client
+    is told (the server's folders left out; the log has the whole message)."""
+
+    def __init__(self, message: str, public: str):
+        super().__init__(message)
+        self.public = public
+
+
+def lasting_load_error(e: BaseException) -> bool:
+    """Whether a model loader's error would come again on every try: a bad folder, config or weights file (and
+    the loaders' own checks: WeightsError, ConfigError and InputError are ValueErrors), not a resource running
+    short (out of memory, a failing disk or network file system: RuntimeError, MemoryError, OSError with an errno).
+    An OSError without an errno is a library's message about a file (transformers: "does not appear to have a
+    file named ...")."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover -- a dependency of the loaders
+        SafetensorError = ValueError
+    if isinstance(e, (ValueError, LookupError, TypeError, SafetensorError, FileNotFoundError, NotADirectoryError,
+                      IsADirectoryError, PermissionError)):
+        return True
+    return type(e) is OSError and e.errno is None
 
 
 def task_overrides(s: Settings, *drop: str) -> dict:
@@ -57,6 +83,8 @@ class Worker:
         self.store = JobStore(cfg.db_url, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, ttl_s=cfg.ttl_s)
         self.catalog = load_catalog(cfg.models, cfg.sizes, cfg.seconds)
         self.pipes: dict = {}
+        self.image_encoders: dict = {}  # model name -> its CLIP image encoder (Wan 2.1 image-to-video models)
+        self.unavailable: dict[str, tuple[str, str]] = {}  # models that cannot load: their ModelUnavailable's args
         self.stopping = threading.Event()
         self._lock_file = None
 
@@ -74,7 +102,9 @@ class Worker:
         requeued = self.store.recover(self.name)
         if requeued:
             log.warning("%s: requeued %d job(s) left running by its previous run", self.name, requeued)
-        self.pipeline(next(iter(self.catalog)))  # load before the first job, so it does not wait for weights
+        # Load before the first job, so it does not wait for weights. A model that cannot load (ModelUnavailable)
+        # stops the worker here: `kinema serve` does not restart it, `serve worker` exits with status 2.
+        self.pipeline(next(iter(self.catalog)))
         log.info("%s: ready (models: %s)", self.name, ", ".join(self.catalog))
         done, last_sweep = 0, 0.0
         parent = multiprocessing.parent_process()  # set when `kinema serve` started this worker
@@ -134,13 +164,41 @@ class Worker:
                 raise MemoryFitError(f"model {spec.name!r}, at its largest offered size and duration: {e}") from None
 
     def pipeline(self, model: str):
-        """The loaded Pipeline for a model name (loaded once per process, in the configured memory mode)."""
+        """The loaded Pipeline for a model name (loaded once per process, in the configured memory mode; a Wan 2.1
+        image-to-video model's CLIP image encoder with it). ModelUnavailable if it cannot load for a lasting reason
+        (``lasting_load_error``), remembered: its files are not read again (the caller logs it)."""
+        if model in self.unavailable:
+            raise ModelUnavailable(*self.unavailable[model])
         if model not in self.pipes:
-            from ..infer import Pipeline
-            self.pipes[model] = Pipeline.from_pretrained(self.catalog[model].path, device=self.cfg.device,
-                                                         dtype=self.cfg.dtype, compile=self.cfg.compile,
-                                                         memory=self.cfg.memory_plan())
+            spec = self.catalog[model]
+            try:
+                from ..infer import Pipeline
+                pipe = Pipeline.from_pretrained(spec.path, device=self.cfg.device, dtype=self.cfg.dtype,
+                                                compile=self.cfg.compile, memory=self.cfg.memory_plan())
+                if spec.wan_i2v:
+                    self.image_encoders[model] = self._image_encoder(pipe)
+            except Exception as e:
+                if not lasting_load_error(e):
+                    raise
+                ours = type(e).__module__.startswith("kinema.") or isinstance(e, FileNotFoundError)  # worded for users
+                self.unavailable[model] = (
+                    f"model {model!r} cannot be loaded from {spec.path}: {e if ours else f'{type(e).__name__}: {e}'}",
+                    f"model {model!r} cannot run on this server: it failed to load ({type(e).__name__}); the server's "
+                    f"log says why")
+                raise ModelUnavailable(*self.unavailable[model]) from e
+            self.pipes[model] = pipe
         return self.pipes[model]
+
+    @staticmethod
+    def _image_encoder(pipe):
+        """A Wan 2.1 I2V folder's CLIP image encoder, as ``i2v_wan.image_to_video`` would load it for each call: on
+        the pipeline's device (in a low-memory mode on the CPU, moved in for each job)."""
+        import torch
+
+        from ..infer.i2v_wan import CLIPImageEncoder
+        dtype = torch.bfloat16 if pipe.dtype != torch.float32 else torch.float32
+        return CLIPImageEncoder(pipe.cfg.text.path, device="cpu" if pipe.offloader is not None else pipe.device,
+                                dtype=dtype)
 
     # -- one job -------------------------------------------------------------------------------------------
     def process(self, job: Job) -> int:
@@ -180,6 +238,9 @@ class Worker:
             self.store.fail(job, "invalid_request", self._public(job, str(e)))
         except TaskUnavailable as e:
             self.store.fail(job, "unsupported", str(e))
+        except ModelUnavailable as e:
+            log.error("%s: %s failed: %s", self.name, job.id, e)
+            self.store.fail(job, "model_unavailable", e.public)
         except Exception as e:  # a bug or a resource error: the job fails with the reason, the worker goes on
             if not self._still_ours(job):  # deleted while its files were written: not a failure
                 log.info("%s: %s was deleted while it was being written", self.name, job.id)
@@ -220,11 +281,24 @@ class Worker:
 
     def _generate(self, job: Job, progress) -> tuple[np.ndarray, float]:
         """Frames (F, H, W, 3) uint8 and fps for a job, by its kind."""
+        spec = self.catalog[job.model]
+        task = job_task(job.kind, job.params)
+        if task not in spec.tasks:  # the API refuses these; a job queued by another (older) API may still ask
+            raise TaskUnavailable(spec.refusal(task))
         pipe = self.pipeline(job.model)
         s = Settings(**job.params["settings"])
         check_settings(pipe.cfg, s)
         folder = job_dir(self.data, job.id)
-        if job.kind == "create" and job.params.get("input") == "image":
+        if task == "image_to_video" and spec.wan_i2v:  # the image enters through the DiT's channels and CLIP tokens
+            from ..infer import i2v_wan
+            from ..infer.tasks import load_image
+            image = load_image(str(folder / INPUT_IMAGE), s.width, s.height)
+            encoder = self.image_encoders[job.model]
+            if pipe.offloader is not None:  # i2v_wan moves it back to the CPU once it has run
+                encoder.model.to(pipe.device)
+            video = i2v_wan.image_to_video(pipe, image, s.prompt, image_encoder=encoder, progress=progress,
+                                           **task_overrides(s))
+        elif job.kind == "create" and job.params.get("input") == "image":
             video = task_function("image_to_video")(pipe, s.prompt, str(folder / INPUT_IMAGE), progress=progress,
                                                     **task_overrides(s))
         elif job.kind == "create" or (job.kind == "remix" and job.params.get("remix_mode") != "edit"):
@@ -244,7 +318,8 @@ class Worker:
 
 
 def run_worker(cfg: ServeConfig, slot: int = 0, max_jobs: int | None = None) -> int:
-    """Run a worker named after this host and ``slot`` until stopped; returns the jobs it completed."""
+    """Run a worker named after this host and ``slot`` until stopped; returns the jobs it completed. MemoryFitError
+    or ModelUnavailable (before any job) when its models cannot run: restarting it would not help."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return Worker(cfg, worker_name(slot)).run(max_jobs=max_jobs)
 

@@ -38,7 +38,18 @@ function showModel() {
   fill($("seconds"), model.seconds, model.default_seconds);
   $("steps").placeholder = model.defaults.steps;
   $("guidance").placeholder = model.defaults.guidance;
-  $("image-label").hidden = !model.tasks.includes("image_to_video");
+  // A model that makes video from an image only (a Wan 2.1 image-to-video model: tasks ["image_to_video"]) needs one.
+  const takesImage = model.tasks.includes("image_to_video");
+  const needsImage = takesImage && !model.tasks.includes("text_to_video");
+  $("image-label").hidden = !takesImage;
+  $("image").required = needsImage;
+  $("image-need").textContent = needsImage ? "required: this model makes video from an image" : "optional";
+}
+
+// Whether the model that made a video offers a task (remix, extend) on it; unknown models: let the server say.
+function offers(video, task) {
+  const model = state.models.find((m) => m.id === video.model);
+  return !model || model.tasks.includes(task);
 }
 
 async function loadModels() {
@@ -83,8 +94,11 @@ async function render(video, atTop = false) {
   node.querySelector(".meta").textContent = describe(video);
   node.querySelector(".error").textContent = video.status === "failed" && video.error ? video.error.message : "";
   const ready = video.status === "completed";
-  node.querySelector(".remix").disabled = !ready;
-  node.querySelector(".extend").disabled = !ready;
+  for (const task of ["remix", "extend"]) {
+    const button = node.querySelector("." + task);
+    button.disabled = !ready || !offers(video, task);
+    if (!offers(video, task)) button.title = video.model + " does not " + task + " videos";
+  }
   const media = node.querySelector(".media");
   if (ready && entry.shown !== "video") {
     entry.shown = "video";
@@ -192,7 +206,11 @@ async function remove(id) {
 
 async function start() {
   const health = await (await fetch("/healthz")).json();
-  $("server-note").textContent = health.auth ? "" : "development mode: no API key needed";
+  const notes = [];
+  if (!health.auth) notes.push("development mode: no API key needed");
+  if (health.status === "no_workers") notes.push(health.message || "no worker is running: videos stay queued");
+  $("server-note").textContent = notes.join(" · ");
+  $("server-note").className = health.status === "no_workers" ? "error" : "";
   $("key-form").hidden = !health.auth;
   $("api-key").value = state.key;
   if (health.auth && !state.key) { setStatus("enter an API key to start", true); return; }
