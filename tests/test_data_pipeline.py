@@ -203,9 +203,11 @@ def test_encode_takes_the_models_frame_rate_unless_told(dataset, tiny_model_dir,
     config["sampling"]["fps"] = 16
     (fast / "kinema.json").write_text(json.dumps(config))
     default = dataclasses.replace(cache_config(), fps=None)
+    copy = tmp_path / "ds"  # the encode stage's record is the dataset's: the module's stays as it is
+    shutil.copytree(dataset, copy)
     for model, cfg, want in ((fast, default, 16), (tiny_model_dir, default, 8), (fast, cache_config(), 8)):
         out = tmp_path / f"cache-{want}-{model.name}"
-        encode(dataset, model, cfg, out=out, log=QUIET)
+        encode(copy, model, cfg, out=out, log=QUIET)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["info"]["fps"] == want, (model, cfg.fps)
 
