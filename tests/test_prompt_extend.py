@@ -34,6 +34,18 @@ class ChatServer:
                 if server.mode == "error":
                     self.send_error(500, "model crashed")
                     return
+                if server.mode == "not-http":
+                    self.wfile.write(b"GARBAGE NOT HTTP\r\n\r\n")
+                    return
+                if server.mode in ("cut-short", "trickle"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    for _ in range(11 if server.mode == "cut-short" else 40):  # then the connection closes
+                        self.wfile.write(b"{")
+                        self.wfile.flush()
+                        time.sleep(0 if server.mode == "cut-short" else 0.05)
+                    return
                 content = {"answer": f'"{REWRITE}"', "think": f"<think>the user wants detail</think>\n{REWRITE}",
                            "stall": REWRITE, "empty": "  "}.get(server.mode)
                 payload = (b"not json" if server.mode == "garbage" else
@@ -93,7 +105,9 @@ def test_reasoning_is_dropped(server):
 
 
 @pytest.mark.parametrize("mode,why", [("error", "HTTP 500"), ("garbage", "did not answer JSON"),
-                                      ("missing", "without choices"), ("empty", "empty prompt")])
+                                      ("missing", "without choices"), ("empty", "empty prompt"),
+                                      ("not-http", "broken HTTP (BadStatusLine"),
+                                      ("cut-short", "broken HTTP (IncompleteRead")])
 def test_bad_answers_keep_the_original_prompt(server, mode, why):
     server.mode = mode
     result = extend_prompt("a ball", PromptExtender(server.url))
@@ -107,6 +121,14 @@ def test_timeout_keeps_the_original_prompt_quickly(server):
     result = extend_prompt("a ball", PromptExtender(server.url, timeout=0.2))
     assert time.perf_counter() - start < 0.9
     assert not result.extended and result.prompt == "a ball" and "unreachable" in result.note
+
+
+def test_a_trickled_answer_is_cut_off_at_the_timeout(server):
+    server.mode = "trickle"  # a byte every 50 ms: no single read waits 0.5 s, the whole answer takes 2 s
+    start = time.perf_counter()
+    result = extend_prompt("a ball", PromptExtender(server.url, timeout=0.5))
+    assert time.perf_counter() - start < 1.5
+    assert not result.extended and "no whole answer within 0.5 s" in result.note
 
 
 def test_refused_connection_keeps_the_original_prompt():
@@ -151,3 +173,12 @@ def test_cli_goes_on_with_the_original_prompt_when_the_endpoint_is_down(tiny_mod
     meta = read_video_metadata(out)
     assert meta["prompt"] == "a red ball" and "unreachable" in meta["prompt_extension"]
     assert "using the original prompt" in capsys.readouterr().err  # said even with -q
+
+
+def test_cli_checks_the_request_before_asking_the_endpoint(server, tiny_model_dir, tmp_path, capsys):
+    from kinema.cli import main
+    for flags, said in ((["--frames", "10"], "frames 10 is not 4k+1"), (["-o", str(tmp_path / "x.mov")], "accepted")):
+        assert main(["generate", "a red ball", "--model", str(tiny_model_dir), "--prompt-extend", server.url,
+                     *flags]) == 2
+        assert said in capsys.readouterr().err
+    assert server.requests == []  # refused before the round trip (and before paying for one)

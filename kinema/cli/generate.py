@@ -6,6 +6,7 @@ Prompting with images and videos (--image, --extend, --long, ...) is ``tasks.py`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -139,7 +140,6 @@ def cmd_generate(args) -> int:
     if is_wan_i2v(cfg):
         raise CLIError(f"{model_path} is a Wan 2.1 image-to-video model: give the first frame with --image PATH")
     rank, world, device = distributed(args)
-    extended = _extend_prompt(args, args.prompt, rank, world)
     fps = args.fps or cfg.sampling.fps
     frames = args.frames
     if args.seconds is not None:
@@ -147,12 +147,14 @@ def cmd_generate(args) -> int:
             raise CLIError(f"--seconds must be > 0, got {args.seconds}")
         frames = frames_for_seconds(args.seconds, fps, cfg.vae.temporal_factor)
     width, height = args.size if args.size else (None, None)
-    prompt = extended.prompt if extended is not None else args.prompt
-    settings = make_settings(cfg, prompt, negative_prompt=args.negative, width=width, height=height,
+    settings = make_settings(cfg, args.prompt, negative_prompt=args.negative, width=width, height=height,
                              frames=frames, fps=args.fps, steps=args.steps, guidance=args.guidance,
                              guidance_interval=args.guidance_interval, shift=args.shift, sampler=args.sampler,
                              seed=args.seed, cache_threshold=args.cache_threshold)
     out = check_output(args.output if args.output else default_output(settings))
+    extended = _extend_prompt(args, args.prompt, rank, world)  # after every check: a round trip, maybe a paid one
+    if extended is not None:
+        settings = dataclasses.replace(settings, prompt=extended.prompt)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

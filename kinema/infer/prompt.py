@@ -8,8 +8,10 @@ prompt in place, and the result says why, so generation always goes on.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -81,14 +83,24 @@ def extend_prompt(prompt: str, extender: PromptExtender) -> ExtendedPrompt:
             return keep(f"environment variable {extender.api_key_env} (the API key) is not set")
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(extender.endpoint, data=body, headers=headers, method="POST")
+    deadline = time.monotonic() + extender.timeout  # for the whole answer: a trickle of bytes cannot stretch it
     try:
         with urllib.request.urlopen(request, timeout=extender.timeout) as response:
-            answer = json.loads(response.read().decode("utf-8"))
+            chunks = []
+            while chunk := response.read1(65536):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no whole answer within {extender.timeout:g} s")
+            if response.length:  # the connection closed before the Content-Length it announced
+                raise http.client.IncompleteRead(b"".join(chunks), response.length)
+            answer = json.loads(b"".join(chunks).decode("utf-8"))
     except urllib.error.HTTPError as e:
         return keep(f"{extender.endpoint} answered HTTP {e.code} {e.reason}")
     except (urllib.error.URLError, OSError) as e:  # refused, unresolvable, timed out
         reason = getattr(e, "reason", e)
         return keep(f"{extender.endpoint} unreachable ({reason or type(e).__name__})")
+    except http.client.HTTPException as e:  # not HTTP, or cut short
+        return keep(f"{extender.endpoint} answered broken HTTP ({type(e).__name__}: {e})")
     except (ValueError, UnicodeDecodeError):
         return keep(f"{extender.endpoint} did not answer JSON")
     try:
