@@ -335,6 +335,26 @@ def test_eval_samples_with_the_models_student_unless_told_not_to(tiny_model_dir,
     assert main(["eval", "world", "--model", str(folder), "--n", "1", "--steps", "2", "--json", str(out)]) == 0
     assert used == [False] * 5  # another step count: the teacher
     assert main(["eval", "world", "--reconstruct", "--no-student", "--n", "1"]) == 2  # refused: nothing is sampled
+    used.clear()  # flags the student would not use are refused, not recorded as used
+    assert main(["eval", "world", "--model", str(folder), "--n", "1", "--steps", "1", "--guidance", "3"]) == 2
+    assert main(["eval", "tasks", "--model", str(folder), "--n", "1", "--steps", "1", "--shift", "7"]) == 2
+    assert used == []
+
+
+def test_eval_refuses_flags_it_would_not_use_and_an_unwritable_report_before_any_work(tmp_path, capsys, monkeypatch):
+    from kinema.cli import main
+    from kinema.infer import Pipeline
+    monkeypatch.setattr(Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "afile").write_text("mine")
+    for flags, said in ((["--seed", "-1"], "--seed must be an integer in [0, 2^62], got -1"),
+                        (["--json", str(tmp_path)], "it is a folder"),
+                        (["--json", str(tmp_path / "afile" / "r.json")], "afile is a file, not a folder"),
+                        (["--ground-truth", "--steps", "4"], "--steps applies to generated videos"),
+                        (["--ground-truth", "--model", "x"], "--model has no part in it"),
+                        (["--ground-truth", "--reconstruct"], "one")):
+        assert main(["eval", "world", "--n", "1", *flags]) == 2, flags
+        assert said in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_loop_steps_reference_is_the_share_of_inner_latent_steps_within_the_median_step():

@@ -58,7 +58,14 @@ def run_eval(args) -> int:
 
     if args.n < 1:
         raise EvalArgumentError(f"--n must be >= 1, got {args.n}")
-    for flag, given in (("--guidance", args.guidance is not None),
+    if not 0 <= args.seed <= 2**62:  # video i is sampled with seed + i
+        raise EvalArgumentError(f"--seed must be an integer in [0, 2^62], got {args.seed}")
+    _check_json(args.json)
+    if args.ground_truth and args.reconstruct:
+        raise EvalArgumentError("--ground-truth scores the renders, --reconstruct a VAE's round trips of them: one")
+    if args.ground_truth and args.model is not None:
+        raise EvalArgumentError("--ground-truth scores the renders themselves: --model has no part in it")
+    for flag, given in (("--steps", args.steps is not None), ("--guidance", args.guidance is not None),
                         ("--guidance-interval", args.guidance_interval is not None), ("--shift", args.shift is not None),
                         ("--no-student", args.no_student), ("--cache-threshold", args.cache_threshold is not None),
                         ("--dtype", args.dtype != "fp32")):
@@ -83,6 +90,7 @@ def run_eval(args) -> int:
         from ..infer import Pipeline
         threshold = _cache_threshold(args)
         pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
+        _check_student(pipe, args)
         steps, guidance, shift, interval = args.steps, args.guidance, args.shift, _interval(args)
 
         def generate(prompt: str, seed: int):
@@ -130,6 +138,7 @@ def _run_tasks(args) -> int:
     threshold, interval = _cache_threshold(args), _interval(args)
     t = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.model, student=not args.no_student, dtype=args.dtype)
+    _check_student(pipe, args)
     report = run_tasks_eval(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                             guidance_interval=interval, motion_strength=motion, cache_threshold=threshold, parts=parts)
     report["settings"]["student"] = _samples_with_student(pipe, args.steps)
@@ -184,6 +193,40 @@ def _print_cache(settings: dict) -> None:
 def _samples_with_student(pipe, steps: int | None) -> bool:
     """Whether ``pipe`` samples a request for ``steps`` (None: its default) with its few-step student."""
     return pipe.uses_student(pipe.settings("a red ball", steps=steps))
+
+
+def _check_student(pipe, args) -> None:
+    """Refuse sampling flags the model's few-step student would not use (its guidance and shift are baked in)."""
+    if not _samples_with_student(pipe, args.steps):
+        return
+    unused = [flag for flag, value in (("--guidance", args.guidance), ("--guidance-interval", args.guidance_interval),
+                                       ("--shift", args.shift)) if value is not None]
+    if unused:
+        raise EvalArgumentError(f"--steps {args.steps} samples with the model's few-step student, whose guidance and "
+                                f"shift are baked in: {', '.join(unused)} would not be used; drop "
+                                f"{'it' if len(unused) == 1 else 'them'}, or add --no-student to measure the teacher")
+
+
+def _check_json(path: str | None) -> None:
+    """``--json PATH`` checked before any work: not a folder, in a folder this process can write to."""
+    import tempfile
+    from pathlib import Path
+
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise EvalArgumentError(f"--json {path}: it is a folder; give a file name")
+    where = target.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise EvalArgumentError(f"--json {path}: {where} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise EvalArgumentError(f"--json {path}: {where} is not writable ({e.strerror or e})") from None
 
 
 def _save(report: dict, path: str | None) -> None:
