@@ -4,6 +4,7 @@ memory that does not grow with the number of windows."""
 
 from __future__ import annotations
 
+import json
 import math
 import tracemalloc
 
@@ -62,6 +63,18 @@ def test_timed_prompts_switch_per_window(pipe, tmp_path):
     result = long_video(pipe, prompts, seconds_for(5), tmp_path / "long.mp4", **KW)
     # new frames per window: [0, 9), [9, 13), [13, 17), [17, 21), [21, 25): middles at 0.56, 1.38, 1.88, 2.38, 2.88 s
     assert result.window_prompts == ["a red ball", "a red ball", "a red ball", "a blue ball", "a blue ball"]
+    settings = json.loads(read_video_metadata(result.path)["settings"])
+    assert settings["window_prompts"] == result.window_prompts  # the file says which prompt made which window
+
+
+def test_every_timed_prompt_is_used_or_named(pipe, tmp_path):
+    early = [(0, "a red ball"), (0.5, "a blue ball")]  # the first window's middle is past 0.5 s: still the first
+    result = long_video(pipe, early, seconds_for(1), tmp_path / "a.mp4", **KW)
+    assert result.window_prompts == ["a red ball"]
+    crowded = [(0, "a red ball"), (1.4, "a green box"), (1.45, "a blue ball")]  # both within one window's step
+    with pytest.warns(UserWarning, match=r"1 timed prompt\(s\) .* not used: 1.4 s 'a green box' \(windows start every"):
+        result = long_video(pipe, crowded, seconds_for(3), tmp_path / "b.mp4", **KW)
+    assert "a green box" not in result.window_prompts
 
 
 def test_prompts_file(tmp_path):
@@ -70,6 +83,12 @@ def test_prompts_file(tmp_path):
     prompts = read_prompts_file(f)
     assert prompts == [(0.0, "a red ball rolls"), (12.5, "it bounces"), (90.0, "it stops")]
     assert prompt_at(prompts, 12.4) == "a red ball rolls" and prompt_at(prompts, 100) == "it stops"
+    f.write_text("\ufeff0\ta red ball rolls\n1:05   it stops\n", encoding="utf-8")  # a BOM, a tab, spaces
+    assert read_prompts_file(f) == [(0.0, "a red ball rolls"), (65.0, "it stops")]
+    for bad in ("1:-30 x", "1:75 x", "soon a ball"):
+        f.write_text(f"0 a\n{bad}\n", encoding="utf-8")
+        with pytest.raises(InputError, match=r"prompts.txt:2: expected 'SECONDS PROMPT'"):
+            read_prompts_file(f)
     f.write_text("soon a ball\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"prompts.txt:1: expected 'SECONDS PROMPT'"):
         read_prompts_file(f)
@@ -91,13 +110,17 @@ def test_bad_timed_prompts(prompts, match):
     (dict(seconds=0), "seconds must be a number of seconds > 0"),
     (dict(seconds=2.0, overlap=3), r"overlap must be in \[1, 2\]"),
     (dict(seconds=2.0, output="x.gif"), "streams to .mp4 or .webm"),
+    (dict(seconds=2.0, frames=1), r"a 1-frame window is one latent frame, none to carry into the next"),
+    (dict(seconds=2.0, output="folder.mp4"), "it is a folder"),
 ])
 def test_long_bad_input_is_refused_before_sampling(pipe, tmp_path, monkeypatch, kwargs, match):
     monkeypatch.setattr(pipe, "sample", lambda *a, **k: pytest.fail("sampled on bad input"))
     output = tmp_path / kwargs.pop("output", "x.mp4")
+    if output.name == "folder.mp4":
+        output.mkdir()
     with pytest.raises(InputError, match=match):
-        long_video(pipe, "a ball", output=output, **kwargs, **KW)
-    assert not list(tmp_path.iterdir())
+        long_video(pipe, "a ball", output=output, **{**KW, **kwargs})
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["folder.mp4"])
 
 
 def test_writer_streams_and_is_atomic(tmp_path):

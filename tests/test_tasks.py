@@ -482,6 +482,7 @@ def test_bad_input_is_refused_before_sampling(no_sampling, broken, media, call, 
     (["--image", "{d}/key.png", "--image-frame", "4", "--fit-steps", "5"], "--fit-steps fits an image at frame 0"),
     (["--keyframe", "0.5:{d}/key.png", "--fit-steps", "5"], "--fit-steps fits an image at frame 0"),
     (["--long", "4", "--frames", "5"], "--long windows of 5 frames (2 latent) cannot carry 2 latent frames over"),
+    (["--long", "4", "--overlap", "0"], "--overlap must be a whole number of latent frames >= 1, got 0"),
     (["--image", "{d}/key.png", "-o", "{d}/full/"], "it holds files other than frame_00000.png"),
 ])
 def test_cli_refuses_bad_task_input(tiny_model_dir, broken, media, capsys, args, match):

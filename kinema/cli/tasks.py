@@ -299,7 +299,10 @@ def _task_inputs(args, task: str, settings, cfg) -> dict:
     elif task == "long":
         from ..infer.long import DEFAULT_OVERLAP
         inputs = dict(seconds=tasks.check_seconds(args.long, "--long"))
-        latent_frames, overlap = (settings.frames - 1) // tf + 1, args.overlap or DEFAULT_OVERLAP
+        latent_frames = (settings.frames - 1) // tf + 1
+        overlap = args.overlap if args.overlap is not None else DEFAULT_OVERLAP
+        if overlap < 1:
+            raise CLIError(f"--overlap must be a whole number of latent frames >= 1, got {overlap}")
         if not overlap < latent_frames:  # each later window re-creates `overlap` latent frames and adds the rest
             shortest = overlap * tf + 1
             raise CLIError(f"--long windows of {settings.frames} frames ({latent_frames} latent) cannot carry "

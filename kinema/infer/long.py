@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -140,7 +141,10 @@ def _seconds(text: str) -> float:
     """'12.5' or 'M:SS(.s)' -> seconds."""
     if ":" in text:
         minutes, _, secs = text.partition(":")
-        return int(minutes) * 60 + float(secs)
+        whole, part = int(minutes), float(secs)
+        if whole < 0 or not 0 <= part < 60:
+            raise ValueError(f"not M:SS: {text!r}")
+        return whole * 60 + part
     return float(text)
 
 
@@ -148,7 +152,7 @@ def read_prompts_file(path: str | os.PathLike) -> list[tuple[float, str]]:
     """Timed prompts from a text file of ``SECONDS PROMPT`` lines (SECONDS as 12.5 or 1:30; # comments)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark (Windows editors) dropped
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read prompts file {path}: {err}") from None
     prompts = []
@@ -156,7 +160,7 @@ def read_prompts_file(path: str | os.PathLike) -> list[tuple[float, str]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        start, _, prompt = line.partition(" ")
+        start, prompt = (line.split(None, 1) + [""])[:2]  # SECONDS, then a space or a tab
         try:
             seconds = _seconds(start)
         except ValueError:
@@ -197,6 +201,17 @@ def prompt_at(prompts: list[tuple[float, str]], seconds: float) -> str:
     return [p for start, p in prompts if start <= seconds][-1]
 
 
+def window_prompts(prompts: list[tuple[float, str]], total: int, window: int, span: int, fps: float) -> list[str]:
+    """The prompt of each window: the one active at the middle of the frames it adds (the first window: the first
+    prompt, which starts the video)."""
+    plan, written = [], 0
+    while written < total:
+        keep = min(window - (span if plan else 0), total - written)
+        plan.append(prompts[0][1] if not plan else prompt_at(prompts, (written + keep / 2) / fps))
+        written += keep
+    return plan
+
+
 # -- the long run ---------------------------------------------------------------------------------------------
 
 
@@ -231,20 +246,31 @@ def long_video(pipe: Pipeline, prompts: str | list[tuple[float, str]], seconds: 
     s = pipe.settings(prompts[0][1], **settings)
     tf = pipe.cfg.vae.temporal_factor
     latent_frames = latent_count(s.frames, tf)
+    if latent_frames < 2:
+        raise InputError(f"a {s.frames}-frame window is one latent frame, none to carry into the next: a long "
+                         f"video's windows need {overlap * tf + 1} frames or more for overlap {overlap}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 1 <= overlap < latent_frames:
         raise InputError(f"overlap must be in [1, {latent_frames - 1}] latent frames for a {s.frames}-frame window, "
                          f"got {overlap!r}")
     if Path(output).suffix.lower() not in STREAM_FORMATS:
         raise InputError(f"a long video streams to {' or '.join(STREAM_FORMATS)}, got {output}")
+    if Path(output).is_dir():
+        raise InputError(f"cannot write {output}: it is a folder")
     total = max(1, frame_at(seconds, s.fps))
     span = pixel_count(overlap, tf)  # pixel frames each later window re-creates
     windows = window_count(total, s.frames, overlap, tf)
+    plan = window_prompts(prompts, total, s.frames, span, s.fps)
+    unused = [f"{start:g} s {prompt!r}" for start, prompt in prompts if prompt not in plan]
+    if unused:
+        warnings.warn(f"{len(unused)} timed prompt(s) fall inside a window another prompt holds and are not used: "
+                      f"{'; '.join(unused)} (windows start every {(s.frames - span) / s.fps:g} s: space prompts that "
+                      f"far apart, or make windows shorter with --frames)", stacklevel=2)
     tick, bar = _window_progress(progress, windows)
     vae_dtype = next(pipe.vae.parameters()).dtype
     metadata = {"prompt": prompts[0][1], "seed": str(s.seed), "model": pipe.name, "software": "kinema",
                 "dtype": dtype_name(pipe.dtype),
                 "settings": json.dumps({**asdict(replace(s, prompt="")), "seconds": seconds, "overlap": overlap,
-                                        "windows": windows, "prompts": prompts})}
+                                        "windows": windows, "prompts": prompts, "window_prompts": plan})}
     used, timings = [], {"sample": 0.0, "decode": 0.0}
     given = None  # the overlap's latents (1, C, overlap, h, w): what one window hands to the next
     stream: dict = {}  # the decoder's state: the video is decoded as one clip
@@ -254,7 +280,7 @@ def long_video(pipe: Pipeline, prompts: str | list[tuple[float, str]], seconds: 
             for w in range(windows):
                 skip = 0 if w == 0 else span
                 keep = min(s.frames - skip, total - written)
-                ws = replace(s, prompt=prompt_at(prompts, (written + keep / 2) / s.fps), seed=s.seed + w)
+                ws = replace(s, prompt=plan[w], seed=s.seed + w)
                 used.append(ws.prompt)
                 t0 = time.perf_counter()
                 latents = pipe.sample(ws, condition=None if given is None else place([(0, given)], latent_frames))
