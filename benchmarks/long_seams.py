@@ -36,7 +36,7 @@ def main() -> None:
     step = s.frames - pixel_count(DEFAULT_OVERLAP, pipe.cfg.vae.temporal_factor)  # new frames per later window
     joins, typical = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (prompt, _, _) in enumerate(task_cases(args.n, s.width, s.height, s.frames, s.fps)):
+        for i, (prompt, *_) in enumerate(task_cases(args.n, s.width, s.height, s.frames, s.fps)):
             result = long_video(pipe, prompt, args.seconds, Path(tmp) / f"{i}.mp4", seed=i)
             frames, _ = read_video(result.path)
             steps = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))

@@ -128,6 +128,8 @@ def main() -> None:
         for name, secs in medians.items():
             row[name] = {"step_s": secs, "tokens_per_s": batch * tokens / secs, "mfu": flops / secs / peak}
             print(f"{batch:>5} {name:>10} {secs * 1e3:>9.1f} {batch * tokens / secs:>10.0f} {flops / secs / peak:>7.2%}")
+        if any(row[name]["mfu"] > 1 for name in medians):
+            print("      note: MFU above 100%: the matmul peak was measured while the machine was busier; rerun")
         row["ratio"] = row["diffusers"]["step_s"] / row["kinema"]["step_s"]
         print(f"{batch:>5} {'ratio':>10} {row['ratio']:>9.2f}x  (kinema tokens/s / diffusers tokens/s)")
         results.append(row)

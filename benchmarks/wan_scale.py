@@ -109,9 +109,9 @@ def bench_vae(rows, frames, height, width, repeats, dtype):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--frames", type=int, help="default 81 (cpu: 5)")
+    ap.add_argument("--height", type=int, help="default 480 (cpu: 64)")
+    ap.add_argument("--width", type=int, help="default 832 (cpu: 64)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=("dit", "vae"))
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test at a small size)")
@@ -119,6 +119,10 @@ def main():
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    small = DEVICE == "cpu"  # a smoke test: the 1.3B DiT at Wan's own size would take hours on a CPU
+    args.frames = args.frames or (5 if small else 81)
+    args.height = args.height or (64 if small else 480)
+    args.width = args.width or (64 if small else 832)
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("wan_scale.py needs a CUDA GPU (benchmarks/engine.py is the CPU suite)")
     if (args.frames - 1) % 4 or args.height % 16 or args.width % 16:
