@@ -96,6 +96,20 @@ def test_real_wan_folders_get_their_preset_defaults(tmp_path, name):
     assert cfg.text == pre.text.replace(path=str(root))
 
 
+@pytest.mark.parametrize("name,size", [("Wan2.1-I2V-14B-720P-Diffusers", (1280, 720)),
+                                       ("Wan2.1-I2V-14B-480P-Diffusers", (832, 480))])
+def test_the_i2v_releases_sizes_come_from_their_names(tmp_path, name, size):
+    """The 480P and 720P image-to-video releases have the same tensors: the folder's name tells them apart."""
+    pre = preset("wan2.1-i2v-14b-480p")
+    root = tmp_path / name
+    for part, config in (("transformer", dit_config_to_diffusers(pre.dit)), ("vae", vae_config_to_diffusers(pre.vae))):
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(json.dumps(config))
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanImageToVideoPipeline"}))
+    s = read_config(root).sampling
+    assert (s.width, s.height) == size and (s.frames, s.fps) == (pre.sampling.frames, pre.sampling.fps)
+
+
 def test_whole_pipeline_matches_diffusers_wan_pipeline(wan_folder):
     """Same noise: same latents and frames. The folder samples on Wan's schedule (diffusers' flow-UniPC
     sigmas, integer timesteps) without any help from the test."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -295,6 +296,10 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         if (pre.text.kind == "t5" and pre.dit.num_layers == dit.num_layers and pre.dit.dim == dit.dim
                 and pre.dit.image_dim == dit.image_dim):
             sampling = pre.sampling
+    resolution = re.search(r"(480|720)p", p.name.lower())  # the I2V 480P and 720P releases share their tensors
+    if resolution:
+        sampling = sampling.replace(**({"width": 1280, "height": 720} if resolution[1] == "720" else
+                                       {"width": 832, "height": 480}))
     scheduler = p / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():  # the folder's own recommended shift wins over the preset's
         shift = _read_json(scheduler).get("flow_shift") or _read_json(scheduler).get("shift")
