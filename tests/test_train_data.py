@@ -105,6 +105,12 @@ def test_a_clip_folder_takes_the_videos_kinema_data_ingest_takes(tmp_path):
     first, second = data.load(0), data.load(1)
     assert first.video.shape == second.video.shape == (3, 9, 32, 48) and first.caption == "a clip in matroska"
     assert data.uncaptioned == [tmp_path / "b.MOV"]  # a DiT run says it trains as the empty prompt
+    (tmp_path / "b.txt").write_text("   \n")  # empty: still uncaptioned
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe not utf-8")  # unreadable: skipped at the start, with the reason
+    data = ClipFolder(tmp_path, bucket_grids([BucketConfig(9, 32, 48)], preset("tiny")), fps=8.0)
+    assert [p.name for p in data.files] == ["b.MOV"] and data.uncaptioned == [tmp_path / "b.MOV"]
+    assert data.skipped == [(str(tmp_path / "a.mkv"), "caption sidecar a.txt: not valid UTF-8 (byte 0xff at offset 0); "
+                                                      "save it as UTF-8")]
 
 
 def test_world_crops_keep_the_object_scale_of_the_larger_render():

@@ -62,7 +62,7 @@ def test_a_dit_trains_on_a_world_cache(tmp_path, tiny_model_dir, one_thread):
 
 
 def test_a_model_trained_on_a_cache_keeps_the_latent_statistics_of_the_vae_that_encoded_it(tmp_path, tiny_model_dir,
-                                                                                              one_thread):
+                                                                                              one_thread, capsys):
     import shutil
 
     from kinema.train import TrainError, train
@@ -85,9 +85,16 @@ def test_a_model_trained_on_a_cache_keeps_the_latent_statistics_of_the_vae_that_
                           log=dict(every=1, progress=False, tensorboard=False), sample=dict(every=0)))
 
     exported = read_config(run("run", measured).exported).vae
+    capsys.readouterr()
     assert exported.latents_mean == (0.5, -0.25, 0.125, 0.0) and exported.latents_std == (2.0, 1.5, 0.75, 3.0)
     with pytest.raises(TrainError, match=r"latent statistics \(latents_mean\) differ.*pass --vae_from"):
         run("other", tiny_model_dir)  # not the VAE that encoded the cache
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["info"]["fps"] = 16.0  # as `kinema data encode --fps 16` writes it for this 8 fps model
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    run("fast", measured)
+    assert "holds clips resampled to 16 fps; the model plays video at 8 fps, so its videos will move at 0.5x" in \
+        capsys.readouterr().out
 
 
 def test_world_cache_refuses_bad_input_before_encoding(tmp_path, tiny_model_dir, capsys):

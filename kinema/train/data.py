@@ -225,7 +225,7 @@ class ClipFolder(TrainDataset):
             raise TrainError(f"data.path {str(root)!r} holds no clips: looked for {' '.join(exts)} files (recursively)")
         self.fps, self.buckets = fps, buckets
         self.files: list[Path] = []
-        self.keys, self.skipped = [], []
+        self.keys, self.skipped, self.captions = [], [], []
         for path in files:
             try:
                 info = probe_video(path)
@@ -237,9 +237,17 @@ class ClipFolder(TrainDataset):
                 self.skipped.append((str(path), f"fits no bucket ({info['frames']} frames at {info['fps']:.3g} fps, "
                                                 f"{info['width']}x{info['height']})"))
                 continue
+            sidecar = path.with_suffix(".txt")
+            try:  # read once, now: an unreadable caption is a skipped clip named at the start, not every epoch
+                caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+            except UnicodeDecodeError as err:
+                self.skipped.append((str(path), f"caption sidecar {sidecar.name}: not valid UTF-8 (byte "
+                                                f"0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"))
+                continue
             self.files.append(path)
             self.keys.append(grid)
-        self.uncaptioned = [p for p in self.files if not p.with_suffix(".txt").is_file()]  # train as the empty prompt
+            self.captions.append(caption)
+        self.uncaptioned = [p for p, c in zip(self.files, self.captions) if not c]  # train as the empty prompt
 
     def _usable_frames(self, path: Path, info: dict) -> int:
         if path.suffix.lower() in IMAGE_EXTS or info["frames"] <= 1:
@@ -274,9 +282,7 @@ class ClipFolder(TrainDataset):
         if frames.shape[0] < bucket.frames:
             raise ValueError(f"{path} gave {frames.shape[0]} frames, bucket {bucket.name} needs {bucket.frames}")
         frames = resize_video(frames[:bucket.frames], bucket.width, bucket.height, policy="crop")
-        sidecar = path.with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
-        return Item(index, self.keys[index], str(path), video=channels_first(frames), caption=caption)
+        return Item(index, self.keys[index], str(path), video=channels_first(frames), caption=self.captions[index])
 
 
 class LatentCache(TrainDataset):

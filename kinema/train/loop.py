@@ -168,6 +168,13 @@ class Trainer:
         self.feed = Feed(cfg, d, self.model_cfg, self.models.vae, self.out, self.num_params)
         if cfg.model == "dit" and cfg.data.kind == "latents" and (cfg.vae_from or cfg.init_source):
             self.feed.dataset.check_vae(self.model_cfg.vae, cfg.vae_from or cfg.init_source)
+        encoded_fps = (self.feed.dataset.reader.manifest.get("info") or {}).get("fps") \
+            if cfg.model == "dit" and cfg.data.kind == "latents" else None
+        if encoded_fps and abs(float(encoded_fps) - self.model_cfg.sampling.fps) > 1e-6:
+            print0(f"note: {cfg.data.path} holds clips resampled to {float(encoded_fps):g} fps; the model plays video "
+                   f"at {self.model_cfg.sampling.fps} fps, so its videos will move at "
+                   f"{self.model_cfg.sampling.fps / float(encoded_fps):.2g}x their clips' speed (re-encode with "
+                   f"`kinema data encode --fps {self.model_cfg.sampling.fps}` unless that is meant)")
 
         if cfg.lora.rank:
             self.net.requires_grad_(False)
@@ -218,8 +225,9 @@ class Trainer:
                        f"{self.out / 'bad_samples.jsonl'}")
             missing = getattr(self.feed.dataset, "uncaptioned", [])
             if missing and cfg.model == "dit":
-                print0(f"note: {len(missing)} of {len(self.feed.dataset)} clips have no caption sidecar (a .txt of the "
-                       f"same name, e.g. {missing[0].with_suffix('.txt').name}): they train as the empty prompt")
+                print0(f"note: {len(missing)} of {len(self.feed.dataset)} clips have no caption (a .txt of the same "
+                       f"name, e.g. {missing[0].with_suffix('.txt').name}, missing or empty): they train as the empty "
+                       f"prompt")
         if d.is_main:
             atomic_write_text(self.out / "train_config.json", json.dumps(cfg.to_dict(), indent=1))
 
@@ -356,8 +364,11 @@ class Trainer:
         else:
             self._skip(step, loss, values["grad_norm"], unloaded=values["weight"] == 0)
             values["skipped"] = 1.0
-        with warnings.catch_warnings():  # a skipped step still counts: the schedule moves on without an update
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        if values.get("skipped"):  # a skipped step still counts: the schedule moves on without an update
+            with warnings.catch_warnings():  # (only here: entering it resets which warnings were already shown)
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+                self.scheduler.step()
+        else:
             self.scheduler.step()
         return values
 
