@@ -304,6 +304,17 @@ def test_uploaded_videos_are_scaled_down_as_they_are_decoded(tmp_path):
     assert video.shape == (5, 360, 640, 3)
 
 
+def test_an_extension_keeps_the_end_of_a_long_upload(tmp_path):
+    from kinema.common.video_write import write_video
+    ramp = np.repeat(np.arange(0, 240, 12, dtype=np.uint8)[:, None, None, None], 32, axis=1).repeat(32, 2).repeat(3, 3)
+    write_video(tmp_path / "ramp.mp4", ramp, 8)  # 20 frames whose brightness rises by 12 a frame
+    data = (tmp_path / "ramp.mp4").read_bytes()
+    first, _ = decode_video(data, tmp_path / "scratch", max_frames=5)
+    last, _ = decode_video(data, tmp_path / "scratch", max_frames=5, last=True)  # what an extension continues
+    assert len(first) == len(last) == 5
+    assert abs(int(first[-1].mean()) - 48) <= 3 and abs(int(last[-1].mean()) - 228) <= 3
+
+
 def test_files_are_addressed_by_well_formed_ids_only(tmp_path):
     good = "video_" + "a" * 32
     assert job_dir(tmp_path, good) == tmp_path / "videos" / good
@@ -350,8 +361,11 @@ def call(app, method: str, path: str, body: bytes = b"", headers: dict | None = 
     """(status, JSON) of one request to an ASGI ``app``, from this machine (no network, no HTTP client needed)."""
     import asyncio
     import json
+    import urllib.parse
+    path, _, query = path.partition("?")
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "method": method, "scheme": "http", "path": urllib.parse.unquote(path), "raw_path": path.encode(),
+             "query_string": query.encode(),
              "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
              "headers": [(b"host", b"127.0.0.1:8000"), *((k.lower().encode(), v.encode())
                                                          for k, v in (headers or {}).items())]}
@@ -446,6 +460,39 @@ def test_healthz_says_when_no_worker_is_running(two_models_app, tmp_path):
     assert status == 503 and health["status"] == "no_workers"
     assert "no worker is running on this server (worker 0: its model cannot be loaded)" in health["message"]
     assert call(two_models_app[0], "GET", "/healthz") == (200, {"status": "ok", "auth": False})  # `serve api`
+
+
+def test_an_upload_longer_than_an_edit_takes_is_refused_and_an_extension_takes_its_end(tmp_path):
+    from test_serve_support import multipart
+
+    from kinema.common.video_write import write_video
+    from kinema.serve.api import create_app
+    catalog = {"tiny": ModelSpec(name="tiny", path="/nowhere", cfg=preset("tiny"), sizes=("64x64",), seconds=("1",))}
+    cfg = ServeConfig(data_dir=str(tmp_path / "data"), auth=False, max_input_frames=9)
+    app = create_app(cfg, store=JobStore(cfg.db_url), catalog=catalog)
+    write_video(tmp_path / "long.mp4", np.zeros((20, 64, 64, 3), np.uint8), 8)
+    upload = {"video": ("long.mp4", (tmp_path / "long.mp4").read_bytes(), "video/mp4")}
+    body, headers = multipart({"prompt": "x"}, upload)
+    status, reply = call(app, "POST", "/v1/videos/edits", body, headers)
+    assert status == 400 and reply["error"]["code"] == "video_too_long" and "9 frames" in reply["error"]["message"]
+    body, headers = multipart({"prompt": "x", "seconds": "1"}, upload)
+    status, reply = call(app, "POST", "/v1/videos/extensions", body, headers)
+    assert status == 200 and reply["seconds"] == "2.125"  # its last 9 frames (1.125 s) and the new second
+
+
+def test_a_job_store_outage_answers_503_with_retry_after(two_models_app, monkeypatch):
+    import sqlite3
+    app, store = two_models_app
+    assert call(app, "GET", "/v1/videos?after=%00")[0] == 400  # a cursor that is no id never reaches the store
+
+    def down(*a, **k):
+        raise sqlite3.OperationalError("unable to open database file")
+    monkeypatch.setattr(store, "page", down)
+    monkeypatch.setattr(store.db, "execute", down)
+    status, reply = call(app, "GET", "/v1/videos")
+    assert status == 503 and reply["error"]["code"] == "store_unavailable"
+    status, health = call(app, "GET", "/healthz")
+    assert status == 503 and health["status"] == "store_unavailable"  # a load balancer takes the node out
 
 
 def test_model_files_are_checked_where_cheap(tiny_model_dir, tmp_path):

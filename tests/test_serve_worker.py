@@ -54,6 +54,33 @@ def test_a_job_completes_with_all_three_files_and_progress_per_step(worker, monk
     assert steps[:4] == [5 + 85 * i // 4 for i in range(1, 5)] and steps == sorted(steps)  # one per sampling step
 
 
+def test_a_job_store_outage_leaves_the_job_in_progress_and_the_worker_running(worker, monkeypatch):
+    import sqlite3
+    job = queue(worker, 30, steps=2)
+
+    def down(*a, **k):
+        raise sqlite3.OperationalError("unable to open database file")
+    for name in ("heartbeat", "finish", "fail"):  # the store goes away mid-job, and stays away to the end
+        monkeypatch.setattr(worker.store, name, down)
+    assert worker.process(job) == 0  # no exception: the job is neither failed nor lost
+    monkeypatch.undo()
+    back = worker.store.get(job.id, "key_a")
+    assert back.status == "in_progress" and back.error_code is None  # retried once its lease lapses
+    worker.store.release(job)
+
+
+def test_a_video_deleted_while_its_files_are_written_leaves_no_files(worker, monkeypatch):
+    job = queue(worker, 31, steps=2)
+    real = worker.store.finish
+
+    def deleted_first(job, **kw):
+        worker.store.delete(job.id, "key_a")  # the client deletes it during the final write
+        return real(job, **kw)
+    monkeypatch.setattr(worker.store, "finish", deleted_first)
+    assert worker.process(job) == 0
+    assert not job_dir(worker.data, job.id).exists()  # gone now, not at the next sweep
+
+
 def test_stopping_mid_job_puts_it_back_unharmed(worker):
     job = queue(worker, 2, steps=6)
     worker.stopping.set()

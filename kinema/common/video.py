@@ -204,14 +204,16 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
 
 
 def read_video(
-    path: str | os.PathLike, max_frames: int | None = None, fps: float | None = None, max_pixels: int | None = None
+    path: str | os.PathLike, max_frames: int | None = None, fps: float | None = None, max_pixels: int | None = None,
+    last: bool = False,
 ) -> tuple[np.ndarray, float]:
     """(uint8 frames (F, H, W, 3) upright, fps) from any video PyAV decodes, a frame folder or an image.
 
     ``fps`` resamples to that rate (nearest earlier frame per tick) and is then the returned rate;
     ``max_frames`` stops after that many output frames; ``max_pixels`` scales a video's larger frames down
     (aspect kept, even sides) as they are decoded, so a long high-resolution clip never sits in memory at
-    full size. An image reads as one frame at 1 fps.
+    full size; ``last`` keeps a video's last ``max_frames`` frames instead of its first (the whole video is decoded,
+    holding no more than that many). An image reads as one frame at 1 fps.
     """
     path = Path(path)
     _require_exists(path)
@@ -223,7 +225,7 @@ def read_video(
         return _read_folder(path, max_frames, fps)
     if path.suffix.lower() in IMAGE_EXTS:
         return read_image(path)[None], float(fps or 1.0)
-    return _read_av(path, max_frames, fps, max_pixels)
+    return _read_av(path, max_frames, fps, max_pixels, last)
 
 
 def _rgb(frame, max_pixels: int | None) -> np.ndarray:
@@ -237,10 +239,13 @@ def _rgb(frame, max_pixels: int | None) -> np.ndarray:
 
 
 def _read_av(path: Path, max_frames: int | None, fps: float | None,
-             max_pixels: int | None = None) -> tuple[np.ndarray, float]:
+             max_pixels: int | None = None, last: bool = False) -> tuple[np.ndarray, float]:
+    import collections
+
     import av
 
-    frames: list[np.ndarray] = []
+    tail = last and max_frames is not None
+    frames = collections.deque(maxlen=max_frames) if tail else []
     with open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -260,13 +265,13 @@ def _read_av(path: Path, max_frames: int | None, fps: float | None,
 
         try:
             converted: tuple[Any, np.ndarray] | None = None
-            for frame in _resample(timed(), fps, max_frames, 1.0 / (src_fps or 1.0)):
+            for frame in _resample(timed(), fps, None if tail else max_frames, 1.0 / (src_fps or 1.0)):
                 if converted is None or converted[0] is not frame:  # upsampling repeats a frame: convert once
                     converted = (frame, _upright(_rgb(frame, max_pixels), rotation))
                 frames.append(converted[1])
         except (av.FFmpegError, EOFError, OSError) as err:
             raise VideoDecodeError(path, f"decoding failed after {decoded} frame(s) ({err})") from None
-        finished = max_frames is None or len(frames) < max_frames
+        finished = tail or max_frames is None or len(frames) < max_frames
         # Edit lists may hide a leading frame or two of what the index lists; truncation loses far more.
         if finished and listed > 0 and decoded < listed - 2:
             raise VideoDecodeError(path, f"truncated: the container lists {listed} frames but only {decoded} decode")

@@ -32,6 +32,7 @@ from .catalog import ModelSpec, available_tasks, load_catalog, parse_extras, res
 from .config import ServeConfig, is_loopback
 from .media import (INPUT_IMAGE, INPUT_VIDEO, VARIANTS, VIDEO_ID, UploadError, decode_image, decode_video, job_dir,
                     remove_job_files, save_image)
+from .db import is_store_error
 from .store import Job, JobStore, LimitError
 from .wire import APIError, BodyLimit, BodyTooLarge, error_response, read_body, read_upload, shown, video_object
 
@@ -202,6 +203,8 @@ class VideosAPI:
         if order not in ("asc", "desc"):
             raise APIError(400, f"order must be 'asc' or 'desc', got {shown(order)}", param="order")
         after = q.get("after") or None
+        if after is not None and not VIDEO_ID.fullmatch(after):
+            raise APIError(400, f"after {shown(after)} is not a video id (video_ + 32 hex digits)", param="after")
         try:
             jobs, more = await run_in_threadpool(self.store.page, owner.id, after, int(limit_text), order)
         except KeyError:
@@ -314,9 +317,14 @@ class VideosAPI:
         self.need_task(task, what, spec, param="model")
         data = await read_upload(body.files["video"], self.cfg.max_upload_bytes, "video")
         width, height, _ = spec.largest_request  # decoded at up to twice the largest size's sides, no larger
-        video = await run_in_threadpool(decode_video, data, self.data / "tmp", self.cfg.max_input_frames,
-                                        4 * width * height)
-        return None, spec, video
+        limit = self.cfg.max_input_frames
+        # an extension continues the upload's end: its last frames; an edit covers the whole upload: refused if longer
+        frames, fps = await run_in_threadpool(decode_video, data, self.data / "tmp", limit + (task == "edit"),
+                                              4 * width * height, task == "extend")
+        if len(frames) > limit:
+            raise APIError(400, f"video is longer than this server's {limit} frames an edit takes ({limit / fps:g} s "
+                                f"at its {fps:g} fps); trim it", param="video", code="video_too_long")
+        return None, spec, (frames, fps)
 
     def spec_of(self, job: Job) -> ModelSpec:
         if job.model not in self.catalog:
@@ -342,6 +350,13 @@ class VideosAPI:
         """"ok" (200); under ``kinema serve``, with its workers, "degraded" while some stopped for good and
         "no_workers" (503: a load balancer's or container's check fails) when none is left to run the queue."""
         body = {"status": "ok", "auth": self.cfg.auth}
+        try:  # the job store answers: without it nothing can be queued or read
+            await run_in_threadpool(self.store.db.execute, "SELECT 1")
+        except Exception as e:
+            if not is_store_error(e):
+                raise
+            return JSONResponse({**body, "status": "store_unavailable",
+                                 "message": "the job store (database) is unreachable"}, status_code=503)
         if self.workers is None:
             return JSONResponse(body)
         workers = self.workers.health()
@@ -404,6 +419,24 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
     return error_response(413, str(exc), code="request_too_large")
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    if not is_store_error(exc):
+        return await _server_error(request, exc)
+    log.warning("job store unreachable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "the job store is unreachable; retry shortly", code="store_unavailable",
+                          headers={"retry-after": "5"})
+
+
+def _store_error_types() -> tuple[type, ...]:
+    """The drivers' errors for a store that cannot be reached (sqlite3's, and psycopg's where it is installed)."""
+    import sqlite3
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.OperationalError,)
+    return (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -497,7 +530,8 @@ def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[st
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     handlers = {APIError: _api_error, InputError: _input_error, UploadError: _input_error, HTTPException: _http_error,
-                BodyTooLarge: _too_large, Exception: _server_error}
+                BodyTooLarge: _too_large, Exception: _server_error,
+                **{kind: _store_down for kind in _store_error_types()}}
     middleware = [Middleware(SecurityHeaders), *([] if cfg.auth else [Middleware(LocalOnly)]),
                   Middleware(BodyLimit, max_bytes=cfg.max_request_bytes)]
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

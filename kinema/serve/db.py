@@ -109,6 +109,18 @@ class Database:
         conn.execute("COMMIT")
 
 
+def is_store_error(err: BaseException) -> bool:
+    """Whether ``err`` is the job store being unreachable (a database restart, a network blip), not the job."""
+    import sqlite3
+    if isinstance(err, sqlite3.OperationalError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(err, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
 class _Held:
     """A thread's connection, closed when the thread ends (its thread-local slot is dropped) or the handle is:
     a connection only dropped would be closed by the driver's finaliser, which psycopg warns about."""

@@ -67,10 +67,11 @@ def decode_image(data: bytes) -> np.ndarray:
         raise UploadError(f"input is not a readable image; accepted: {', '.join(IMAGE_FORMATS)}") from None
 
 
-def decode_video(data: bytes, scratch: Path, max_frames: int, max_pixels: int = MAX_IMAGE_PIXELS
+def decode_video(data: bytes, scratch: Path, max_frames: int, max_pixels: int = MAX_IMAGE_PIXELS, last: bool = False
                  ) -> tuple[np.ndarray, float]:
     """uint8 frames (F, H, W, 3) and fps from uploaded bytes (at most ``max_frames``, each scaled down to at most
-    ``max_pixels`` as it is decoded: a few kB of H.264 can hold minutes of 4K); UploadError if unreadable."""
+    ``max_pixels`` as it is decoded: a few kB of H.264 can hold minutes of 4K; ``last``: its last ``max_frames``
+    frames, which an extension continues); UploadError if unreadable."""
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / "upload.mp4"  # PyAV sniffs the container from its content, not this name
@@ -80,7 +81,7 @@ def decode_video(data: bytes, scratch: Path, max_frames: int, max_pixels: int = 
             if info["width"] * info["height"] > MAX_IMAGE_PIXELS:  # before decoding a whole clip of it
                 raise UploadError(f"input video is {info['width']}x{info['height']}; at most {MAX_IMAGE_PIXELS} "
                                   f"pixels accepted")
-            frames, fps = read_video(path, max_frames=max_frames, max_pixels=max_pixels)
+            frames, fps = read_video(path, max_frames=max_frames, max_pixels=max_pixels, last=last)
         except (VideoDecodeError, OSError, ValueError, RuntimeError, KeyError, IndexError) as err:
             if isinstance(err, UploadError):
                 raise

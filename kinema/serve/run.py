@@ -51,7 +51,8 @@ def serve_api(cfg: ServeConfig, catalog: dict | None = None, workers: Supervisor
     # uvicorn re-raises the signal that stopped it; a no-op handler lets the caller shut workers down after.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    log.info("kinema serve: http://%s:%d (auth %s, store %s)", cfg.host, cfg.port, "on" if cfg.auth else "OFF",
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 address in a URL is bracketed
+    log.info("kinema serve: http://%s:%d (auth %s, store %s)", host, cfg.port, "on" if cfg.auth else "OFF",
              store.db.dialect)
     server.run()
     return 0

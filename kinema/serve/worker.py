@@ -26,6 +26,7 @@ from ..infer.pipeline import InputError, Settings, check_settings
 from .catalog import TaskUnavailable, job_task, load_catalog, task_function
 from .config import ServeConfig
 from .media import INPUT_IMAGE, INPUT_VIDEO, UploadError, job_dir, remove_job_files, write_results
+from .db import is_store_error
 from .store import Job, JobStore
 
 log = logging.getLogger("kinema.serve.worker")
@@ -124,7 +125,13 @@ class Worker:
             if job is None:
                 self.stopping.wait(self.cfg.poll_ms / 1000)
                 continue
-            done += self.process(job)
+            try:
+                done += self.process(job)
+            except Exception as e:  # a store error process() could not settle: never the end of the worker
+                if not is_store_error(e):
+                    raise
+                log.exception("%s: job store error; retrying", self.name)
+                self.stopping.wait(min(5.0, self.cfg.poll_ms / 1000 * 5))
         log.info("%s: stopped after %d job(s)", self.name, done)
         return done
 
@@ -202,7 +209,8 @@ class Worker:
 
     # -- one job -------------------------------------------------------------------------------------------
     def process(self, job: Job) -> int:
-        """Run one claimed job to completed / failed / released; 1 if this worker completed it."""
+        """Run one claimed job to completed / failed / released; 1 if this worker completed it. While the job
+        store is unreachable the job is left in progress (its lease lapses and it is retried), never failed."""
         lost = threading.Event()
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, lost, done), daemon=True)
@@ -215,42 +223,61 @@ class Worker:
             now = time.monotonic()
             if now - last_write[0] >= PROGRESS_EVERY_S or i == n:
                 last_write[0] = now
-                if not self.store.heartbeat(job, 5 + int(85 * i / max(n, 1))):
+                if not self._beat(job, 5 + int(85 * i / max(n, 1))):
                     lost.set()
 
         try:
-            frames, fps = self._generate(job, progress)
-            self.store.heartbeat(job, 92)
-            folder = job_dir(self.data, job.id)
-            write_results(folder, frames, fps, metadata={"prompt": job.prompt, "model": job.model,
-                                                           "video_id": job.id, "software": "kinema"})
-            # extend: the stitched total, edit: the input's length; the others keep the requested length
-            seconds = f"{len(frames) / fps:g}" if job.kind in ("extend", "edit") else None
-            if self.store.finish(job, seconds=seconds):
-                log.info("%s: completed %s", self.name, job.id)
-                return 1
-            log.warning("%s: %s was deleted or taken over before it finished", self.name, job.id)
-        except JobInterrupted:
-            if self.stopping.is_set() and not lost.is_set():
-                self.store.release(job)
-                log.info("%s: stopping; %s goes back to the queue", self.name, job.id)
-        except (InputError, UploadError, VideoDecodeError) as e:
-            self.store.fail(job, "invalid_request", self._public(job, str(e)))
-        except TaskUnavailable as e:
-            self.store.fail(job, "unsupported", str(e))
-        except ModelUnavailable as e:
-            log.error("%s: %s failed: %s", self.name, job.id, e)
-            self.store.fail(job, "model_unavailable", e.public)
-        except Exception as e:  # a bug or a resource error: the job fails with the reason, the worker goes on
-            if not self._still_ours(job):  # deleted while its files were written: not a failure
-                log.info("%s: %s was deleted while it was being written", self.name, job.id)
-                return 0
-            log.exception("%s: %s failed", self.name, job.id)
-            self.store.fail(job, "generation_failed", self._public(job, f"{type(e).__name__}: {e}"))
+            try:
+                frames, fps = self._generate(job, progress)
+                self._beat(job, 92)
+                folder = job_dir(self.data, job.id)
+                write_results(folder, frames, fps, metadata={"prompt": job.prompt, "model": job.model,
+                                                               "video_id": job.id, "software": "kinema"})
+                # extend: the stitched total, edit: the input's length; the others keep the requested length
+                seconds = f"{len(frames) / fps:g}" if job.kind in ("extend", "edit") else None
+                if self.store.finish(job, seconds=seconds):
+                    log.info("%s: completed %s", self.name, job.id)
+                    return 1
+                if self.store.get(job.id, job.owner) is None:  # deleted meanwhile: its files go now, not at a sweep
+                    remove_job_files(self.data, job.id)
+                log.warning("%s: %s was deleted or taken over before it finished", self.name, job.id)
+            except JobInterrupted:
+                if self.stopping.is_set() and not lost.is_set():
+                    self.store.release(job)
+                    log.info("%s: stopping; %s goes back to the queue", self.name, job.id)
+            except (InputError, UploadError, VideoDecodeError) as e:
+                self.store.fail(job, "invalid_request", self._public(job, str(e)))
+            except TaskUnavailable as e:
+                self.store.fail(job, "unsupported", str(e))
+            except ModelUnavailable as e:
+                log.error("%s: %s failed: %s", self.name, job.id, e)
+                self.store.fail(job, "model_unavailable", e.public)
+            except Exception as e:  # a bug or a resource error: the job fails with the reason, the worker goes on
+                if is_store_error(e):
+                    raise
+                if not self._still_ours(job):  # deleted while its files were written: not a failure
+                    log.info("%s: %s was deleted while it was being written", self.name, job.id)
+                    return 0
+                log.exception("%s: %s failed", self.name, job.id)
+                self.store.fail(job, "generation_failed", self._public(job, f"{type(e).__name__}: {e}"))
+        except Exception as e:
+            if not is_store_error(e):
+                raise
+            log.warning("%s: the job store is unreachable (%s); %s stays in progress until its lease lapses, "
+                        "then it is retried", self.name, e, job.id)
         finally:
             done.set()
             beat.join()
         return 0
+
+    def _beat(self, job: Job, progress: int) -> bool:
+        """Record progress; True when the store is briefly unreachable (the heartbeat thread keeps the lease)."""
+        try:
+            return self.store.heartbeat(job, progress)
+        except Exception as e:
+            if not is_store_error(e):
+                raise
+            return True
 
     def _still_ours(self, job: Job) -> bool:
         try:
