@@ -197,6 +197,10 @@ async function remove(id) {
     const entry = state.cards.get(id);
     if (entry) entry.node.remove();
     state.cards.delete(id);
+    if (state.lastId === id) {  // "Load more" continues after the oldest card still shown (a purged id is no cursor)
+      const cards = document.querySelectorAll("#gallery .card");
+      state.lastId = cards.length ? cards[cards.length - 1].dataset.id : null;
+    }
   } catch (e) {
     setStatus(e.message, true);
   }
