@@ -211,6 +211,22 @@ def test_shards_come_from_the_flag_or_torchrun_and_split_units_disjointly(monkey
     assert all(len(o) == 1 for o in owners)
 
 
+def test_a_shard_run_with_other_settings_says_why_the_merge_waits(tmp_path):
+    import pyarrow as pa
+
+    from kinema.data.shards import UnitStore, run_units
+    store = UnitStore(tmp_path, "encode")
+    schema = pa.schema([("x", pa.int64())])
+
+    def work(fp):
+        return lambda unit, _: store.write(unit, fp, {"rows": ([{"x": unit}], schema)})
+    first = run_units(store, 4, Shard(0, 2), lambda u: "fps8", work("fps8"))  # shard 0 with one setting
+    assert first.others == [1, 3] and first.stale == [] and "other settings" not in first.summary()
+    second = run_units(store, 4, Shard(1, 2), lambda u: "fps16", work("fps16"))  # shard 1 with another
+    assert second.others == [0, 2] and second.stale == [0, 2] and not second.complete
+    assert "2 of them finished with other settings or inputs than this run's" in second.summary()
+
+
 def test_units_and_fingerprints_are_stable():
     assert unit_of("abc", 16) == unit_of("abc", 16) == int(__import__("hashlib").sha1(b"abc").hexdigest()[:16], 16) % 16
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1}) != fingerprint({"a": 1, "b": 3})

@@ -150,6 +150,7 @@ class StageRun:
     done: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     others: list[int] = field(default_factory=list)  # not this shard's and not finished yet
+    stale: list[int] = field(default_factory=list)  # of ``others``: finished by their shard, but with other settings
     seconds: float = 0.0
 
     @property
@@ -163,6 +164,9 @@ class StageRun:
                 f"{len(self.skipped)} already done")
         if self.others:
             line += f", {len(self.others)} left to other shards"
+        if self.stale:  # the merge waits for them: say why, or it waits in silence
+            line += (f" ({len(self.stale)} of them finished with other settings or inputs than this run's: run every "
+                     f"shard with the same options; their shards redo them)")
         return line
 
 
@@ -190,4 +194,5 @@ def run_units(store: UnitStore, units: int, shard: Shard, fingerprint_of: Callab
     run.seconds = time.perf_counter() - start
     # Other shards may have finished theirs meanwhile: look again, so the last shard to end sees it all.
     run.others = [u for u in run.others if not store.is_done(u, fingerprint_of(u))]
+    run.stale = [u for u in run.others if store.fingerprint(u) is not None]
     return run
