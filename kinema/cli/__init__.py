@@ -24,6 +24,20 @@ class CLIError(Exception):
     """A bad argument: printed as one line, exit status 2."""
 
 
+def at_least_one(unit: str = "", example: str = ""):
+    """An argparse ``type``: a whole number >= 1, else "must be a whole number[ of UNIT] >= 1[ (e.g. EXAMPLE)]"."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole number{f' of {unit}' if unit else ''} >= 1"
+                                             f"{f' (e.g. {example})' if example else ''}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kinema`` parser with every command (in the order ``--help`` lists them)."""
     from . import convert, data, generate, serve, train

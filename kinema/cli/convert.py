@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import at_least_one
+
 
 def add_parser(sub) -> None:
     """The ``convert`` command."""
@@ -9,7 +11,7 @@ def add_parser(sub) -> None:
     c.add_argument("src", help="checkpoint file or folder (.safetensors, or .pth loaded weights-only)")
     c.add_argument("dst", help="output folder")
     c.add_argument("--kind", choices=("auto", "dit", "vae"), default="auto")
-    c.add_argument("--attention-head-dim", type=_positive_int, default=None, metavar="N",
+    c.add_argument("--attention-head-dim", type=at_least_one(example="128, Wan's"), default=None, metavar="N",
                    help="a DiT's attention head width (its tensors do not tell the head count). Default: from the "
                         "config.json beside the checkpoint (dim / num_heads, or attention_head_dim), else Wan's 128; "
                         "a value that contradicts that config.json is refused")
@@ -18,17 +20,6 @@ def add_parser(sub) -> None:
                         "diffusion_pytorch_model.safetensors): the new folder is written beside it and swapped in "
                         "once complete, so dst is never left half-written")
     c.set_defaults(func=cmd_convert)
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 (e.g. 128, Wan's), got {text!r}")
-    return value
 
 
 def cmd_convert(args) -> int:

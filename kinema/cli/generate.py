@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, at_least_one
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -33,16 +33,6 @@ def seconds_arg(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
-    return value
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of threads >= 1, got {text!r}")
     return value
 
 
@@ -85,7 +75,7 @@ def add_parser(sub) -> None:
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="precision; auto (the default): bf16 where the device computes it natively (CUDA, or a CPU "
                         "with AVX-512 BF16 / AMX), else fp32")
-    g.add_argument("--threads", type=_threads, help="CPU threads (default: PyTorch's choice)")
+    g.add_argument("--threads", type=at_least_one("threads"), help="CPU threads (default: PyTorch's choice)")
     g.add_argument("--compile", action="store_true",
                    help="run the DiT (and, off the CPU, the VAE decode) through torch.compile: the first clip "
                         "compiles (up to a minute on 2 CPU cores, seconds once cached); on a CPU the bundled model "
@@ -99,7 +89,7 @@ def add_parser(sub) -> None:
                         "encoder's layers stream through the GPU one at a time, VAE decode in tiles (smallest)")
     m.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: DiT block weights stored in 8 bits (per-channel scales)")
-    m.add_argument("--gpus", type=_at_least_one, metavar="N", help="run on N GPUs (relaunches under torchrun): CFG halves on "
+    m.add_argument("--gpus", type=at_least_one(), metavar="N", help="run on N GPUs (relaunches under torchrun): CFG halves on "
                    "two groups, tokens split across each (sequence parallel)")
     x = g.add_argument_group("prompt extension", "Rewrite the prompt with a chat model at an OpenAI-compatible "
                              "endpoint first; if it is unreachable, the original prompt is used.")
@@ -233,16 +223,6 @@ def check_output(out: str | os.PathLike) -> str:
 
 
 # -- memory modes, prompt extension, several GPUs (issue 8) ----------------------------------------------------
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
 
 def _relaunch_on_gpus(args) -> int | None:
     """``--gpus N`` outside torchrun: this same command under torchrun with N processes (its exit status)."""
