@@ -309,16 +309,7 @@ def test_a_supervised_worker_that_cannot_fit_exits_and_is_not_restarted(worker, 
     supervisor = Supervisor(worker.cfg)
     spawned = []
     monkeypatch.setattr(supervisor, "_spawn", spawned.append)
-    supervisor.procs = {0: Exited()}
-    supervisor.thread.start()
-    try:
-        for _ in range(100):
-            if not supervisor.procs:
-                break
-            supervisor.stopping.wait(0.05)
-    finally:
-        supervisor.stopping.set()
-        supervisor.thread.join()
+    watch(supervisor, {0: Exited()})
     assert supervisor.procs == {} and spawned == []
 
 
