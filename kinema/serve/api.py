@@ -32,7 +32,7 @@ from .catalog import ModelSpec, available_tasks, load_catalog, parse_extras, res
 from .config import ServeConfig, is_loopback
 from .media import (INPUT_IMAGE, INPUT_VIDEO, VARIANTS, VIDEO_ID, UploadError, decode_image, decode_video, job_dir,
                     remove_job_files, save_image)
-from .db import is_store_error
+from .db import is_store_error, store_error_types
 from .store import Job, JobStore, LimitError
 from .wire import APIError, BodyLimit, BodyTooLarge, error_response, read_body, read_upload, shown, video_object
 
@@ -422,21 +422,10 @@ async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
-    if not is_store_error(exc):
-        return await _server_error(request, exc)
+    """503 with Retry-After while the job store is unreachable: nothing is lost, the client retries."""
     log.warning("job store unreachable on %s %s: %s", request.method, request.url.path, exc)
     return error_response(503, "the job store is unreachable; retry shortly", code="store_unavailable",
                           headers={"retry-after": "5"})
-
-
-def _store_error_types() -> tuple[type, ...]:
-    """The drivers' errors for a store that cannot be reached (sqlite3's, and psycopg's where it is installed)."""
-    import sqlite3
-    try:
-        import psycopg
-    except ImportError:
-        return (sqlite3.OperationalError,)
-    return (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -531,7 +520,7 @@ def create_app(cfg: ServeConfig, store: JobStore | None = None, catalog: dict[st
     ]
     handlers = {APIError: _api_error, InputError: _input_error, UploadError: _input_error, HTTPException: _http_error,
                 BodyTooLarge: _too_large, Exception: _server_error,
-                **{kind: _store_down for kind in _store_error_types()}}
+                **{kind: _store_down for kind in store_error_types()}}
     middleware = [Middleware(SecurityHeaders), *([] if cfg.auth else [Middleware(LocalOnly)]),
                   Middleware(BodyLimit, max_bytes=cfg.max_request_bytes)]
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

@@ -109,16 +109,19 @@ class Database:
         conn.execute("COMMIT")
 
 
-def is_store_error(err: BaseException) -> bool:
-    """Whether ``err`` is the job store being unreachable (a database restart, a network blip), not the job."""
-    import sqlite3
-    if isinstance(err, sqlite3.OperationalError):
-        return True
+def store_error_types() -> tuple[type, ...]:
+    """The drivers' errors for a job store that cannot be reached (a database restart, a network blip): sqlite3's,
+    and psycopg's where it is installed."""
     try:
         import psycopg
     except ImportError:
-        return False
-    return isinstance(err, (psycopg.OperationalError, psycopg.InterfaceError))
+        return (sqlite3.OperationalError,)
+    return (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def is_store_error(err: BaseException) -> bool:
+    """Whether ``err`` is the job store being unreachable, not a fault of the job."""
+    return isinstance(err, store_error_types())
 
 
 class _Held:

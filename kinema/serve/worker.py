@@ -255,7 +255,7 @@ class Worker:
             except Exception as e:  # a bug or a resource error: the job fails with the reason, the worker goes on
                 if is_store_error(e):
                     raise
-                if not self._still_ours(job):  # deleted while its files were written: not a failure
+                if not self._beat(job):  # deleted while its files were written: not a failure
                     log.info("%s: %s was deleted while it was being written", self.name, job.id)
                     return 0
                 log.exception("%s: %s failed", self.name, job.id)
@@ -270,19 +270,14 @@ class Worker:
             beat.join()
         return 0
 
-    def _beat(self, job: Job, progress: int) -> bool:
-        """Record progress; True when the store is briefly unreachable (the heartbeat thread keeps the lease)."""
+    def _beat(self, job: Job, progress: int | None = None) -> bool:
+        """Renew the job's lease (recording ``progress``): False when it was deleted or taken over; True while the
+        store is briefly unreachable (the heartbeat thread keeps the lease)."""
         try:
             return self.store.heartbeat(job, progress)
         except Exception as e:
             if not is_store_error(e):
                 raise
-            return True
-
-    def _still_ours(self, job: Job) -> bool:
-        try:
-            return self.store.heartbeat(job)
-        except Exception:  # noqa: BLE001 -- the store is unreachable: report the job's own error
             return True
 
     def _public(self, job: Job, message: str) -> str:
