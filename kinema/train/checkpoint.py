@@ -131,3 +131,24 @@ def load_checkpoint(path: Path, tensors: dict, rank: int) -> dict:
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return meta
+
+
+def check_resumable(path: Path, meta: dict, cfg) -> list[str]:
+    """TrainError when run config ``cfg`` would give the checkpoint's tensors at ``path`` (its ``meta``) another
+    shape or meaning; else the optimizer settings and length that changed ("optim.lr 0.001 -> 0.01"), which apply
+    from the next step."""
+    was, now = meta["config"], json.loads(json.dumps(cfg.to_dict()))
+    fixed = ["model", "preset", "model_config", "lora", "distill"] + (["init_from"] if cfg.lora.rank else [])
+    for key in fixed:
+        was_value, now_value = was.get(key), now.get(key)
+        if key in ("lora", "distill") and was_value and now_value:  # the fields both versions have, except
+            both = set(was_value) & set(now_value) - {"reuse"}  # how often a teacher batch is reused (not state)
+            was_value, now_value = ({k: v[k] for k in both} for v in (was_value, now_value))
+        if was_value != now_value:
+            raise TrainError(f"--resume: {key} was {json.dumps(was.get(key))} in {path}, this run has "
+                             f"{json.dumps(now.get(key))}; a checkpoint continues only the run that wrote it: "
+                             f"choose a new out_dir (to start from its weights: init_from its exported model)")
+    changed = [f"optim.{k} {json.dumps(v)} -> {json.dumps(now['optim'][k])}" for k, v in was["optim"].items()
+               if now["optim"].get(k) != v]
+    return changed + ([f"max_steps {was['max_steps']} -> {now['max_steps']}"] if was["max_steps"] != now["max_steps"]
+                      else [])

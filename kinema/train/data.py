@@ -313,6 +313,12 @@ class LatentCache(TrainDataset):
             raise TrainError(f"no sample of latent cache {str(root)!r} matches a bucket: the cache has latent grids "
                              f"{known[:8]}, the buckets give {sorted(grids)}")
 
+    @property
+    def encoded_fps(self) -> float | None:
+        """The frame rate the cache's clips were resampled to, if its manifest records one."""
+        fps = (self.reader.manifest.get("info") or {}).get("fps")
+        return float(fps) if fps else None
+
     def check_vae(self, vae_cfg, source: str) -> None:
         """TrainError unless the cache's latents were encoded with ``vae_cfg``'s latent statistics (the VAE of
         ``source``, which the exported model will decode with); caches that do not record theirs pass."""

@@ -15,7 +15,6 @@ import functools
 import json
 import math
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,13 +29,14 @@ from kinema.common.io import atomic_write_text
 from kinema.common.video import pixels_to_model
 from kinema.train.buckets import SamplerState, bucket_grids, check_sample_size
 from kinema.train.build import build_models, model_config
-from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from kinema.train.checkpoint import check_resumable, latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from kinema.train.config import OptimConfig, TrainConfig, TrainError, load_config
 from kinema.train.ema import EMA
 from kinema.train.feed import Batch, Feed
 from kinema.train.logging import MetricsLogger, print0
 from kinema.train.lora import add_lora
 from kinema.train.objective import flow_matching_losses, sample_seed, timestep_bins, vae_losses
+from kinema.train.stopping import StopSignals
 from kinema.train.parallel import (Dist, all_reduce_sum, autocast, barrier, clip_grad_norm, gradient_sync,
                                    init_distributed, parallelize, shutdown)
 from kinema.train.throughput import measure_matmul_peak
@@ -120,34 +120,6 @@ class Window:
             self.sums[k] = self.sums.get(k, 0.0) + v
 
 
-class StopSignals:
-    """While a run trains (main thread): the first Ctrl-C or SIGTERM is noted, so the run checkpoints at the end
-    of the step and stops; a second Ctrl-C interrupts at once. ``restore`` puts the previous handlers back."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._note)
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
-
-    def _note(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-        print0(f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint (Ctrl-C again to "
-               f"stop at once, losing the steps since the last checkpoint)")
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-
 class Trainer:
     """One run: set up once, then ``run``."""
 
@@ -166,15 +138,8 @@ class Trainer:
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
         self.feed = Feed(cfg, d, self.model_cfg, self.models.vae, self.out, self.num_params)
-        if cfg.model == "dit" and cfg.data.kind == "latents" and (cfg.vae_from or cfg.init_source):
-            self.feed.dataset.check_vae(self.model_cfg.vae, cfg.vae_from or cfg.init_source)
-        encoded_fps = (self.feed.dataset.reader.manifest.get("info") or {}).get("fps") \
-            if cfg.model == "dit" and cfg.data.kind == "latents" else None
-        if encoded_fps and abs(float(encoded_fps) - self.model_cfg.sampling.fps) > 1e-6:
-            print0(f"note: {cfg.data.path} holds clips resampled to {float(encoded_fps):g} fps; the model plays video "
-                   f"at {self.model_cfg.sampling.fps} fps, so its videos will move at "
-                   f"{self.model_cfg.sampling.fps / float(encoded_fps):.2g}x their clips' speed (re-encode with "
-                   f"`kinema data encode --fps {self.model_cfg.sampling.fps}` unless that is meant)")
+        if cfg.model == "dit" and cfg.data.kind == "latents":
+            self._check_cache(self.feed.dataset)
 
         if cfg.lora.rank:
             self.net.requires_grad_(False)
@@ -277,6 +242,18 @@ class Trainer:
         if self.step >= cfg.max_steps and checkpoint is not None:
             exported = self._export(checkpoint, again=self.step > resumed_at)
         return TrainResult(self.step, self.out, checkpoint, exported, logger.path)
+
+    def _check_cache(self, cache) -> None:
+        """A latent cache against this run's model: encoded by its VAE (else TrainError), at its frame rate (else
+        a note: the motion would play at another speed)."""
+        cfg, fps = self.cfg, self.model_cfg.sampling.fps
+        if cfg.vae_from or cfg.init_source:
+            cache.check_vae(self.model_cfg.vae, cfg.vae_from or cfg.init_source)
+        encoded = cache.encoded_fps
+        if encoded and abs(encoded - fps) > 1e-6:
+            print0(f"note: {cfg.data.path} holds clips resampled to {encoded:g} fps; the model plays video at {fps} "
+                   f"fps, so its videos will move at {fps / encoded:.2g}x their clips' speed (re-encode with `kinema "
+                   f"data encode --fps {fps}` unless that is meant)")
 
     def _note_nothing_to_train(self) -> None:
         """After a resume: say so when the checkpoint is already at (or past) where this run would stop."""
@@ -456,7 +433,11 @@ class Trainer:
                                self.cfg.checkpoint.keep_last)
 
     def _load(self, path: Path) -> None:
-        self._check_resumable(path, read_meta(path))
+        saved = read_meta(path)
+        changed = check_resumable(path, saved, self.cfg)  # TrainError for another model; the settings that changed
+        if changed:
+            print0(f"--resume: {', '.join(changed)}; the learning-rate schedule continues from step {saved['step']} "
+                   f"with these")
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]  # this config's
         tensors = self._state_tensors()
         meta = load_checkpoint(path, tensors, self.d.rank)
@@ -478,27 +459,6 @@ class Trainer:
             self.feed.state = SamplerState(meta["data"]["epoch"] + 1, 0)
             print0(f"checkpoint was written by {meta['world_size']} rank(s), this run has {self.d.world_size}: "
                    f"data continues at the start of epoch {self.feed.state.epoch}")
-
-    def _check_resumable(self, path: Path, meta: dict) -> None:
-        """TrainError when this run's config would give the checkpoint's tensors another shape or meaning; a note
-        for the optimizer settings that changed (they apply from the next step)."""
-        was, now = meta["config"], json.loads(json.dumps(self.cfg.to_dict()))
-        fixed = ["model", "preset", "model_config", "lora", "distill"] + (["init_from"] if self.cfg.lora.rank else [])
-        for key in fixed:
-            was_value, now_value = was.get(key), now.get(key)
-            if key in ("lora", "distill") and was_value and now_value:  # the fields both versions have, except
-                both = set(was_value) & set(now_value) - {"reuse"}  # how often a teacher batch is reused (not state)
-                was_value, now_value = ({k: v[k] for k in both} for v in (was_value, now_value))
-            if was_value != now_value:
-                raise TrainError(f"--resume: {key} was {json.dumps(was.get(key))} in {path}, this run has "
-                                 f"{json.dumps(now.get(key))}; a checkpoint continues only the run that wrote it: "
-                                 f"choose a new out_dir (to start from its weights: init_from its exported model)")
-        changed = [f"optim.{k} {json.dumps(v)} -> {json.dumps(now['optim'][k])}" for k, v in was["optim"].items()
-                   if now["optim"].get(k) != v]
-        changed += [f"max_steps {was['max_steps']} -> {now['max_steps']}"] if was["max_steps"] != now["max_steps"] else []
-        if changed:
-            print0(f"--resume: {', '.join(changed)}; the learning-rate schedule continues from step {meta['step']} "
-                   f"with these")
 
     def _previews(self) -> None:
         from kinema.train.preview import render_previews, render_reconstruction
