@@ -18,18 +18,17 @@ import torch
 from kinema.text.encoder import TextEncoder, check_prompts, pad_to_length, split_device_dtype
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-# save_pretrained(variant=...) names, used when the plain ones are absent: (variant, file names)
-_VARIANTS = tuple((v, (f"model.{v}.safetensors", f"model.safetensors.index.{v}.json")) for v in ("fp16", "bf16"))
 _TOKENIZER = ("tokenizer.json", "spiece.model")
 _MODEL_TYPES = ("t5", "umt5")
 
 
 def _weights_file(model_dir: Path) -> tuple[Path, str | None] | None:
-    """(the weights file or shard index in ``model_dir``, its variant or None); the plain names are preferred."""
-    for variant, names in ((None, _WEIGHTS), *_VARIANTS):
-        for name in names:
-            if (model_dir / name).is_file():
-                return model_dir / name, variant
+    """(the weights file or shard index in ``model_dir``, its save_pretrained variant or None); the plain names
+    are preferred (``kinema.weights.folder.weights_names``, as for the DiT and VAE)."""
+    from kinema.weights.folder import WEIGHTS_VARIANTS, weights_names
+    for name in weights_names("model"):
+        if (model_dir / name).is_file():
+            return model_dir / name, next((v for v in WEIGHTS_VARIANTS if f".{v}." in name), None)
     return None
 
 
